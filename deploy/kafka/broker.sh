@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# A real single-node Apache Kafka broker (KRaft, combined broker+controller) on
+# 127.0.0.1 for tests and local development. No Docker, no tarball: the broker
+# jars come from Maven Central through deploy/kafka/pom.xml and are cached.
+#
+#   deploy/kafka/broker.sh start     fetch (once), format, start; prints the bootstrap address
+#   deploy/kafka/broker.sh stop      stop the broker (SIGTERM, then SIGKILL after 30 s)
+#   deploy/kafka/broker.sh kill      SIGKILL the broker (fault injection)
+#   deploy/kafka/broker.sh restart   start again on the same port and data (after stop/kill)
+#   deploy/kafka/broker.sh status    exit 0 and print the address if it answers
+#   deploy/kafka/broker.sh fetch     only fetch the jars
+#   deploy/kafka/broker.sh clean     stop and remove the data directory
+#
+# Environment:
+#   FRAUDLINE_KAFKA_CACHE   where jars are cached   (default ~/.cache/fraudline/kafka)
+#   FRAUDLINE_KAFKA_STATE   pid, port, data, logs   (default /tmp/fraudline-kafka)
+#   FRAUDLINE_KAFKA_PORT    broker port             (default: a free port)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cache="${FRAUDLINE_KAFKA_CACHE:-$HOME/.cache/fraudline/kafka}"
+state="${FRAUDLINE_KAFKA_STATE:-/tmp/fraudline-kafka}"
+libs="$cache/libs"
+
+log() { echo "broker.sh: $*" >&2; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+fetch() {
+  if [ -f "$libs/.complete" ] && [ "$(cat "$libs/.complete")" = "$(sha256sum "$here/pom.xml" | cut -d' ' -f1)" ]; then
+    return 0
+  fi
+  command -v java >/dev/null || { log "java not found (Java 17+ is needed)"; exit 1; }
+  command -v mvn >/dev/null || { log "mvn not found (Maven is needed to fetch the broker jars)"; exit 1; }
+  log "fetching Kafka broker jars from Maven Central into $libs"
+  rm -rf "$libs"; mkdir -p "$libs"
+  mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies \
+      -DoutputDirectory="$libs" -DincludeScope=runtime >&2
+  sha256sum "$here/pom.xml" | cut -d' ' -f1 > "$libs/.complete"
+}
+
+pid_alive() { [ -f "$state/pid" ] && kill -0 "$(cat "$state/pid")" 2>/dev/null; }
+
+answers() {
+  local port="$1"
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || return 1
+  # A TCP accept is not enough: the controller may not have elected itself yet.
+  grep -q "Kafka Server started" "$state/logs/server.log" 2>/dev/null \
+    || grep -q "\[KafkaRaftServer nodeId=1\] Kafka Server started" "$state/logs/server.log" 2>/dev/null
+}
+
+java_cmd() {
+  local main="$1"; shift
+  java -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j.configuration="file:$state/log4j.properties" -Dkafka.logs.dir="$state/logs" \
+    -cp "$libs/*" "$main" "$@"
+}
+
+write_config() {
+  local port="$1" cport="$2"
+  mkdir -p "$state/data" "$state/logs"
+  cat > "$state/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$state/data
+num.partitions=3
+auto.create.topics.enable=true
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+group.initial.rebalance.delay.ms=0
+log.retention.hours=168
+log.cleaner.enable=true
+log.cleaner.backoff.ms=1000
+log.segment.bytes=67108864
+PROPS
+  cat > "$state/log4j.properties" <<PROPS
+log4j.rootLogger=INFO, file
+log4j.appender.file=org.apache.log4j.FileAppender
+log4j.appender.file.File=$state/logs/server.log
+log4j.appender.file.layout=org.apache.log4j.PatternLayout
+log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka=INFO
+log4j.logger.org.apache.kafka=INFO
+log4j.logger.state.change.logger=WARN
+log4j.logger.kafka.log.LogCleaner=WARN
+PROPS
+}
+
+launch() {
+  : > "$state/logs/server.log"
+  nohup java -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j.configuration="file:$state/log4j.properties" -Dkafka.logs.dir="$state/logs" \
+    -cp "$libs/*" kafka.Kafka "$state/server.properties" \
+    > "$state/logs/stdout.log" 2>&1 < /dev/null &
+  echo $! > "$state/pid"
+  local port; port="$(cat "$state/port")"
+  for _ in $(seq 1 240); do
+    if answers "$port"; then echo "127.0.0.1:$port"; return 0; fi
+    if ! pid_alive; then log "broker exited; see $state/logs"; tail -20 "$state/logs/stdout.log" >&2; exit 1; fi
+    sleep 0.5
+  done
+  log "broker did not answer within 120 s; see $state/logs"; exit 1
+}
+
+start() {
+  if pid_alive; then echo "127.0.0.1:$(cat "$state/port")"; return 0; fi
+  fetch
+  rm -rf "$state"; mkdir -p "$state"
+  local port="${FRAUDLINE_KAFKA_PORT:-$(free_port)}" cport; cport="$(free_port)"
+  echo "$port" > "$state/port"; echo "$cport" > "$state/cport"
+  write_config "$port" "$cport"
+  local cluster; cluster="$(java_cmd kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)"
+  java_cmd kafka.tools.StorageTool format -t "$cluster" -c "$state/server.properties" >/dev/null
+  launch
+}
+
+restart() {
+  [ -f "$state/port" ] || { start; return; }
+  if pid_alive; then echo "127.0.0.1:$(cat "$state/port")"; return 0; fi
+  launch
+}
+
+stop() {
+  pid_alive || return 0
+  local pid; pid="$(cat "$state/pid")"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.5; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+case "${1:-}" in
+  start) start ;;
+  restart) restart ;;
+  stop) stop ;;
+  kill) if pid_alive; then kill -KILL "$(cat "$state/pid")"; sleep 0.5; fi ;;
+  status) if pid_alive && answers "$(cat "$state/port")"; then echo "127.0.0.1:$(cat "$state/port")"; else exit 1; fi ;;
+  fetch) fetch ;;
+  clean) stop; rm -rf "$state" ;;
+  *) sed -n '2,17p' "$0"; exit 2 ;;
+esac

@@ -1,0 +1,64 @@
+//! Wiring: builds the one [`Engine`], serves HTTP, runs the stream, and
+//! drains on shutdown. `shutdown` is an argument (main passes SIGTERM/ctrl-c,
+//! tests pass whatever they like).
+
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::serve::{self, HttpState};
+use crate::stream::{self, StreamParts};
+use crate::telemetry::{self, Metrics};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Stream(#[from] stream::StreamError),
+}
+
+/// Runs the service until `shutdown` resolves and the stream has drained.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
+    let handle = telemetry::install();
+    let metrics = Metrics::new();
+    metrics.register_zeroes();
+    let engine = Arc::new(Engine::new(cfg.engine()));
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_http_tx, mut stop_http_rx) = watch::channel(false);
+    let http = match cfg.http_listen() {
+        Some(addr) => {
+            let state = HttpState {
+                metrics: handle,
+                ready: ready.clone(),
+            };
+            let (bound, task) = serve::spawn(addr, state, async move {
+                let _ = stop_http_rx.wait_for(|v| *v).await;
+            })
+            .await
+            .map_err(|source| AppError::Listen { addr, source })?;
+            info!(addr = %bound, "serving /metrics, /healthz, /readyz");
+            Some(task)
+        }
+        None => None,
+    };
+    let parts = StreamParts {
+        engine,
+        metrics,
+        ready,
+    };
+    let result = stream::run(&cfg, parts, shutdown).await;
+    let _ = stop_http_tx.send(true);
+    if let Some(task) = http {
+        let _ = task.await;
+    }
+    result.map_err(Into::into)
+}

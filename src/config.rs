@@ -1,0 +1,461 @@
+//! One TOML file + `FRAUDLINE_*` environment overrides, validated at start.
+//!
+//! Layers, later wins: the embedded defaults (`deploy/config/fraudline.toml`),
+//! the config file, then `FRAUDLINE_<SECTION>__<KEY>` variables. Unknown keys
+//! are refused (`deny_unknown_fields`); [`Config::validate`] then checks
+//! across fields and reports every problem at once, each naming its key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::engine::{EngineConfig, Thresholds};
+use crate::event::Limits;
+use crate::telemetry::LogFormat;
+
+/// The defaults, with comments: the reference for every key.
+pub const DEFAULTS: &str = include_str!("../deploy/config/fraudline.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub http: HttpConfig,
+    pub limits: LimitsConfig,
+    pub engine: EngineSection,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub group_id: String,
+    pub payments_topic: String,
+    pub verdicts_topic: String,
+    pub dlq_topic: String,
+    pub delivery: Delivery,
+    pub transactional_id: String,
+    pub commit_interval_ms: u64,
+    pub commit_max_events: usize,
+    pub max_in_flight: usize,
+    pub auto_offset_reset: String,
+    pub session_timeout_ms: u64,
+    pub fetch_wait_max_ms: u64,
+    pub linger_ms: u64,
+    pub message_timeout_ms: u64,
+    pub statistics_interval_ms: u64,
+    pub librdkafka: BTreeMap<String, String>,
+    pub consumer: BTreeMap<String, String>,
+    pub producer: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_message_bytes: usize,
+    pub max_future_skew_ms: i64,
+    pub max_field_bytes: usize,
+    pub max_attributes: usize,
+    pub max_amount_minor: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSection {
+    pub review_threshold: i32,
+    pub hold_threshold: i32,
+    pub large_amount_minor: i64,
+    pub payer_burst_1m: u32,
+    pub payee_fan_in_10m: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+type Table = toml::map::Map<String, toml::Value>;
+
+fn parse_table(text: &str, origin: &str) -> Result<Table, ConfigError> {
+    text.parse::<Table>().map_err(|e| ConfigError::Parse {
+        origin: origin.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Overlays `top` on `base`, table by table.
+fn merge(base: &mut Table, top: Table) {
+    for (k, v) in top {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => merge(b, t),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// The sections whose keys are librdkafka property names (dotted).
+const PASS_THROUGH: [&str; 3] = ["librdkafka", "consumer", "producer"];
+
+/// Applies `FRAUDLINE_<SECTION>__<KEY>[__<KEY>]` variables. A value takes the
+/// type of the default it replaces, so `FRAUDLINE_KAFKA__GROUP_ID=42` stays a
+/// string and `FRAUDLINE_ENGINE__HOLD_THRESHOLD=abc` is an error naming the key.
+fn apply_env(
+    table: &mut Table,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut errors = Vec::new();
+    for (name, value) in vars {
+        let Some(rest) = name.strip_prefix("FRAUDLINE_") else {
+            continue;
+        };
+        if !rest.contains("__") {
+            continue; // FRAUDLINE_CONFIG and friends are not overrides
+        }
+        let mut path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if path.len() >= 3 && PASS_THROUGH.contains(&path[1].as_str()) {
+            let key = path[2..].join("_").replace('_', ".");
+            path.truncate(2);
+            path.push(key);
+        }
+        let key = path.join(".");
+        let Some(cur) = section(table, &path[..path.len() - 1]) else {
+            errors.push(format!("{name}: `{key}` is not inside a section"));
+            continue;
+        };
+        let last = &path[path.len() - 1];
+        let typed = match cur.get(last) {
+            Some(toml::Value::Integer(_)) => value
+                .trim()
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .map_err(|_| format!("{name} (key {key}): expected an integer, got {value:?}")),
+            Some(toml::Value::Boolean(_)) => value
+                .trim()
+                .parse::<bool>()
+                .map(toml::Value::Boolean)
+                .map_err(|_| format!("{name} (key {key}): expected true or false, got {value:?}")),
+            Some(toml::Value::Float(_)) => value
+                .trim()
+                .parse::<f64>()
+                .map(toml::Value::Float)
+                .map_err(|_| format!("{name} (key {key}): expected a number, got {value:?}")),
+            _ => Ok(toml::Value::String(value)),
+        };
+        match typed {
+            Ok(v) => {
+                cur.insert(last.clone(), v);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(errors))
+    }
+}
+
+/// The table at `path`, created if missing; None if a scalar is in the way.
+fn section<'t>(table: &'t mut Table, path: &[String]) -> Option<&'t mut Table> {
+    let mut cur = table;
+    for seg in path {
+        let entry = cur
+            .entry(seg.clone())
+            .or_insert_with(|| toml::Value::Table(Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+impl Config {
+    /// Defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let text = match file {
+            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
+                path: p.display().to_string(),
+                source: e,
+            })?),
+            None => None,
+        };
+        let origin = file.map(|p| p.display().to_string());
+        Config::from_parts(text.as_deref(), origin.as_deref(), std::env::vars())
+    }
+
+    /// The layering without touching the file system or the real environment.
+    pub fn from_parts(
+        file_text: Option<&str>,
+        origin: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = parse_table(DEFAULTS, "embedded defaults")?;
+        if let Some(text) = file_text {
+            merge(&mut table, parse_table(text, origin.unwrap_or("config"))?);
+        }
+        apply_env(&mut table, env)?;
+        let cfg: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                origin: origin.unwrap_or("config").to_string(),
+                message: e.to_string().trim().to_string(),
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks across fields; every problem is reported, each naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut e = Vec::new();
+        let k = &self.kafka;
+        if k.brokers.trim().is_empty() {
+            e.push("kafka.brokers: must name at least one broker".to_string());
+        }
+        for (key, v) in [
+            ("kafka.group_id", &k.group_id),
+            ("kafka.payments_topic", &k.payments_topic),
+            ("kafka.verdicts_topic", &k.verdicts_topic),
+            ("kafka.dlq_topic", &k.dlq_topic),
+        ] {
+            if v.trim().is_empty() {
+                e.push(format!("{key}: must not be empty"));
+            }
+        }
+        if k.payments_topic == k.verdicts_topic || k.payments_topic == k.dlq_topic {
+            e.push(
+                "kafka.verdicts_topic / kafka.dlq_topic: must differ from kafka.payments_topic"
+                    .into(),
+            );
+        }
+        if k.delivery == Delivery::ExactlyOnce && k.transactional_id.trim().is_empty() {
+            e.push(
+                "kafka.transactional_id: required when kafka.delivery = \"exactly-once\"".into(),
+            );
+        }
+        if !(1..=60_000).contains(&k.commit_interval_ms) {
+            e.push(format!(
+                "kafka.commit_interval_ms: {} is outside 1..=60000",
+                k.commit_interval_ms
+            ));
+        }
+        if k.commit_max_events == 0 {
+            e.push("kafka.commit_max_events: must be at least 1".into());
+        }
+        if k.max_in_flight == 0 {
+            e.push("kafka.max_in_flight: must be at least 1".into());
+        }
+        if !["earliest", "latest"].contains(&k.auto_offset_reset.as_str()) {
+            e.push(format!(
+                "kafka.auto_offset_reset: {:?} is not \"earliest\" or \"latest\"",
+                k.auto_offset_reset
+            ));
+        }
+        if k.session_timeout_ms < 1000 {
+            e.push("kafka.session_timeout_ms: must be at least 1000".into());
+        }
+        if !self.http.listen.is_empty() && self.http.listen.parse::<SocketAddr>().is_err() {
+            e.push(format!(
+                "http.listen: {:?} is not an address like 0.0.0.0:9464",
+                self.http.listen
+            ));
+        }
+        let l = &self.limits;
+        if l.max_message_bytes == 0 {
+            e.push("limits.max_message_bytes: must be positive".into());
+        }
+        if l.max_future_skew_ms < 0 {
+            e.push("limits.max_future_skew_ms: must not be negative".into());
+        }
+        if l.max_field_bytes == 0 {
+            e.push("limits.max_field_bytes: must be positive".into());
+        }
+        if l.max_amount_minor <= 0 {
+            e.push("limits.max_amount_minor: must be positive".into());
+        }
+        let en = &self.engine;
+        if en.review_threshold <= 0 {
+            e.push("engine.review_threshold: must be positive".into());
+        }
+        if en.hold_threshold < en.review_threshold {
+            e.push(format!(
+                "engine.hold_threshold: {} is below engine.review_threshold {}",
+                en.hold_threshold, en.review_threshold
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            e.push(format!(
+                "log.level: {:?} is not a valid filter",
+                self.log.level
+            ));
+        }
+        if e.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(e))
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        let l = &self.limits;
+        Limits {
+            max_message_bytes: l.max_message_bytes,
+            max_future_skew_ms: l.max_future_skew_ms,
+            max_field_bytes: l.max_field_bytes,
+            max_attributes: l.max_attributes,
+            max_amount_minor: l.max_amount_minor,
+        }
+    }
+
+    pub fn engine(&self) -> EngineConfig {
+        let en = &self.engine;
+        EngineConfig {
+            thresholds: Thresholds {
+                review: en.review_threshold,
+                hold: en.hold_threshold,
+            },
+            builtin: crate::engine::rules::BuiltinParams {
+                large_amount_minor: en.large_amount_minor,
+                payer_burst_1m: en.payer_burst_1m,
+                payee_fan_in_10m: en.payee_fan_in_10m,
+            },
+            features: Default::default(),
+        }
+    }
+
+    /// The HTTP listen address, if enabled.
+    pub fn http_listen(&self) -> Option<SocketAddr> {
+        self.http.listen.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = Config::from_parts(None, None, env(&[])).unwrap();
+        assert_eq!(c.kafka.delivery, Delivery::AtLeastOnce);
+        assert_eq!(c.kafka.payments_topic, "payments");
+        assert_eq!(c.http_listen().map(|a| a.port()), Some(9464));
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let file = "[kafka]\nbrokers = \"a:1\"\ngroup_id = \"g\"\n";
+        let c = Config::from_parts(
+            Some(file),
+            Some("f.toml"),
+            env(&[
+                ("FRAUDLINE_KAFKA__GROUP_ID", "42"),
+                ("FRAUDLINE_KAFKA__DELIVERY", "exactly-once"),
+                ("FRAUDLINE_ENGINE__HOLD_THRESHOLD", "90"),
+                ("FRAUDLINE_KAFKA__LIBRDKAFKA__SECURITY_PROTOCOL", "SSL"),
+                ("FRAUDLINE_CONFIG", "ignored.toml"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "a:1");
+        assert_eq!(c.kafka.group_id, "42");
+        assert_eq!(c.kafka.delivery, Delivery::ExactlyOnce);
+        assert_eq!(c.engine.hold_threshold, 90);
+        assert_eq!(
+            c.kafka
+                .librdkafka
+                .get("security.protocol")
+                .map(String::as_str),
+            Some("SSL")
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_refused_by_name() {
+        let err = Config::from_parts(Some("[kafka]\nbrokrs = \"x\"\n"), Some("f.toml"), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("brokrs"), "{err}");
+        assert!(err.contains("f.toml"), "{err}");
+    }
+
+    #[test]
+    fn bad_env_value_names_the_key() {
+        let err = Config::from_parts(
+            None,
+            None,
+            env(&[("FRAUDLINE_ENGINE__HOLD_THRESHOLD", "lots")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("engine.hold_threshold"), "{err}");
+    }
+
+    #[test]
+    fn bad_delivery_mode_is_refused() {
+        let err = Config::from_parts(Some("[kafka]\ndelivery = \"maybe-once\"\n"), None, env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("maybe-once"), "{err}");
+    }
+
+    #[test]
+    fn every_cross_field_error_is_reported_at_once() {
+        let file = "[kafka]\nverdicts_topic = \"payments\"\ncommit_interval_ms = 0\nauto_offset_reset = \"middle\"\n\
+                    [engine]\nreview_threshold = 50\nhold_threshold = 10\n[http]\nlisten = \"nowhere\"\n";
+        let err = Config::from_parts(Some(file), None, env(&[])).unwrap_err();
+        let ConfigError::Invalid(list) = err else {
+            panic!("expected Invalid, got {err}")
+        };
+        let all = list.join("\n");
+        for key in [
+            "kafka.verdicts_topic",
+            "kafka.commit_interval_ms",
+            "kafka.auto_offset_reset",
+            "engine.hold_threshold",
+            "http.listen",
+        ] {
+            assert!(all.contains(key), "{key} missing from:\n{all}");
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The in-memory list of suspicious accounts, e-wallets, phones, devices and
+//! IPs, and its matcher. A list is immutable once built; updates build a new
+//! one with a higher version and the engine swaps it in whole.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::decision::Decision;
+use crate::event::{AccountKind, Payment};
+
+/// What a list entry names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListKind {
+    Account,
+    Ewallet,
+    Phone,
+    Device,
+    Ip,
+    Card,
+}
+
+impl ListKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListKind::Account => "account",
+            ListKind::Ewallet => "ewallet",
+            ListKind::Phone => "phone",
+            ListKind::Device => "device",
+            ListKind::Ip => "ip",
+            ListKind::Card => "card",
+        }
+    }
+
+    fn for_account(kind: AccountKind) -> ListKind {
+        match kind {
+            AccountKind::Ewallet => ListKind::Ewallet,
+            AccountKind::Card => ListKind::Card,
+            AccountKind::Account | AccountKind::Unspecified => ListKind::Account,
+        }
+    }
+}
+
+/// One list entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListEntry {
+    pub kind: ListKind,
+    pub value: String,
+    pub reason: String,
+    pub action: Decision,
+    pub expires_at_ms: Option<i64>,
+}
+
+#[derive(Debug)]
+struct Stored {
+    reason: Arc<str>,
+    rule_id: Arc<str>,
+    action: Decision,
+    expires_at_ms: Option<i64>,
+}
+
+/// A match of one payment against the list.
+#[derive(Debug, Clone)]
+pub struct ListHit {
+    pub rule_id: Arc<str>,
+    pub reason: Arc<str>,
+    pub action: Decision,
+}
+
+/// An immutable list, keyed by a hash of (kind, normalised value).
+#[derive(Debug)]
+pub struct Blocklist {
+    version: u64,
+    entries: HashMap<u64, Stored, ahash::RandomState>,
+    hasher: ahash::RandomState,
+}
+
+/// Normalises a value for storage and lookup: no spaces or dashes, upper case.
+pub fn normalise(value: &str) -> String {
+    value
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .flat_map(char::to_uppercase)
+        .collect()
+}
+
+impl Blocklist {
+    fn hasher() -> ahash::RandomState {
+        ahash::RandomState::with_seeds(0xb10c, 0x1157, 0x5eed, 0xf00d)
+    }
+
+    pub fn empty() -> Blocklist {
+        Blocklist {
+            version: 0,
+            entries: HashMap::with_hasher(ahash::RandomState::new()),
+            hasher: Self::hasher(),
+        }
+    }
+
+    pub fn new(version: u64, entries: impl IntoIterator<Item = ListEntry>) -> Blocklist {
+        let mut list = Blocklist {
+            version,
+            ..Blocklist::empty()
+        };
+        for e in entries {
+            let key = list.key(e.kind, &normalise(&e.value));
+            let rule_id: Arc<str> =
+                Arc::from(format!("BLOCKLIST_{}", e.kind.as_str().to_uppercase()));
+            list.entries.insert(
+                key,
+                Stored {
+                    reason: Arc::from(e.reason.as_str()),
+                    rule_id,
+                    action: e.action,
+                    expires_at_ms: e.expires_at_ms,
+                },
+            );
+        }
+        list
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn key(&self, kind: ListKind, normalised: &str) -> u64 {
+        self.hasher.hash_one((kind as u8, normalised))
+    }
+
+    fn lookup(&self, kind: ListKind, raw: &str, now_ms: i64) -> Option<ListHit> {
+        if raw.is_empty() || self.entries.is_empty() {
+            return None;
+        }
+        // Identifiers arrive mostly normalised; only re-normalise when needed.
+        let needs = raw
+            .chars()
+            .any(|c| c.is_whitespace() || c == '-' || c.is_lowercase());
+        let key = if needs {
+            self.key(kind, &normalise(raw))
+        } else {
+            self.key(kind, raw)
+        };
+        let s = self.entries.get(&key)?;
+        if s.expires_at_ms.is_some_and(|e| e <= now_ms) {
+            return None;
+        }
+        Some(ListHit {
+            rule_id: s.rule_id.clone(),
+            reason: s.reason.clone(),
+            action: s.action,
+        })
+    }
+
+    /// Checks the payee, payer, device, phone and IP of a payment; returns the
+    /// strongest hit.
+    pub fn check(&self, p: &Payment, now_ms: i64) -> Option<ListHit> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let candidates = [
+            (
+                ListKind::for_account(p.payee.kind),
+                p.payee.account.as_str(),
+            ),
+            (
+                ListKind::for_account(p.payer.kind),
+                p.payer.account.as_str(),
+            ),
+            (ListKind::Device, p.device_id.as_str()),
+            (ListKind::Phone, p.phone.as_str()),
+            (ListKind::Ip, p.ip.as_str()),
+        ];
+        let mut best: Option<ListHit> = None;
+        for (kind, raw) in candidates {
+            if let Some(hit) = self.lookup(kind, raw, now_ms) {
+                if best.as_ref().is_none_or(|b| hit.action > b.action) {
+                    best = Some(hit);
+                }
+            }
+        }
+        best
+    }
+}

@@ -1,0 +1,179 @@
+//! Rule hits + list hits + thresholds -> a decision with its reasons.
+
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+
+use super::blocklist::ListHit;
+use super::features::FeatureVector;
+
+/// What the payment switch should do with the payment. Ordered by severity,
+/// so the stronger of two decisions is their `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Decision {
+    Allow,
+    Review,
+    Hold,
+}
+
+impl Decision {
+    pub const ALL: [Decision; 3] = [Decision::Allow, Decision::Review, Decision::Hold];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "ALLOW",
+            Decision::Review => "REVIEW",
+            Decision::Hold => "HOLD",
+        }
+    }
+
+    pub fn to_wire(self) -> crate::proto::Decision {
+        match self {
+            Decision::Allow => crate::proto::Decision::Allow,
+            Decision::Review => crate::proto::Decision::Review,
+            Decision::Hold => crate::proto::Decision::Hold,
+        }
+    }
+}
+
+/// Score thresholds: a total at or above `review` gives REVIEW, at or above
+/// `hold` gives HOLD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    pub review: i32,
+    pub hold: i32,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            review: 40,
+            hold: 80,
+        }
+    }
+}
+
+/// One contribution to a verdict. Ids and texts are shared with the rule set
+/// (`Arc<str>`), so building a reason never allocates.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Reason {
+    pub rule_id: Arc<str>,
+    pub reason: Arc<str>,
+    pub score: i32,
+}
+
+/// The engine's answer for one payment.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Verdict {
+    pub decision: Decision,
+    pub score: i32,
+    pub reasons: SmallVec<[Reason; 4]>,
+    pub shadow_hits: SmallVec<[Reason; 2]>,
+    pub rules_version: Arc<str>,
+    pub blocklist_version: u64,
+    pub decided_at_ms: i64,
+    pub engine_time_ns: u64,
+    /// A decision forced by a list hit or a forcing rule, beyond the score.
+    #[serde(skip)]
+    pub forced: Option<Decision>,
+    /// The feature values this decision saw (for `--explain`).
+    pub features: FeatureVector,
+}
+
+impl Verdict {
+    pub(crate) fn new(rules_version: Arc<str>, blocklist_version: u64, now_ms: i64) -> Verdict {
+        Verdict {
+            decision: Decision::Allow,
+            score: 0,
+            reasons: SmallVec::new(),
+            shadow_hits: SmallVec::new(),
+            rules_version,
+            blocklist_version,
+            decided_at_ms: now_ms,
+            engine_time_ns: 0,
+            forced: None,
+            features: FeatureVector::default(),
+        }
+    }
+
+    pub(crate) fn add_hit(&mut self, reason: Reason, shadow: bool, force: Option<Decision>) {
+        if shadow {
+            self.shadow_hits.push(reason);
+            return;
+        }
+        self.score = self.score.saturating_add(reason.score);
+        if let Some(f) = force {
+            self.forced = Some(self.forced.map_or(f, |cur| cur.max(f)));
+        }
+        self.reasons.push(reason);
+    }
+
+    pub(crate) fn add_list_hit(&mut self, hit: ListHit) {
+        let force = hit.action;
+        self.add_hit(
+            Reason {
+                rule_id: hit.rule_id,
+                reason: hit.reason,
+                score: 0,
+            },
+            false,
+            Some(force),
+        );
+    }
+
+    /// Applies thresholds; a forced decision wins over the score.
+    pub(crate) fn decide(&mut self, t: &Thresholds) {
+        let by_score = if self.score >= t.hold {
+            Decision::Hold
+        } else if self.score >= t.review {
+            Decision::Review
+        } else {
+            Decision::Allow
+        };
+        self.decision = match self.forced {
+            Some(f) => f,
+            None => by_score,
+        };
+    }
+
+    /// The wire form published to the verdicts topic.
+    pub fn to_wire(&self, event_id: &str, event_time_ms: i64) -> crate::proto::Verdict {
+        let r = |r: &Reason| crate::proto::Reason {
+            rule_id: r.rule_id.to_string(),
+            reason: r.reason.to_string(),
+            score: r.score,
+        };
+        crate::proto::Verdict {
+            event_id: event_id.to_string(),
+            decision: self.decision.to_wire() as i32,
+            score: self.score,
+            reasons: self.reasons.iter().map(r).collect(),
+            shadow_hits: self.shadow_hits.iter().map(r).collect(),
+            rules_version: self.rules_version.to_string(),
+            blocklist_version: self.blocklist_version,
+            decided_at_ms: self.decided_at_ms,
+            engine_time_ns: self.engine_time_ns,
+            event_time_ms,
+        }
+    }
+
+    /// A JSON object for people and tools (`score`, `demo`).
+    pub fn to_json(&self, event_id: &str, explain: bool) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "event_id": event_id,
+            "decision": self.decision,
+            "score": self.score,
+            "reasons": self.reasons,
+            "shadow_hits": self.shadow_hits,
+            "rules_version": self.rules_version,
+            "blocklist_version": self.blocklist_version,
+            "decided_at_ms": self.decided_at_ms,
+            "engine_time_ns": self.engine_time_ns,
+        });
+        if explain {
+            v["features"] = serde_json::to_value(self.features).unwrap_or_default();
+        }
+        v
+    }
+}

@@ -1,0 +1,161 @@
+use super::*;
+use crate::event::{AccountKind, Channel, Currency, Party, Payment, PaymentType};
+
+const T0: i64 = 1_800_000_000_000;
+
+fn pay(id: &str, payer: &str, payee: &str, amount: i64, t: i64) -> Payment {
+    Payment {
+        event_id: id.into(),
+        event_time_ms: t,
+        payer: Party {
+            account: payer.into(),
+            bank_code: "VCB".into(),
+            kind: AccountKind::Account,
+        },
+        payee: Party {
+            account: payee.into(),
+            bank_code: "TCB".into(),
+            kind: AccountKind::Account,
+        },
+        amount_minor: amount,
+        currency: Currency::parse("VND").unwrap(),
+        channel: Channel::Mobile,
+        payment_type: PaymentType::Transfer,
+        device_id: "dev".into(),
+        ip: String::new(),
+        phone: String::new(),
+        geo: None,
+        country: "VN".into(),
+        merchant_category: String::new(),
+        attributes: Default::default(),
+    }
+}
+
+#[test]
+fn an_ordinary_payment_is_allowed_with_no_reasons() {
+    let e = Engine::new(EngineConfig::default());
+    let v = e.score_at(&pay("1", "A", "B", 100_000, T0), T0);
+    assert_eq!(v.decision, Decision::Allow);
+    assert_eq!(v.score, 0);
+    assert!(v.reasons.is_empty());
+    assert_eq!(&*v.rules_version, "builtin-1");
+}
+
+#[test]
+fn a_large_amount_is_reviewed_with_its_reason() {
+    let e = Engine::new(EngineConfig::default());
+    let v = e.score_at(&pay("1", "A", "B", 60_000_000, T0), T0);
+    assert_eq!(v.decision, Decision::Review);
+    assert_eq!(v.score, 40);
+    assert_eq!(&*v.reasons[0].rule_id, "LARGE_AMOUNT");
+}
+
+#[test]
+fn fan_in_to_one_payee_plus_large_amount_is_held() {
+    let e = Engine::new(EngineConfig::default());
+    let mut last = None;
+    for i in 0..8 {
+        last = Some(e.score_at(
+            &pay(
+                &format!("{i}"),
+                &format!("victim{i}"),
+                "MULE",
+                60_000_000,
+                T0 + i * 10_000,
+            ),
+            T0,
+        ));
+    }
+    let v = last.unwrap();
+    assert_eq!(v.features.payee_distinct_payers_10m, 8);
+    assert_eq!(v.decision, Decision::Hold, "{v:?}");
+    let ids: Vec<&str> = v.reasons.iter().map(|r| &*r.rule_id).collect();
+    assert_eq!(ids, ["LARGE_AMOUNT", "PAYEE_FAN_IN_10M"]);
+}
+
+#[test]
+fn velocity_counts_only_the_last_minute_of_event_time() {
+    let e = Engine::new(EngineConfig::default());
+    for i in 0..4 {
+        e.score_at(&pay(&format!("{i}"), "A", "B", 1000, T0 + i * 1000), T0);
+    }
+    let v = e.score_at(&pay("x", "A", "B", 1000, T0 + 5_000), T0);
+    assert_eq!(v.features.payer_count_1m, 5);
+    assert_eq!(v.features.payer_secs_since_last, 2.0);
+    assert!(v.reasons.iter().any(|r| &*r.rule_id == "PAYER_BURST_1M"));
+    let later = e.score_at(&pay("y", "A", "B", 1000, T0 + 120_000), T0);
+    assert_eq!(later.features.payer_count_1m, 1);
+    assert_eq!(later.features.payer_count_10m, 6);
+}
+
+#[test]
+fn a_blocklisted_payee_is_held_whatever_the_score() {
+    let e = Engine::new(EngineConfig::default());
+    e.set_blocklist(Blocklist::new(
+        7,
+        [ListEntry {
+            kind: ListKind::Account,
+            value: "99-88 77".into(),
+            reason: "Reported mule".into(),
+            action: Decision::Hold,
+            expires_at_ms: None,
+        }],
+    ));
+    let v = e.score_at(&pay("1", "A", "998877", 1000, T0), T0);
+    assert_eq!(v.decision, Decision::Hold);
+    assert_eq!(v.blocklist_version, 7);
+    assert_eq!(&*v.reasons[0].reason, "Reported mule");
+}
+
+#[test]
+fn an_expired_entry_stops_matching() {
+    let e = Engine::new(EngineConfig::default());
+    e.set_blocklist(Blocklist::new(
+        1,
+        [ListEntry {
+            kind: ListKind::Account,
+            value: "X1".into(),
+            reason: "r".into(),
+            action: Decision::Hold,
+            expires_at_ms: Some(T0),
+        }],
+    ));
+    assert_eq!(
+        e.score_at(&pay("1", "A", "X1", 10, T0), T0 - 1).decision,
+        Decision::Hold
+    );
+    assert_eq!(
+        e.score_at(&pay("2", "A", "X1", 10, T0), T0).decision,
+        Decision::Allow
+    );
+}
+
+#[test]
+fn shadow_rules_are_listed_but_never_decide() {
+    let e = Engine::new(EngineConfig::default());
+    let mut rs = RuleSet::builtin(Thresholds::default(), &rules::BuiltinParams::default());
+    rs.rules.push(rules::Rule::new(
+        "ALWAYS",
+        "shadow test",
+        500,
+        rules::Mode::Shadow,
+        |_, _| true,
+    ));
+    e.set_rules(rs);
+    let v = e.score_at(&pay("1", "A", "B", 10, T0), T0);
+    assert_eq!(v.decision, Decision::Allow);
+    assert_eq!(v.score, 0);
+    assert_eq!(&*v.shadow_hits[0].rule_id, "ALWAYS");
+}
+
+#[test]
+fn the_wire_verdict_carries_versions_and_reasons() {
+    let e = Engine::new(EngineConfig::default());
+    let v = e.score_at(&pay("ev-9", "A", "B", 60_000_000, T0), T0);
+    let w = v.to_wire("ev-9", T0);
+    assert_eq!(w.event_id, "ev-9");
+    assert_eq!(w.decision, crate::proto::Decision::Review as i32);
+    assert_eq!(w.reasons[0].rule_id, "LARGE_AMOUNT");
+    assert_eq!(w.rules_version, "builtin-1");
+    assert_eq!(w.event_time_ms, T0);
+}

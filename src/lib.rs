@@ -1,0 +1,68 @@
+//! fraudline: real-time transaction fraud scoring.
+//!
+//! # Data flow
+//! ```text
+//! payments topic ──► decode ──► features ──► rules ──► blocklist ──► verdict ──► verdicts topic
+//! (protobuf/JSON)      │          (state)      │          (lists)        │
+//!       malformed ─────┴──► DLQ topic          │                         └──► metrics
+//! demo / score / gen ───────────────────────► same Engine
+//! ```
+//!
+//! | stage | module | what it owns |
+//! | --- | --- | --- |
+//! | wire contracts | [`proto`] (generated from `proto/`) | protobuf types |
+//! | decode + validate | [`event`] | [`event::Payment`], [`event::DecodeError`] |
+//! | score | [`engine`] | [`engine::Engine::score`], the one hot path: features, rules, blocklist, decision |
+//! | Kafka in/out | [`stream`] | consumer group, verdict producer, DLQ, offsets, transactions |
+//! | HTTP | [`serve`] | `/metrics`, `/healthz`, `/readyz` |
+//! | wiring | [`app`] | builds the Engine, runs the stream, drains on shutdown |
+//! | config | [`config`] | one TOML file + `FRAUDLINE_*` env overrides |
+//! | metrics | [`telemetry`] | every metric name, tracing set-up |
+//! | analyst tools | [`tools`] | synthetic traffic generator, demo |
+//!
+//! The engine never touches the outside world: stream, serve and tools are
+//! adapters around it.
+
+pub mod app;
+pub mod config;
+pub mod engine;
+pub mod event;
+pub mod serve;
+pub mod stream;
+pub mod telemetry;
+pub mod tools;
+
+/// Types generated from `proto/fraudline/v1/*.proto` by prost at build time.
+pub mod proto {
+    #![allow(missing_docs, unreachable_pub, clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/fraudline.v1.rs"));
+}
+
+/// Masks an identifier (account, phone, card) for logs: keeps the last four
+/// characters, so on-call staff can correlate without seeing the number.
+pub fn mask(id: &str) -> String {
+    let n = id.chars().count();
+    if n <= 4 {
+        return "*".repeat(n);
+    }
+    let tail: String = id.chars().skip(n - 4).collect();
+    format!("{}{}", "*".repeat(n - 4), tail)
+}
+
+/// Milliseconds since the Unix epoch, from the wall clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mask_keeps_only_last_four() {
+        assert_eq!(super::mask("0912345678"), "******5678");
+        assert_eq!(super::mask("123"), "***");
+        assert_eq!(super::mask(""), "");
+    }
+}

@@ -1,0 +1,296 @@
+//! The `fraudline` binary: a thin CLI over the library.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use fraudline::config::Config;
+use fraudline::engine::{Blocklist, Engine, EngineConfig};
+use fraudline::event::{self, Limits};
+use fraudline::tools::{demo, gen};
+
+#[derive(Parser)]
+#[command(
+    name = "fraudline",
+    version,
+    about = "Real-time transaction fraud scoring"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: consume payments from Kafka, publish verdicts.
+    Run {
+        /// TOML config file (defaults: deploy/config/fraudline.toml, embedded).
+        #[arg(long, env = "FRAUDLINE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file (with env overrides) and exit 0 or 1.
+    CheckConfig {
+        #[arg(long, env = "FRAUDLINE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// The product in one command: synthetic traffic, scored live, /metrics served.
+    Demo {
+        /// Events per second (0 = as fast as possible).
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// Stop after this many seconds (default: run until ctrl-c).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Where to serve /metrics ("" to disable).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        listen: String,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value_t = 0.02)]
+        fraud_rate: f64,
+    },
+    /// Score JSON events (one per line) from a file or stdin; print verdicts as JSON lines.
+    Score {
+        /// Input file; "-" or absent for stdin.
+        file: Option<PathBuf>,
+        /// Include the feature values each decision saw.
+        #[arg(long)]
+        explain: bool,
+    },
+    /// Generate labelled synthetic payment events.
+    Gen {
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value_t = 0.02)]
+        fraud_rate: f64,
+        #[arg(long, value_enum, default_value_t = GenFormat::Json)]
+        format: GenFormat,
+        /// Event time of the first event (ms since the epoch; default: one hour ago).
+        #[arg(long)]
+        start_ms: Option<i64>,
+        /// Simulated events per second of event time.
+        #[arg(long, default_value_t = 1000.0)]
+        events_per_sec: f64,
+        /// Produce to this Kafka topic instead of writing to stdout.
+        #[arg(long, requires = "brokers")]
+        topic: Option<String>,
+        #[arg(long)]
+        brokers: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GenFormat {
+    Json,
+    Protobuf,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => {
+            let cfg = Config::load(config.as_deref())?;
+            fraudline::telemetry::init_tracing(cfg.log.format, &cfg.log.level);
+            fraudline::app::run(cfg, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            Config::load(config.as_deref())?;
+            println!("config ok");
+            Ok(())
+        }
+        Command::Demo {
+            rate,
+            duration,
+            listen,
+            seed,
+            fraud_rate,
+        } => {
+            let listen = if listen.is_empty() {
+                None
+            } else {
+                Some(
+                    listen
+                        .parse()
+                        .with_context(|| format!("--listen {listen:?}"))?,
+                )
+            };
+            let opts = demo::DemoOptions {
+                rate,
+                duration: duration.map(Duration::from_secs),
+                seed,
+                fraud_rate,
+            };
+            demo::run_with_metrics(opts, listen).await?;
+            Ok(())
+        }
+        Command::Score { file, explain } => score(file, explain),
+        Command::Gen {
+            count,
+            seed,
+            fraud_rate,
+            format,
+            start_ms,
+            events_per_sec,
+            topic,
+            brokers,
+        } => {
+            let cfg = gen::GenConfig {
+                seed,
+                fraud_rate,
+                start_ms: start_ms.unwrap_or_else(|| fraudline::now_ms() - 3_600_000),
+                events_per_sec,
+                ..gen::GenConfig::default()
+            };
+            match (topic, brokers) {
+                (Some(topic), Some(brokers)) => produce(cfg, count, format, &brokers, &topic).await,
+                _ => match write_events(cfg, count, format) {
+                    // `fraudline gen | head` is fine.
+                    Err(e)
+                        if e.downcast_ref::<std::io::Error>()
+                            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+                    {
+                        Ok(())
+                    }
+                    r => r,
+                },
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received; draining");
+}
+
+fn score(file: Option<PathBuf>, explain: bool) -> Result<()> {
+    let input: Box<dyn BufRead> = match file {
+        Some(p) if p.as_os_str() != "-" => Box::new(std::io::BufReader::new(
+            std::fs::File::open(&p).with_context(|| format!("cannot open {}", p.display()))?,
+        )),
+        _ => Box::new(std::io::BufReader::new(std::io::stdin())),
+    };
+    let engine = Engine::new(EngineConfig::default());
+    let list = gen::Generator::new(gen::GenConfig::default()).blocklist_entries();
+    engine.set_blocklist(Blocklist::new(1, list));
+    let limits = Limits::default();
+    let mut out = std::io::stdout().lock();
+    let mut bad = 0usize;
+    for (n, line) in input.lines().enumerate() {
+        let line = line.with_context(|| format!("reading line {}", n + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match event::decode(
+            line.as_bytes(),
+            Some(event::Format::Json),
+            &limits,
+            fraudline::now_ms(),
+        ) {
+            Ok(p) => {
+                let v = engine.score(&p);
+                writeln!(out, "{}", v.to_json(&p.event_id, explain))?;
+            }
+            Err(e) => {
+                bad += 1;
+                eprintln!("line {}: {} ({})", n + 1, e, e.kind());
+            }
+        }
+    }
+    if bad > 0 {
+        bail!("{bad} line(s) could not be scored");
+    }
+    Ok(())
+}
+
+fn write_events(cfg: gen::GenConfig, count: u64, format: GenFormat) -> Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (p, label) in gen::Generator::new(cfg).take(count as usize) {
+        match format {
+            GenFormat::Json => {
+                let mut j = event::JsonEvent::from_wire(&p.to_wire());
+                j.label = Some(label.to_string());
+                writeln!(out, "{}", serde_json::to_string(&j)?)?;
+            }
+            GenFormat::Protobuf => {
+                // Length-delimited protobuf, as prost writes it.
+                use prost::Message;
+                let bytes = p.to_wire().encode_length_delimited_to_vec();
+                out.write_all(&bytes)?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+async fn produce(
+    cfg: gen::GenConfig,
+    count: u64,
+    format: GenFormat,
+    brokers: &str,
+    topic: &str,
+) -> Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+        .context("creating the producer")?;
+    let mut pending = futures::stream::FuturesUnordered::new();
+    use futures::StreamExt;
+    for (p, _) in gen::Generator::new(cfg).take(count as usize) {
+        let payload = match format {
+            GenFormat::Json => p.to_json().into_bytes(),
+            GenFormat::Protobuf => p.to_protobuf(),
+        };
+        loop {
+            let rec = FutureRecord::to(topic)
+                .key(&p.payer.account)
+                .payload(&payload);
+            match producer.send_result(rec) {
+                Ok(f) => {
+                    pending.push(f);
+                    break;
+                }
+                Err((_, _)) => {
+                    if let Some(r) = pending.next().await {
+                        r.context("delivery cancelled")?.map_err(|(e, _)| e)?;
+                    }
+                }
+            }
+        }
+    }
+    while let Some(r) = pending.next().await {
+        r.context("delivery cancelled")?.map_err(|(e, _)| e)?;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    eprintln!("produced {count} events to {topic}");
+    Ok(())
+}

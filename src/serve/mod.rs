@@ -1,0 +1,78 @@
+//! The service's HTTP endpoints: `/metrics` (Prometheus text), `/healthz`
+//! (the process is alive) and `/readyz` (it is consuming and may take
+//! traffic; false while starting and while draining).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub metrics: PrometheusHandle,
+    pub ready: Arc<AtomicBool>,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}
+
+async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
+    let ready = s.ready.load(Ordering::SeqCst);
+    metrics::gauge!(crate::telemetry::READY).set(if ready { 1.0 } else { 0.0 });
+    if ready {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+/// Binds `addr` and serves until `shutdown` resolves. Returns the bound
+/// address (useful with port 0) and the server task.
+pub async fn spawn(
+    addr: SocketAddr,
+    state: HttpState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let upkeep = state.metrics.clone();
+    let task = tokio::spawn(async move {
+        // Histograms need periodic upkeep in the exporter.
+        let upkeep_task = tokio::spawn(async move {
+            let mut t = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                t.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
+        let r = axum::serve(listener, router(state))
+            .with_graceful_shutdown(shutdown)
+            .await;
+        upkeep_task.abort();
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "http server stopped");
+        }
+    });
+    Ok((bound, task))
+}

@@ -1,0 +1,148 @@
+//! Kafka in and out, nothing else: consume payments, hand each to the
+//! [`Engine`], produce the verdict (or a dead-letter record), and commit
+//! offsets only for what the broker has acknowledged.
+//!
+//! Two delivery modes (config `kafka.delivery`):
+//! - [`at_least_once`]: idempotent producer; a partition's offset is stored
+//!   for commit only once every record before it is acknowledged
+//!   ([`tracker::OffsetTracker`]). A crash repeats verdicts, never loses one.
+//! - [`exactly_once`]: Kafka transactions; verdicts, DLQ records and the
+//!   consumed offsets commit atomically every `commit_interval_ms`.
+
+pub mod at_least_once;
+mod context;
+pub mod exactly_once;
+pub mod record;
+pub mod tracker;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+
+use crate::config::{Config, Delivery};
+use crate::engine::Engine;
+use crate::telemetry::Metrics;
+pub use context::StreamContext;
+pub use record::{process, Outcome, HDR_CONTENT_TYPE};
+
+/// Errors that stop the stream. Anything per-record is a DLQ record instead.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("cannot create the Kafka {client}: {source}")]
+    Client {
+        client: &'static str,
+        source: KafkaError,
+    },
+    #[error("cannot subscribe to {topic}: {source}")]
+    Subscribe { topic: String, source: KafkaError },
+    #[error("Kafka transaction {step} failed: {source}")]
+    Transaction {
+        step: &'static str,
+        source: KafkaError,
+    },
+    #[error("the producer hit a fatal error and must be recreated: {0}")]
+    FatalProducer(String),
+    #[error("offset commit failed: {0}")]
+    Commit(KafkaError),
+}
+
+impl StreamError {
+    /// Whether restarting the process could help (always true for Kafka
+    /// errors; false for configuration mistakes).
+    pub fn is_config(&self) -> bool {
+        matches!(self, StreamError::Client { .. })
+    }
+}
+
+/// Shared pieces both delivery loops need.
+pub struct StreamParts {
+    pub engine: Arc<Engine>,
+    pub metrics: Metrics,
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Runs the stream until `shutdown` resolves, then drains: every record in
+/// flight is acknowledged (or its transaction committed) and its offset
+/// committed before this returns.
+pub async fn run(
+    cfg: &Config,
+    parts: StreamParts,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StreamError> {
+    let result = match cfg.kafka.delivery {
+        Delivery::AtLeastOnce => at_least_once::run(cfg, &parts, shutdown).await,
+        Delivery::ExactlyOnce => exactly_once::run(cfg, &parts, shutdown).await,
+    };
+    parts.ready.store(false, Ordering::SeqCst);
+    result
+}
+
+/// Settings shared by the consumer and the producer: brokers, statistics and
+/// the pass-through `kafka.librdkafka` table (TLS, SASL, ...).
+fn base_config(cfg: &Config) -> ClientConfig {
+    let k = &cfg.kafka;
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers)
+        .set(
+            "statistics.interval.ms",
+            k.statistics_interval_ms.to_string(),
+        )
+        .set("client.id", format!("fraudline-{}", k.group_id));
+    for (key, v) in &k.librdkafka {
+        c.set(key, v);
+    }
+    c
+}
+
+/// The consumer's settings. Offsets are never stored automatically: the
+/// delivery loops store (or transact) them once the output is safe.
+pub fn consumer_config(cfg: &Config) -> ClientConfig {
+    let k = &cfg.kafka;
+    let mut c = base_config(cfg);
+    c.set("group.id", &k.group_id)
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", &k.auto_offset_reset)
+        .set("session.timeout.ms", k.session_timeout_ms.to_string())
+        .set("fetch.wait.max.ms", k.fetch_wait_max_ms.to_string())
+        .set("fetch.queue.backoff.ms", "10")
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    match k.delivery {
+        Delivery::AtLeastOnce => {
+            c.set("enable.auto.commit", "true")
+                .set("auto.commit.interval.ms", k.commit_interval_ms.to_string());
+        }
+        Delivery::ExactlyOnce => {
+            c.set("enable.auto.commit", "false")
+                .set("isolation.level", "read_committed");
+        }
+    }
+    for (key, v) in &k.consumer {
+        c.set(key, v);
+    }
+    c
+}
+
+/// The producer's settings: idempotent always, transactional in exactly-once.
+pub fn producer_config(cfg: &Config) -> ClientConfig {
+    let k = &cfg.kafka;
+    let mut c = base_config(cfg);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", k.linger_ms.to_string())
+        .set("message.timeout.ms", k.message_timeout_ms.to_string())
+        .set(
+            "queue.buffering.max.messages",
+            (k.max_in_flight * 2).max(100_000).to_string(),
+        );
+    if k.delivery == Delivery::ExactlyOnce {
+        c.set("transactional.id", &k.transactional_id)
+            .set("transaction.timeout.ms", "60000");
+    }
+    for (key, v) in &k.producer {
+        c.set(key, v);
+    }
+    c
+}

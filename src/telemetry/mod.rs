@@ -1,0 +1,203 @@
+//! Every metric name in one place, the Prometheus recorder, and tracing set-up.
+//!
+//! Names follow Prometheus conventions: `fraudline_` prefix, base units,
+//! `_total` for counters. Labels are bounded (decision, error kind, rule id,
+//! partition); never an account or event id. Per-event code uses the handles
+//! in [`Metrics`], registered once, so the hot path does no name lookup.
+
+use std::sync::OnceLock;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::engine::Decision;
+use crate::event::DecodeError;
+
+pub const EVENTS_CONSUMED: &str = "fraudline_events_consumed_total";
+pub const VERDICTS: &str = "fraudline_verdicts_total";
+pub const DECODE_ERRORS: &str = "fraudline_decode_errors_total";
+pub const DLQ_RECORDS: &str = "fraudline_dlq_records_total";
+pub const ENGINE_LATENCY: &str = "fraudline_engine_latency_seconds";
+pub const END_TO_END_LATENCY: &str = "fraudline_end_to_end_latency_seconds";
+pub const CONSUMER_LAG: &str = "fraudline_consumer_lag_messages";
+pub const IN_FLIGHT: &str = "fraudline_in_flight_records";
+pub const DELIVERY_RETRIES: &str = "fraudline_delivery_retries_total";
+pub const TRANSACTIONS: &str = "fraudline_transactions_total";
+pub const RULE_HITS: &str = "fraudline_rule_hits_total";
+pub const READY: &str = "fraudline_ready";
+pub const BUILD_INFO: &str = "fraudline_build_info";
+
+/// Engine time: a few hundred nanoseconds to a few milliseconds.
+const ENGINE_BUCKETS: &[f64] = &[
+    0.000_000_5,
+    0.000_001,
+    0.000_002,
+    0.000_005,
+    0.000_01,
+    0.000_025,
+    0.000_05,
+    0.000_1,
+    0.000_25,
+    0.000_5,
+    0.001,
+    0.005,
+    0.01,
+];
+
+/// End to end, event time to verdict acknowledged: milliseconds to minutes.
+const E2E_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and returns its handle
+/// (for `/metrics`). Later calls return the same handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(ENGINE_LATENCY.into()), ENGINE_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(END_TO_END_LATENCY.into()), E2E_BUCKETS)
+                });
+            let handle = match builder.and_then(|b| b.install_recorder()) {
+                Ok(h) => h,
+                // Another recorder is installed (a test harness): render an
+                // empty, detached one rather than fail.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            };
+            describe();
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(
+        EVENTS_CONSUMED,
+        "Input records read from the payments topic"
+    );
+    describe_counter!(VERDICTS, "Verdicts produced, by decision");
+    describe_counter!(
+        DECODE_ERRORS,
+        "Input records that failed to decode or validate, by kind"
+    );
+    describe_counter!(
+        DLQ_RECORDS,
+        "Records written to the dead-letter topic, by reason"
+    );
+    describe_histogram!(
+        ENGINE_LATENCY,
+        metrics::Unit::Seconds,
+        "Time inside Engine::score per event"
+    );
+    describe_histogram!(
+        END_TO_END_LATENCY,
+        metrics::Unit::Seconds,
+        "Event time to verdict acknowledged by the broker"
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Consumer lag per partition, from librdkafka statistics"
+    );
+    describe_gauge!(
+        IN_FLIGHT,
+        "Verdict and DLQ records sent but not yet acknowledged"
+    );
+    describe_counter!(
+        DELIVERY_RETRIES,
+        "Verdict or DLQ records re-sent after a failed delivery"
+    );
+    describe_counter!(
+        TRANSACTIONS,
+        "Kafka transactions, by result (exactly-once mode)"
+    );
+    describe_counter!(RULE_HITS, "Rule hits, by rule id and mode");
+    describe_gauge!(READY, "1 when the service is ready to take traffic");
+    describe_gauge!(BUILD_INFO, "Build information; the value is always 1");
+}
+
+/// Handles for the per-event metrics, registered once.
+#[derive(Clone)]
+pub struct Metrics {
+    pub events_consumed: Counter,
+    verdicts: [Counter; 3],
+    pub engine_latency: Histogram,
+    pub end_to_end_latency: Histogram,
+    pub in_flight: Gauge,
+    pub delivery_retries: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics {
+            events_consumed: metrics::counter!(EVENTS_CONSUMED),
+            verdicts: Decision::ALL.map(|d| metrics::counter!(VERDICTS, "decision" => d.as_str())),
+            engine_latency: metrics::histogram!(ENGINE_LATENCY),
+            end_to_end_latency: metrics::histogram!(END_TO_END_LATENCY),
+            in_flight: metrics::gauge!(IN_FLIGHT),
+            delivery_retries: metrics::counter!(DELIVERY_RETRIES),
+        }
+    }
+
+    pub fn verdict(&self, d: Decision) -> &Counter {
+        &self.verdicts[d as usize]
+    }
+
+    /// Decode errors are rare: a labelled lookup per error is fine.
+    pub fn decode_error(&self, e: &DecodeError) {
+        metrics::counter!(DECODE_ERRORS, "kind" => e.kind()).increment(1);
+    }
+
+    pub fn dlq(&self, reason: &'static str) {
+        metrics::counter!(DLQ_RECORDS, "reason" => reason).increment(1);
+    }
+
+    /// Registers zero-valued series so dashboards and `rate()` see them
+    /// before the first error.
+    pub fn register_zeroes(&self) {
+        for k in DecodeError::KINDS {
+            metrics::counter!(DECODE_ERRORS, "kind" => *k).absolute(0);
+            metrics::counter!(DLQ_RECORDS, "reason" => *k).absolute(0);
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Text on a terminal, JSON otherwise.
+    #[default]
+    Auto,
+    Text,
+    Json,
+}
+
+/// Sets up tracing: `RUST_LOG` (or `level`) filters, JSON or text to stderr.
+pub fn init_tracing(format: LogFormat, level: &str) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

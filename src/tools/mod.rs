@@ -1,0 +1,5 @@
+//! Tools on the same Engine: the labelled synthetic traffic generator and
+//! the self-contained demo.
+
+pub mod demo;
+pub mod gen;
