@@ -16,7 +16,7 @@ use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
-use rdkafka::Message;
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use super::tracker::OffsetTracker;
@@ -178,8 +178,14 @@ impl Loop<'_> {
                 if let Some(next) = self.tracker.finish(p.partition, p.offset) {
                     // Fails only when the partition was revoked meanwhile; the
                     // new owner re-reads from the last commit (at-least-once).
+                    // `store_offsets` stores the offset as given: the next one
+                    // to read. (`store_offset` would add one itself.)
+                    let mut tpl = TopicPartitionList::new();
                     let topic = &self.cfg.kafka.payments_topic;
-                    if let Err(e) = self.consumer.store_offset(topic, p.partition, next) {
+                    let stored = tpl
+                        .add_partition_offset(topic, p.partition, Offset::Offset(next))
+                        .and_then(|()| self.consumer.store_offsets(&tpl));
+                    if let Err(e) = stored {
                         tracing::debug!(error = %e, partition = p.partition, "offset not stored");
                     }
                 }

@@ -1,0 +1,455 @@
+//! Test harness: a real Kafka broker (deploy/kafka/broker.sh), random topic
+//! names, a fraudline process per test, and readers for the output topics.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use fraudline::proto;
+use fraudline::tools::gen::{GenConfig, Generator};
+use prost::Message as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Starts (or reuses) the broker whose state lives in `state_dir`, unless
+/// FRAUDLINE_TEST_BROKERS names one already running.
+pub fn start_broker(state_dir: &str) -> String {
+    if let Ok(b) = std::env::var("FRAUDLINE_TEST_BROKERS") {
+        return b;
+    }
+    let out = Command::new(repo().join("deploy/kafka/broker.sh"))
+        .arg("start")
+        .env("FRAUDLINE_KAFKA_STATE", state_dir)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run deploy/kafka/broker.sh");
+    assert!(out.status.success(), "broker.sh start failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+pub fn broker_cmd(state_dir: &str, cmd: &str) -> String {
+    let out = Command::new(repo().join("deploy/kafka/broker.sh"))
+        .arg(cmd)
+        .env("FRAUDLINE_KAFKA_STATE", state_dir)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run deploy/kafka/broker.sh");
+    assert!(out.status.success(), "broker.sh {cmd} failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The broker shared by the tests of one test binary.
+pub fn broker() -> &'static str {
+    static B: OnceLock<String> = OnceLock::new();
+    B.get_or_init(|| start_broker("/tmp/fraudline-kafka-it"))
+}
+
+pub fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("it-{name}-{}-{nanos}", std::process::id())
+}
+
+pub struct Topics {
+    pub payments: String,
+    pub verdicts: String,
+    pub dlq: String,
+    pub group: String,
+}
+
+pub async fn create_topics(brokers: &str, name: &str, partitions: i32) -> Topics {
+    let t = Topics {
+        payments: unique(&format!("{name}-payments")),
+        verdicts: unique(&format!("{name}-verdicts")),
+        dlq: unique(&format!("{name}-dlq")),
+        group: unique(&format!("{name}-group")),
+    };
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let topics = [
+        NewTopic::new(&t.payments, partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&t.verdicts, partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&t.dlq, 1, TopicReplication::Fixed(1)),
+    ];
+    let res = admin
+        .create_topics(
+            &topics,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .unwrap();
+    for r in res {
+        r.unwrap();
+    }
+    t
+}
+
+/// Where each produced event landed: event_id -> (partition, offset).
+pub type Placement = HashMap<String, (i32, i64)>;
+
+/// Produces `count` generated events (alternating protobuf and JSON, keyed by
+/// payer) and returns where each landed.
+pub async fn produce_events(brokers: &str, topic: &str, count: usize, seed: u64) -> Placement {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let gen = Generator::new(GenConfig {
+        seed,
+        start_ms: fraudline::now_ms() - 600_000,
+        events_per_sec: 200.0,
+        fraud_rate: 0.05,
+        ..GenConfig::default()
+    });
+    let mut futures = Vec::with_capacity(count);
+    for (i, (p, _)) in gen.take(count).enumerate() {
+        let (payload, ct) = if i % 2 == 0 {
+            (p.to_protobuf(), "application/x-protobuf")
+        } else {
+            (p.to_json().into_bytes(), "application/json")
+        };
+        // Half the JSON records say what they are, half rely on detection.
+        let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: "content-type",
+            value: Some(ct),
+        });
+        let mut rec = FutureRecord::to(topic)
+            .key(&p.payer.account)
+            .payload(&payload);
+        if i % 4 != 1 {
+            rec = rec.headers(headers);
+        }
+        let f = producer.send_result(rec).map_err(|(e, _)| e).unwrap();
+        futures.push((p.event_id.clone(), f));
+    }
+    let mut placement = HashMap::with_capacity(count);
+    for (id, f) in futures {
+        let d = f.await.unwrap().map_err(|(e, _)| e).unwrap();
+        placement.insert(id, (d.partition, d.offset));
+    }
+    placement
+}
+
+/// Produces raw records (key, payload) and returns their offsets.
+pub async fn produce_raw(
+    brokers: &str,
+    topic: &str,
+    records: &[(&str, Vec<u8>)],
+) -> Vec<(i32, i64)> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let mut out = Vec::new();
+    for (k, v) in records {
+        let d = producer
+            .send(
+                FutureRecord::to(topic).key(*k).payload(v),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        out.push((d.partition, d.offset));
+    }
+    producer.flush(Duration::from_secs(5)).unwrap();
+    out
+}
+
+/// A fraudline process running `run` with a generated config file.
+pub struct Fraudline {
+    pub child: Child,
+    pub log: PathBuf,
+    pub http: String,
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn config_toml(brokers: &str, t: &Topics, delivery: &str, http: &str, extra: &str) -> String {
+    format!(
+        "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{}\"\npayments_topic = \"{}\"\nverdicts_topic = \"{}\"\n\
+         dlq_topic = \"{}\"\ndelivery = \"{delivery}\"\ntransactional_id = \"{}-txn\"\ncommit_interval_ms = 100\n\
+         statistics_interval_ms = 1000\nsession_timeout_ms = 6000\n{extra}\n[http]\nlisten = \"{http}\"\n[log]\nformat = \"text\"\nlevel = \"info\"\n",
+        t.group, t.payments, t.verdicts, t.dlq, t.group
+    )
+}
+
+impl Fraudline {
+    pub fn start(config: &str) -> Fraudline {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fraudline.toml");
+        std::fs::write(&path, config).unwrap();
+        let http = config
+            .lines()
+            .find_map(|l| l.strip_prefix("listen = \""))
+            .map(|l| l.trim_end_matches('"').to_string())
+            .unwrap_or_default();
+        Fraudline::spawn(dir, path, http)
+    }
+
+    fn spawn(dir: tempfile::TempDir, config: PathBuf, http: String) -> Fraudline {
+        let log = dir
+            .path()
+            .join(format!("fraudline-{}.log", fraudline::now_ms()));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_fraudline"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Fraudline {
+            child,
+            log,
+            http,
+            _dir: dir,
+            config,
+        }
+    }
+
+    /// Starts the same configuration again (after a kill).
+    pub fn restart(mut self) -> Fraudline {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = self
+            ._dir
+            .path()
+            .join(format!("fraudline-{}.log", fraudline::now_ms()));
+        let out = std::fs::File::create(&log).unwrap();
+        self.child = Command::new(env!("CARGO_BIN_EXE_fraudline"))
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .env_remove("RUST_LOG")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        self.log = log;
+        self
+    }
+
+    pub fn sigkill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for the exit; returns the exit code.
+    pub fn sigterm_and_wait(&mut self, limit: Duration) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Fraudline {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A verdict or DLQ record as read back.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads a topic from the beginning, on all partitions.
+pub struct Reader {
+    consumer: BaseConsumer,
+    pub records: Vec<Read>,
+}
+
+impl Reader {
+    pub fn new(brokers: &str, topic: &str, read_committed: bool) -> Reader {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .set(
+                "isolation.level",
+                if read_committed {
+                    "read_committed"
+                } else {
+                    "read_uncommitted"
+                },
+            )
+            .create()
+            .unwrap();
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        Reader {
+            consumer,
+            records: Vec::new(),
+        }
+    }
+
+    /// Polls for up to `d`, appending what arrives.
+    pub fn poll_for(&mut self, d: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < d {
+            match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    (
+                                        h.key.to_string(),
+                                        String::from_utf8_lossy(h.value.unwrap_or_default())
+                                            .to_string(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    self.records.push(Read {
+                        key: m.key().unwrap_or_default().to_vec(),
+                        payload: m.payload().unwrap_or_default().to_vec(),
+                        headers,
+                    });
+                }
+                Some(Err(e)) => panic!("reader error: {e}"),
+                None => {}
+            }
+        }
+    }
+
+    /// Polls until `done(records)` holds or `limit` passes. Returns whether it held.
+    pub fn poll_until(&mut self, limit: Duration, done: impl Fn(&[Read]) -> bool) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if done(&self.records) {
+                return true;
+            }
+            self.poll_for(Duration::from_millis(500));
+        }
+        done(&self.records)
+    }
+}
+
+pub fn verdict(r: &Read) -> proto::Verdict {
+    proto::Verdict::decode(r.payload.as_slice()).expect("verdict decodes")
+}
+
+pub fn distinct_ids(records: &[Read]) -> std::collections::HashSet<String> {
+    records.iter().map(|r| verdict(r).event_id).collect()
+}
+
+/// The group's committed offsets on `topic`, by partition.
+pub fn committed(brokers: &str, group: &str, topic: &str) -> HashMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition(topic, p.id());
+    }
+    let c = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    c.elements()
+        .iter()
+        .map(|e| {
+            let o = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            };
+            (e.partition(), o)
+        })
+        .collect()
+}
+
+pub fn wait_http(addr: &str, path: &str, limit: Duration) -> Option<(u16, String)> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(r) = http_get(addr, path) {
+            return Some(r);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// A plain HTTP/1.1 GET over a real socket.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+pub fn _unused(_: &Path) {}
