@@ -364,7 +364,8 @@ impl Reader {
                         headers,
                     });
                 }
-                Some(Err(e)) => panic!("reader error: {e}"),
+                // Transient (a broker restart): the client reconnects by itself.
+                Some(Err(e)) => eprintln!("reader: {e}"),
                 None => {}
             }
         }
