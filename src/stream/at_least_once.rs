@@ -20,9 +20,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use super::tracker::OffsetTracker;
-use super::{
-    consumer_config, process, producer_config, Outcome, StreamContext, StreamError, StreamParts,
-};
+use super::{clients, process, subscribe, Outcome, StreamContext, StreamError, StreamParts};
 use crate::config::Config;
 
 /// One output record waiting for its acknowledgement. It keeps its bytes so
@@ -54,24 +52,8 @@ pub async fn run(
     parts: &StreamParts,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StreamError> {
-    let consumer: StreamConsumer<StreamContext> = consumer_config(cfg)
-        .create_with_context(StreamContext)
-        .map_err(|source| StreamError::Client {
-            client: "consumer",
-            source,
-        })?;
-    let producer: FutureProducer<StreamContext> = producer_config(cfg)
-        .create_with_context(StreamContext)
-        .map_err(|source| StreamError::Client {
-            client: "producer",
-            source,
-        })?;
-    consumer
-        .subscribe(&[&cfg.kafka.payments_topic])
-        .map_err(|source| StreamError::Subscribe {
-            topic: cfg.kafka.payments_topic.clone(),
-            source,
-        })?;
+    let (consumer, producer) = clients(cfg)?;
+    subscribe(cfg, &consumer)?;
     let mut l = Loop {
         cfg,
         parts,

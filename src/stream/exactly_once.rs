@@ -16,9 +16,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
-use super::{
-    consumer_config, process, producer_config, Outcome, StreamContext, StreamError, StreamParts,
-};
+use super::{clients, process, subscribe, Outcome, StreamContext, StreamError, StreamParts};
 use crate::config::Config;
 use crate::telemetry;
 
@@ -40,18 +38,7 @@ pub async fn run(
     parts: &StreamParts,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StreamError> {
-    let consumer: StreamConsumer<StreamContext> = consumer_config(cfg)
-        .create_with_context(StreamContext)
-        .map_err(|source| StreamError::Client {
-            client: "consumer",
-            source,
-        })?;
-    let producer: FutureProducer<StreamContext> = producer_config(cfg)
-        .create_with_context(StreamContext)
-        .map_err(|source| StreamError::Client {
-            client: "producer",
-            source,
-        })?;
+    let (consumer, producer) = clients(cfg)?;
     {
         let p = producer.clone();
         blocking(move || p.init_transactions(TXN_TIMEOUT))
@@ -61,12 +48,7 @@ pub async fn run(
                 source,
             })?;
     }
-    consumer
-        .subscribe(&[&cfg.kafka.payments_topic])
-        .map_err(|source| StreamError::Subscribe {
-            topic: cfg.kafka.payments_topic.clone(),
-            source,
-        })?;
+    subscribe(cfg, &consumer)?;
     parts.ready.store(true, Ordering::SeqCst);
     info!(
         topic = %cfg.kafka.payments_topic,

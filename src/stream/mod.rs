@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
 
 use crate::config::{Config, Delivery};
 use crate::engine::Engine;
@@ -78,6 +80,35 @@ pub async fn run(
     };
     parts.ready.store(false, Ordering::SeqCst);
     result
+}
+
+/// Creates the consumer and the producer; a bad pass-through setting is
+/// refused here with librdkafka's message naming the property.
+fn clients(
+    cfg: &Config,
+) -> Result<(StreamConsumer<StreamContext>, FutureProducer<StreamContext>), StreamError> {
+    let consumer = consumer_config(cfg)
+        .create_with_context(StreamContext)
+        .map_err(|source| StreamError::Client {
+            client: "consumer",
+            source,
+        })?;
+    let producer = producer_config(cfg)
+        .create_with_context(StreamContext)
+        .map_err(|source| StreamError::Client {
+            client: "producer",
+            source,
+        })?;
+    Ok((consumer, producer))
+}
+
+fn subscribe(cfg: &Config, consumer: &StreamConsumer<StreamContext>) -> Result<(), StreamError> {
+    consumer
+        .subscribe(&[&cfg.kafka.payments_topic])
+        .map_err(|source| StreamError::Subscribe {
+            topic: cfg.kafka.payments_topic.clone(),
+            source,
+        })
 }
 
 /// Settings shared by the consumer and the producer: brokers, statistics and
