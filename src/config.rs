@@ -67,6 +67,8 @@ pub struct KafkaConfig {
     pub linger_ms: u64,
     pub message_timeout_ms: u64,
     pub statistics_interval_ms: u64,
+    pub warmup_lookback_ms: u64,
+    pub warmup_timeout_ms: u64,
     pub librdkafka: BTreeMap<String, String>,
     pub consumer: BTreeMap<String, String>,
     pub producer: BTreeMap<String, String>,
@@ -96,6 +98,7 @@ pub struct EngineSection {
     pub large_amount_minor: i64,
     pub payer_burst_1m: u32,
     pub payee_fan_in_10m: u32,
+    pub explain_in_verdicts: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -155,7 +155,20 @@ impl Verdict {
             decided_at_ms: self.decided_at_ms,
             engine_time_ns: self.engine_time_ns,
             event_time_ms,
+            features: Default::default(),
         }
+    }
+
+    /// [`Verdict::to_wire`] with the feature values filled in.
+    pub fn to_wire_explained(&self, event_id: &str, event_time_ms: i64) -> crate::proto::Verdict {
+        let mut w = self.to_wire(event_id, event_time_ms);
+        w.features = self
+            .features
+            .named()
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        w
     }
 
     /// A JSON object for people and tools (`score`, `demo`).

@@ -73,6 +73,12 @@ impl Engine {
         v
     }
 
+    /// Updates feature state with a payment without scoring it: the warm-up
+    /// replay after a restart or a rebalance.
+    pub fn warm(&self, p: &Payment) {
+        self.features.update_and_read(p);
+    }
+
     /// Swaps in a new rule set between two events.
     pub fn set_rules(&self, rules: RuleSet) {
         self.rules.store(Arc::new(rules));

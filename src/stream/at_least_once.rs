@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
@@ -20,7 +20,9 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use super::tracker::OffsetTracker;
-use super::{clients, process, subscribe, Outcome, StreamContext, StreamError, StreamParts};
+use super::{
+    clients, process, subscribe, Outcome, ProcessOptions, StreamContext, StreamError, StreamParts,
+};
 use crate::config::Config;
 
 /// One output record waiting for its acknowledgement. It keeps its bytes so
@@ -41,7 +43,7 @@ type Acked = Pin<Box<dyn Future<Output = (Pending, Option<OwnedDeliveryResult>)>
 struct Loop<'a> {
     cfg: &'a Config,
     parts: &'a StreamParts,
-    consumer: StreamConsumer<StreamContext>,
+    consumer: super::SharedConsumer,
     producer: FutureProducer<StreamContext>,
     tracker: OffsetTracker,
     inflight: FuturesUnordered<Acked>,
@@ -52,7 +54,7 @@ pub async fn run(
     parts: &StreamParts,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StreamError> {
-    let (consumer, producer) = clients(cfg)?;
+    let (consumer, producer) = clients(cfg, parts)?;
     subscribe(cfg, &consumer)?;
     let mut l = Loop {
         cfg,
@@ -68,7 +70,7 @@ pub async fn run(
         group = %cfg.kafka.group_id,
         "stream started (at-least-once)"
     );
-    let limits = cfg.limits();
+    let opts = ProcessOptions::from_config(cfg);
     let max_in_flight = cfg.kafka.max_in_flight;
     tokio::pin!(shutdown);
     loop {
@@ -80,7 +82,7 @@ pub async fn run(
                 Ok(m) => {
                     parts.metrics.events_consumed.increment(1);
                     let (partition, offset) = (m.partition(), m.offset());
-                    let pending = match process(&m, &parts.engine, &limits, &parts.metrics) {
+                    let pending = match process(&m, &parts.engine, &opts, &parts.metrics) {
                         Outcome::Verdict { key, payload, headers, event_time_ms, .. } => Pending {
                             partition, offset, to_dlq: false, key, payload, headers,
                             event_time_ms: Some(event_time_ms),

@@ -2,14 +2,18 @@
 //! (consumer lag per partition), rebalances become log lines.
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::statistics::Statistics;
 use tracing::{info, warn};
 
 use crate::telemetry;
 
+/// `assigned` is set on the consumer's context when warm-up is on: newly
+/// assigned partitions are paused and handed to the warm-up task.
 #[derive(Clone, Default)]
-pub struct StreamContext;
+pub struct StreamContext {
+    pub(crate) assigned: Option<tokio::sync::mpsc::UnboundedSender<Vec<i32>>>,
+}
 
 impl ClientContext for StreamContext {
     fn stats(&self, stats: Statistics) {
@@ -36,10 +40,19 @@ impl ClientContext for StreamContext {
 }
 
 impl ConsumerContext for StreamContext {
-    fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                info!(partitions = ?partitions(tpl), "partitions assigned")
+                info!(partitions = ?partitions(tpl), "partitions assigned");
+                if let Some(tx) = &self.assigned {
+                    if tpl.count() > 0 {
+                        if let Err(e) = c.pause(tpl) {
+                            warn!(error = %e, "cannot pause partitions for warm-up");
+                        }
+                        let list = tpl.elements().iter().map(|e| e.partition()).collect();
+                        let _ = tx.send(list);
+                    }
+                }
             }
             Rebalance::Revoke(tpl) => {
                 info!(partitions = ?partitions(tpl), "partitions revoked")

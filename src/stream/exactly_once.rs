@@ -16,7 +16,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
-use super::{clients, process, subscribe, Outcome, StreamContext, StreamError, StreamParts};
+use super::{
+    clients, process, subscribe, Outcome, ProcessOptions, StreamContext, StreamError, StreamParts,
+};
 use crate::config::Config;
 use crate::telemetry;
 
@@ -38,7 +40,7 @@ pub async fn run(
     parts: &StreamParts,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StreamError> {
-    let (consumer, producer) = clients(cfg)?;
+    let (consumer, producer) = clients(cfg, parts)?;
     {
         let p = producer.clone();
         blocking(move || p.init_transactions(TXN_TIMEOUT))
@@ -56,7 +58,7 @@ pub async fn run(
         "stream started (exactly-once)"
     );
 
-    let limits = cfg.limits();
+    let opts = ProcessOptions::from_config(cfg);
     let interval = Duration::from_millis(cfg.kafka.commit_interval_ms);
     let mut ticker = tokio::time::interval(interval.min(Duration::from_millis(50)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -86,7 +88,7 @@ pub async fn run(
                         txn.started = Instant::now();
                     }
                     let (partition, offset) = (m.partition(), m.offset());
-                    let (topic, key, payload, headers, event_time) = match process(&m, &parts.engine, &limits, &parts.metrics) {
+                    let (topic, key, payload, headers, event_time) = match process(&m, &parts.engine, &opts, &parts.metrics) {
                         Outcome::Verdict { key, payload, headers, event_time_ms, .. } =>
                             (&cfg.kafka.verdicts_topic, key, payload, headers, Some(event_time_ms)),
                         Outcome::Dead { key, payload, headers, .. } =>

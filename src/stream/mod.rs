@@ -14,6 +14,7 @@ mod context;
 pub mod exactly_once;
 pub mod record;
 pub mod tracker;
+pub mod warmup;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +29,7 @@ use crate::config::{Config, Delivery};
 use crate::engine::Engine;
 use crate::telemetry::Metrics;
 pub use context::StreamContext;
-pub use record::{process, Outcome, HDR_CONTENT_TYPE};
+pub use record::{process, Outcome, ProcessOptions, HDR_CONTENT_TYPE};
 
 /// Errors that stop the stream. Anything per-record is a DLQ record instead.
 #[derive(Debug, thiserror::Error)]
@@ -82,24 +83,63 @@ pub async fn run(
     result
 }
 
+/// The consumer, shared with the warm-up task (which resumes partitions).
+type SharedConsumer = Arc<StreamConsumer<StreamContext>>;
+
 /// Creates the consumer and the producer; a bad pass-through setting is
-/// refused here with librdkafka's message naming the property.
+/// refused here with librdkafka's message naming the property. With warm-up
+/// on, also starts the warm-up task.
 fn clients(
     cfg: &Config,
-) -> Result<(StreamConsumer<StreamContext>, FutureProducer<StreamContext>), StreamError> {
-    let consumer = consumer_config(cfg)
-        .create_with_context(StreamContext)
+    parts: &StreamParts,
+) -> Result<(SharedConsumer, FutureProducer<StreamContext>), StreamError> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let warm = cfg.kafka.warmup_lookback_ms > 0;
+    let ctx = StreamContext {
+        assigned: warm.then_some(tx),
+    };
+    let consumer: SharedConsumer = consumer_config(cfg)
+        .create_with_context(ctx)
+        .map(Arc::new)
         .map_err(|source| StreamError::Client {
             client: "consumer",
             source,
         })?;
     let producer = producer_config(cfg)
-        .create_with_context(StreamContext)
+        .create_with_context(StreamContext::default())
         .map_err(|source| StreamError::Client {
             client: "producer",
             source,
         })?;
+    if warm {
+        tokio::spawn(warmup::run(
+            cfg.clone(),
+            parts.engine.clone(),
+            consumer.clone(),
+            rx,
+            parts.ready.clone(),
+        ));
+    }
     Ok((consumer, producer))
+}
+
+/// The warm-up reader: same brokers and security settings, the group's id
+/// (to read its committed offsets; it never joins), committed data only.
+fn warmup_reader_config(cfg: &Config) -> ClientConfig {
+    let mut c = base_config(cfg);
+    c.set("group.id", &cfg.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("statistics.interval.ms", "0")
+        .set(
+            "client.id",
+            format!("fraudline-{}-warmup", cfg.kafka.group_id),
+        );
+    for (key, v) in &cfg.kafka.consumer {
+        c.set(key, v);
+    }
+    c
 }
 
 fn subscribe(cfg: &Config, consumer: &StreamConsumer<StreamContext>) -> Result<(), StreamError> {

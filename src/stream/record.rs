@@ -33,6 +33,23 @@ pub enum Outcome {
     },
 }
 
+/// How records are turned into verdicts; fixed for the life of the stream.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessOptions {
+    pub limits: Limits,
+    /// Put the feature values into each verdict.
+    pub explain: bool,
+}
+
+impl ProcessOptions {
+    pub fn from_config(cfg: &crate::config::Config) -> ProcessOptions {
+        ProcessOptions {
+            limits: cfg.limits(),
+            explain: cfg.engine.explain_in_verdicts,
+        }
+    }
+}
+
 fn content_type(msg: &BorrowedMessage<'_>) -> Option<Format> {
     let headers = msg.headers()?;
     headers
@@ -48,12 +65,12 @@ fn content_type(msg: &BorrowedMessage<'_>) -> Option<Format> {
 pub fn process(
     msg: &BorrowedMessage<'_>,
     engine: &Engine,
-    limits: &Limits,
+    opts: &ProcessOptions,
     metrics: &Metrics,
 ) -> Outcome {
     let now = crate::now_ms();
     let bytes = msg.payload().unwrap_or(&[]);
-    match event::decode(bytes, content_type(msg), limits, now) {
+    match event::decode(bytes, content_type(msg), &opts.limits, now) {
         Ok(p) => {
             let started = std::time::Instant::now();
             let v = engine.score_at(&p, now);
@@ -65,7 +82,12 @@ pub fn process(
                 .key()
                 .map(<[u8]>::to_vec)
                 .unwrap_or_else(|| p.payer.account.clone().into_bytes());
-            let payload = v.to_wire(&p.event_id, p.event_time_ms).encode_to_vec();
+            let wire = if opts.explain {
+                v.to_wire_explained(&p.event_id, p.event_time_ms)
+            } else {
+                v.to_wire(&p.event_id, p.event_time_ms)
+            };
+            let payload = wire.encode_to_vec();
             let headers = OwnedHeaders::new_with_capacity(2)
                 .insert(Header {
                     key: HDR_CONTENT_TYPE,

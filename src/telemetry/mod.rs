@@ -25,6 +25,8 @@ pub const DELIVERY_RETRIES: &str = "fraudline_delivery_retries_total";
 pub const TRANSACTIONS: &str = "fraudline_transactions_total";
 pub const RULE_HITS: &str = "fraudline_rule_hits_total";
 pub const READY: &str = "fraudline_ready";
+pub const WARMUP_EVENTS: &str = "fraudline_warmup_events_total";
+pub const WARMUP_DURATION: &str = "fraudline_warmup_duration_seconds";
 pub const BUILD_INFO: &str = "fraudline_build_info";
 
 /// Engine time: a few hundred nanoseconds to a few milliseconds.
@@ -115,6 +117,15 @@ fn describe() {
         "Kafka transactions, by result (exactly-once mode)"
     );
     describe_counter!(RULE_HITS, "Rule hits, by rule id and mode");
+    describe_counter!(
+        WARMUP_EVENTS,
+        "Events replayed into feature state by warm-ups"
+    );
+    describe_gauge!(
+        WARMUP_DURATION,
+        metrics::Unit::Seconds,
+        "Duration of the last warm-up"
+    );
     describe_gauge!(READY, "1 when the service is ready to take traffic");
     describe_gauge!(BUILD_INFO, "Build information; the value is always 1");
 }
@@ -194,6 +205,7 @@ pub fn init_tracing(format: LogFormat, level: &str) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().try_init()

@@ -34,6 +34,23 @@ pub struct FeatureVector {
     pub payee_distinct_payers_10m: u32,
 }
 
+impl FeatureVector {
+    /// Every feature by its rule-language name, for explanations.
+    pub fn named(&self) -> [(&'static str, f64); 6] {
+        [
+            ("payer.count_1m", self.payer_count_1m as f64),
+            ("payer.sum_1m", self.payer_sum_1m as f64),
+            ("payer.count_10m", self.payer_count_10m as f64),
+            ("payer.secs_since_last", self.payer_secs_since_last),
+            ("payee.count_10m", self.payee_count_10m as f64),
+            (
+                "payee.distinct_payers_10m",
+                self.payee_distinct_payers_10m as f64,
+            ),
+        ]
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Slot {
     time_ms: i64,
