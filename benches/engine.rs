@@ -1,1 +1,245 @@
-fn main() {}
+//! Per-stage benches, each beside its floor:
+//!
+//! | group | fraudline | baseline (the floor) |
+//! | --- | --- | --- |
+//! | `decode` | `event::decode` of protobuf and of JSON bytes (parse + validate) | `prost::Message::decode` of `PaymentEvent` only; `serde_json` parse of `JsonEvent` only |
+//! | `score` | `Engine::score_at` on a warmed engine | one ahash `HashMap` `get_mut`/insert per entity (payer + payee) |
+//! | `decode_and_score` | protobuf bytes -> decode -> score -> `Verdict::to_wire(..).encode_to_vec()` | — |
+//!
+//! Every input is built before the timer starts; the raw bytes go through
+//! `black_box`. One iteration is one event (`Throughput::Elements(1)`), so
+//! criterion's time is the per-event cost and its throughput is events/s on
+//! one core.
+//!
+//! Run: `cargo bench --bench engine` (a few minutes on 2 cores).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use fraudline::engine::{Blocklist, Engine, EngineConfig};
+use fraudline::event::{self, JsonEvent, Limits, Payment};
+use fraudline::proto::PaymentEvent;
+use fraudline::tools::gen::{GenConfig, Generator};
+use prost::Message as _;
+
+/// Events scored before measuring, so the feature maps hold a realistic
+/// population (the generator's 10,000 customers and their payees).
+const WARM: usize = 100_000;
+/// Distinct events cycled through while measuring.
+const SET: usize = 10_000;
+
+/// `WARM + SET` generated events starting one hour ago, so they validate
+/// against the wall clock. Returns (warm-up events, measured events).
+fn events() -> (Vec<Payment>, Vec<Payment>) {
+    let mut all: Vec<Payment> = Generator::new(GenConfig {
+        seed: 7,
+        start_ms: fraudline::now_ms() - 3_600_000,
+        ..GenConfig::default()
+    })
+    .take(WARM + SET)
+    .map(|(p, _)| p)
+    .collect();
+    let set = all.split_off(WARM);
+    (all, set)
+}
+
+/// An engine with the generator's blocklist loaded and `warm` scored.
+fn warmed_engine(warm: &[Payment]) -> Engine {
+    let engine = Engine::new(EngineConfig::default());
+    let gen = Generator::new(GenConfig::default());
+    engine.set_blocklist(Blocklist::new(1, gen.blocklist_entries()));
+    for p in warm {
+        engine.score(p);
+    }
+    engine
+}
+
+/// Cycles through `items` one per call: the index bump is the only work
+/// this adds inside the timer.
+struct Cycle<'a, T> {
+    items: &'a [T],
+    i: usize,
+}
+
+impl<'a, T> Cycle<'a, T> {
+    fn new(items: &'a [T]) -> Self {
+        Cycle { items, i: 0 }
+    }
+
+    fn next_item(&mut self) -> &'a T {
+        if self.i == self.items.len() {
+            self.i = 0;
+        }
+        let item = &self.items[self.i];
+        self.i += 1;
+        item
+    }
+}
+
+fn decode(c: &mut Criterion) {
+    let (_, set) = events();
+    let proto: Vec<Vec<u8>> = set.iter().map(Payment::to_protobuf).collect();
+    let json: Vec<Vec<u8>> = set.iter().map(|p| p.to_json().into_bytes()).collect();
+    let limits = Limits::default();
+    let now = fraudline::now_ms();
+
+    let mut g = c.benchmark_group("decode");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("protobuf/fraudline", |b| {
+        let mut it = Cycle::new(&proto);
+        b.iter(|| event::decode(black_box(it.next_item()), None, &limits, now))
+    });
+    g.bench_function("protobuf/baseline_prost_only", |b| {
+        let mut it = Cycle::new(&proto);
+        b.iter(|| PaymentEvent::decode(black_box(it.next_item().as_slice())))
+    });
+    g.bench_function("json/fraudline", |b| {
+        let mut it = Cycle::new(&json);
+        b.iter(|| event::decode(black_box(it.next_item()), None, &limits, now))
+    });
+    g.bench_function("json/baseline_serde_only", |b| {
+        let mut it = Cycle::new(&json);
+        b.iter(|| serde_json::from_slice::<JsonEvent>(black_box(it.next_item())))
+    });
+    g.finish();
+}
+
+/// Per-entity state of the baseline: about what a feature ring's header holds.
+#[derive(Default)]
+struct Floor {
+    count: u64,
+    sum: i64,
+    last_ms: i64,
+}
+
+fn floor_update(map: &mut HashMap<String, Floor, ahash::RandomState>, key: &str, p: &Payment) {
+    match map.get_mut(key) {
+        Some(s) => {
+            s.count += 1;
+            s.sum = s.sum.saturating_add(p.amount_minor);
+            s.last_ms = s.last_ms.max(p.event_time_ms);
+        }
+        None => {
+            map.insert(
+                key.to_owned(),
+                Floor {
+                    count: 1,
+                    sum: p.amount_minor,
+                    last_ms: p.event_time_ms,
+                },
+            );
+        }
+    }
+}
+
+/// Moves the set forward in event time by its own span once it has been
+/// scored, so cycling never feeds the engine events older than its state.
+/// Costs one add per event, amortised, inside the timer.
+struct Shifting {
+    set: Vec<Payment>,
+    span_ms: i64,
+    i: usize,
+}
+
+impl Shifting {
+    fn new(set: Vec<Payment>) -> Self {
+        let first = set.first().map_or(0, |p| p.event_time_ms);
+        let last = set.last().map_or(0, |p| p.event_time_ms);
+        Shifting {
+            set,
+            span_ms: last - first + 1_000,
+            i: 0,
+        }
+    }
+
+    fn next_item(&mut self) -> &Payment {
+        if self.i == self.set.len() {
+            self.i = 0;
+            for p in &mut self.set {
+                p.event_time_ms += self.span_ms;
+            }
+        }
+        self.i += 1;
+        &self.set[self.i - 1]
+    }
+}
+
+fn score(c: &mut Criterion) {
+    let (warm, set) = events();
+    let now = fraudline::now_ms();
+
+    let mut g = c.benchmark_group("score");
+    g.throughput(Throughput::Elements(1));
+    {
+        let engine = warmed_engine(&warm);
+        let mut it = Shifting::new(set.clone());
+        g.bench_function("fraudline_score_at", |b| {
+            b.iter(|| engine.score_at(black_box(it.next_item()), now))
+        });
+    }
+    {
+        let mut map: HashMap<String, Floor, ahash::RandomState> =
+            HashMap::with_hasher(ahash::RandomState::new());
+        for p in &warm {
+            floor_update(&mut map, &p.payer.account, p);
+            floor_update(&mut map, &p.payee.account, p);
+        }
+        let mut it = Shifting::new(set);
+        g.bench_function("baseline_hashmap_per_entity", |b| {
+            b.iter(|| {
+                let p = black_box(it.next_item());
+                floor_update(&mut map, &p.payer.account, p);
+                floor_update(&mut map, &p.payee.account, p);
+            })
+        });
+    }
+    g.finish();
+}
+
+fn decode_and_score(c: &mut Criterion) {
+    let (warm, set) = events();
+    let proto: Vec<Vec<u8>> = set.iter().map(Payment::to_protobuf).collect();
+    let span_ms = set.last().map_or(0, |p| p.event_time_ms) - set[0].event_time_ms + 1_000;
+    let engine = warmed_engine(&warm);
+    let limits = Limits::default();
+
+    let mut g = c.benchmark_group("decode_and_score");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("protobuf_to_verdict_bytes", |b| {
+        let mut it = Cycle::new(&proto);
+        let mut round = 0i64;
+        b.iter(|| {
+            if it.i == it.items.len() {
+                round += 1;
+            }
+            let bytes = black_box(it.next_item());
+            // The per-record work of `stream::process`: clock, decode, score, encode.
+            let now = fraudline::now_ms();
+            match event::decode(bytes, None, &limits, now) {
+                Ok(mut p) => {
+                    // Replayed bytes move forward in event time (see `Shifting`).
+                    p.event_time_ms += round * span_ms;
+                    let v = engine.score_at(&p, now);
+                    v.to_wire(&p.event_id, p.event_time_ms).encode_to_vec()
+                }
+                Err(_) => Vec::new(),
+            }
+        })
+    });
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(40)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = decode, score, decode_and_score
+}
+criterion_main!(benches);

@@ -102,7 +102,7 @@ impl Blocklist {
             ..Blocklist::empty()
         };
         for e in entries {
-            let key = list.key(e.kind, &normalise(&e.value));
+            let key = list.key(e.kind, &e.value);
             let rule_id: Arc<str> =
                 Arc::from(format!("BLOCKLIST_{}", e.kind.as_str().to_uppercase()));
             list.entries.insert(
@@ -130,24 +130,26 @@ impl Blocklist {
         self.entries.is_empty()
     }
 
-    fn key(&self, kind: ListKind, normalised: &str) -> u64 {
-        self.hasher.hash_one((kind as u8, normalised))
+    /// Hashes `raw` as [`normalise`] would spell it, streaming the chars
+    /// into the hasher: the same key for "ab-12 cd" and "AB12CD", and no
+    /// String built per lookup on the hot path.
+    fn key(&self, kind: ListKind, raw: &str) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = self.hasher.build_hasher();
+        h.write_u8(kind as u8);
+        for c in raw.chars().filter(|c| !c.is_whitespace() && *c != '-') {
+            for u in c.to_uppercase() {
+                h.write_u32(u as u32);
+            }
+        }
+        h.finish()
     }
 
     fn lookup(&self, kind: ListKind, raw: &str, now_ms: i64) -> Option<ListHit> {
         if raw.is_empty() || self.entries.is_empty() {
             return None;
         }
-        // Identifiers arrive mostly normalised; only re-normalise when needed.
-        let needs = raw
-            .chars()
-            .any(|c| c.is_whitespace() || c == '-' || c.is_lowercase());
-        let key = if needs {
-            self.key(kind, &normalise(raw))
-        } else {
-            self.key(kind, raw)
-        };
-        let s = self.entries.get(&key)?;
+        let s = self.entries.get(&self.key(kind, raw))?;
         if s.expires_at_ms.is_some_and(|e| e <= now_ms) {
             return None;
         }
@@ -186,5 +188,32 @@ impl Blocklist {
             }
         }
         best
+    }
+}
+
+impl crate::engine::rules::expr::ListLookup for Blocklist {
+    fn is_listed(&self, kind: ListKind, value: &str, now_ms: i64) -> bool {
+        self.lookup(kind, value, now_ms).is_some()
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn lookup_key_is_the_key_of_the_normalised_spelling() {
+        let list = Blocklist::empty();
+        for raw in ["ab-12 cd", "dev-7", "Straße-9", "  +60 12-345 6789 "] {
+            assert_eq!(
+                list.key(ListKind::Device, raw),
+                list.key(ListKind::Device, &normalise(raw)),
+                "{raw}"
+            );
+        }
+        assert_ne!(
+            list.key(ListKind::Device, "dev-7"),
+            list.key(ListKind::Phone, "dev-7")
+        );
     }
 }

@@ -56,20 +56,10 @@ pub async fn spawn(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let upkeep = state.metrics.clone();
     let task = tokio::spawn(async move {
-        // Histograms need periodic upkeep in the exporter.
-        let upkeep_task = tokio::spawn(async move {
-            let mut t = tokio::time::interval(std::time::Duration::from_secs(5));
-            loop {
-                t.tick().await;
-                upkeep.run_upkeep();
-            }
-        });
         let r = axum::serve(listener, router(state))
             .with_graceful_shutdown(shutdown)
             .await;
-        upkeep_task.abort();
         if let Err(e) = r {
             tracing::warn!(error = %e, "http server stopped");
         }

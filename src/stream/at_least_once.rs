@@ -54,7 +54,7 @@ pub async fn run(
     parts: &StreamParts,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StreamError> {
-    let (consumer, producer) = clients(cfg, parts)?;
+    let (consumer, producer, _warmup) = clients(cfg, parts)?;
     subscribe(cfg, &consumer)?;
     let mut l = Loop {
         cfg,

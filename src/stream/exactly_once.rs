@@ -40,7 +40,7 @@ pub async fn run(
     parts: &StreamParts,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StreamError> {
-    let (consumer, producer) = clients(cfg, parts)?;
+    let (consumer, producer, _warmup) = clients(cfg, parts)?;
     {
         let p = producer.clone();
         blocking(move || p.init_transactions(TXN_TIMEOUT))

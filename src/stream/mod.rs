@@ -86,13 +86,25 @@ pub async fn run(
 /// The consumer, shared with the warm-up task (which resumes partitions).
 type SharedConsumer = Arc<StreamConsumer<StreamContext>>;
 
+/// Aborts the warm-up task when the delivery loop returns, so the task's
+/// handle on the consumer goes with it and the group is left at once.
+struct WarmupGuard(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for WarmupGuard {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
 /// Creates the consumer and the producer; a bad pass-through setting is
 /// refused here with librdkafka's message naming the property. With warm-up
-/// on, also starts the warm-up task.
+/// on, also starts the warm-up task (stopped when the guard drops).
 fn clients(
     cfg: &Config,
     parts: &StreamParts,
-) -> Result<(SharedConsumer, FutureProducer<StreamContext>), StreamError> {
+) -> Result<(SharedConsumer, FutureProducer<StreamContext>, WarmupGuard), StreamError> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let warm = cfg.kafka.warmup_lookback_ms > 0;
     let ctx = StreamContext {
@@ -111,16 +123,16 @@ fn clients(
             client: "producer",
             source,
         })?;
-    if warm {
+    let warmup = warm.then(|| {
         tokio::spawn(warmup::run(
             cfg.clone(),
             parts.engine.clone(),
             consumer.clone(),
             rx,
             parts.ready.clone(),
-        ));
-    }
-    Ok((consumer, producer))
+        ))
+    });
+    Ok((consumer, producer, WarmupGuard(warmup)))
 }
 
 /// The warm-up reader: same brokers and security settings, the group's id

@@ -6,6 +6,10 @@
 //! rings, sketches, eviction, dedup, warm-up) replaces it behind the same
 //! interface: `update_and_read(&Payment) -> FeatureVector`.
 
+pub mod catalogue;
+pub mod distinct;
+pub mod window;
+
 use dashmap::DashMap;
 use serde::Serialize;
 

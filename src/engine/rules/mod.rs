@@ -5,6 +5,8 @@
 //! function pointers; the analyst rule language compiles to the same
 //! [`Rule`] shape.
 
+pub mod expr;
+
 use std::sync::Arc;
 
 use super::decision::{Decision, Reason, Thresholds, Verdict};
