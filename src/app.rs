@@ -32,6 +32,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send) -> Resu
     let metrics = Metrics::new();
     metrics.register_zeroes();
     let engine = Arc::new(Engine::new(cfg.engine()));
+    let _sweeper = engine.spawn_sweeper(std::time::Duration::from_secs(
+        cfg.features.sweep_interval_s,
+    ));
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_http_tx, mut stop_http_rx) = watch::channel(false);
     let http = match cfg.http_listen() {

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::engine::features::FeatureConfig;
 use crate::engine::{EngineConfig, Thresholds};
 use crate::event::Limits;
 use crate::telemetry::LogFormat;
@@ -45,6 +46,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub limits: LimitsConfig,
     pub engine: EngineSection,
+    pub features: FeaturesSection,
     pub log: LogConfig,
 }
 
@@ -99,6 +101,23 @@ pub struct EngineSection {
     pub payer_burst_1m: u32,
     pub payee_fan_in_10m: u32,
     pub explain_in_verdicts: bool,
+}
+
+/// `[features]`: the feature store (see `engine::features`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesSection {
+    pub lateness_s: u32,
+    pub dedup_horizon_s: u32,
+    pub new_within_days: u32,
+    pub utc_offset_minutes: i32,
+    pub night_start_hour: u8,
+    pub night_end_hour: u8,
+    pub account_ttl_days: u32,
+    pub kit_ttl_hours: u32,
+    pub max_accounts: usize,
+    pub max_devices_phones_ips: usize,
+    pub sweep_interval_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -319,6 +338,62 @@ impl Config {
                 en.hold_threshold, en.review_threshold
             ));
         }
+        let f = &self.features;
+        if f.lateness_s > 3_600 {
+            e.push(format!(
+                "features.lateness_s: {} is over 3600 (the 1 h window could not hold a late event)",
+                f.lateness_s
+            ));
+        }
+        if f.dedup_horizon_s > 86_400 {
+            e.push(format!(
+                "features.dedup_horizon_s: {} is over 86400",
+                f.dedup_horizon_s
+            ));
+        }
+        if f.new_within_days == 0 || f.new_within_days > 365 {
+            e.push(format!(
+                "features.new_within_days: {} is not within 1..=365",
+                f.new_within_days
+            ));
+        }
+        if f.utc_offset_minutes.abs() > 14 * 60 {
+            e.push(format!(
+                "features.utc_offset_minutes: {} is not within -840..=840",
+                f.utc_offset_minutes
+            ));
+        }
+        for (key, h) in [
+            ("features.night_start_hour", f.night_start_hour),
+            ("features.night_end_hour", f.night_end_hour),
+        ] {
+            if h > 23 {
+                e.push(format!("{key}: {h} is not an hour (0..=23)"));
+            }
+        }
+        if f.account_ttl_days < f.new_within_days {
+            e.push(format!(
+                "features.account_ttl_days: {} is below features.new_within_days {} (new-payee memory would be evicted early)",
+                f.account_ttl_days, f.new_within_days
+            ));
+        }
+        if f.kit_ttl_hours < 24 {
+            e.push(format!(
+                "features.kit_ttl_hours: {} is below 24 (device counts cover 24 h)",
+                f.kit_ttl_hours
+            ));
+        }
+        for (key, n) in [
+            ("features.max_accounts", f.max_accounts),
+            ("features.max_devices_phones_ips", f.max_devices_phones_ips),
+        ] {
+            if n < 10 {
+                e.push(format!("{key}: {n} is below 10"));
+            }
+        }
+        if f.sweep_interval_s == 0 {
+            e.push("features.sweep_interval_s: must be at least 1".into());
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             e.push(format!(
                 "log.level: {:?} is not a valid filter",
@@ -355,7 +430,23 @@ impl Config {
                 payer_burst_1m: en.payer_burst_1m,
                 payee_fan_in_10m: en.payee_fan_in_10m,
             },
-            features: Default::default(),
+            features: self.feature_config(),
+        }
+    }
+
+    pub fn feature_config(&self) -> FeatureConfig {
+        let f = &self.features;
+        FeatureConfig {
+            lateness_s: f.lateness_s,
+            dedup_horizon_s: f.dedup_horizon_s,
+            new_within_s: f.new_within_days.saturating_mul(86_400),
+            utc_offset_minutes: f.utc_offset_minutes,
+            night_start_hour: f.night_start_hour,
+            night_end_hour: f.night_end_hour,
+            account_ttl_s: f.account_ttl_days.saturating_mul(86_400),
+            kit_ttl_s: f.kit_ttl_hours.saturating_mul(3_600),
+            max_accounts: f.max_accounts,
+            max_kit: f.max_devices_phones_ips,
         }
     }
 

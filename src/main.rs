@@ -60,6 +60,16 @@ enum Command {
         #[arg(long)]
         explain: bool,
     },
+    /// Measure feature-state memory: load generated payments into a fresh
+    /// feature store and print the RSS it added, per account (JSON).
+    FeaturesMemory {
+        /// Customers in the generated population.
+        #[arg(long, default_value_t = 1_000_000)]
+        accounts: u32,
+        /// Payments to load (spread over 24 h of event time).
+        #[arg(long, default_value_t = 5_000_000)]
+        payments: u64,
+    },
     /// Generate labelled synthetic payment events.
     Gen {
         #[arg(long, default_value_t = 10_000)]
@@ -131,6 +141,20 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Score { file, explain } => score(file, explain),
+        Command::FeaturesMemory { accounts, payments } => {
+            let r = fraudline::tools::memory::measure(accounts, payments, Default::default());
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            eprintln!(
+                "{} accounts (+{} devices/phones/IPs): {:.0} bytes RSS per account ({:.0} walked), {:.1} MiB added, {:.0} payments/s loading",
+                r.accounts,
+                r.other_entities,
+                r.rss_per_account_bytes,
+                r.walked_per_account_bytes,
+                r.rss_after_bytes.saturating_sub(r.rss_before_bytes) as f64 / 1048576.0,
+                r.payments_per_second
+            );
+            Ok(())
+        }
         Command::Gen {
             count,
             seed,

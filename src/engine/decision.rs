@@ -165,8 +165,7 @@ impl Verdict {
         w.features = self
             .features
             .named()
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
+            .map(|(k, v)| (k.to_string(), v))
             .collect();
         w
     }

@@ -100,6 +100,59 @@ impl Engine {
     pub fn features(&self) -> &FeatureStore {
         &self.features
     }
+
+    /// Starts the feature-state sweeper: every `interval` (and at once when
+    /// a cap is passed) it drops idle entities and enforces the caps; every
+    /// second it publishes the entity gauges. A plain thread, so a sweep
+    /// never occupies an async worker; it stops when the guard drops.
+    pub fn spawn_sweeper(self: &Arc<Self>, interval: std::time::Duration) -> Sweeper {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (engine, flag) = (self.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("feature-sweeper".into())
+            .spawn(move || {
+                let tick = std::time::Duration::from_millis(200);
+                let mut last = Instant::now();
+                let mut gauges = Instant::now();
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    let f = engine.features();
+                    if f.needs_sweep() || last.elapsed() >= interval {
+                        let r = f.sweep();
+                        last = Instant::now();
+                        if r != features::SweepReport::default() {
+                            tracing::info!(
+                                accounts_idle = r.accounts_ttl,
+                                accounts_over_cap = r.accounts_cap,
+                                kit_idle = r.kit_ttl,
+                                kit_over_cap = r.kit_cap,
+                                "feature state swept"
+                            );
+                        }
+                    } else if gauges.elapsed() >= std::time::Duration::from_secs(1) {
+                        f.publish_gauges();
+                        gauges = Instant::now();
+                    }
+                }
+            })
+            .ok();
+        Sweeper { stop, thread }
+    }
+}
+
+/// Stops the sweeper thread when dropped.
+pub struct Sweeper {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 #[cfg(test)]

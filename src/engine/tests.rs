@@ -1,4 +1,5 @@
 use super::*;
+use crate::engine::features::F;
 use crate::event::{AccountKind, Channel, Currency, Party, Payment, PaymentType};
 
 const T0: i64 = 1_800_000_000_000;
@@ -67,7 +68,7 @@ fn fan_in_to_one_payee_plus_large_amount_is_held() {
         ));
     }
     let v = last.unwrap();
-    assert_eq!(v.features.payee_distinct_payers_10m, 8);
+    assert_eq!(v.features.get(F::PayeeDistinctPayers10m), 8.0);
     assert_eq!(v.decision, Decision::Hold, "{v:?}");
     let ids: Vec<&str> = v.reasons.iter().map(|r| &*r.rule_id).collect();
     assert_eq!(ids, ["LARGE_AMOUNT", "PAYEE_FAN_IN_10M"]);
@@ -80,12 +81,12 @@ fn velocity_counts_only_the_last_minute_of_event_time() {
         e.score_at(&pay(&format!("{i}"), "A", "B", 1000, T0 + i * 1000), T0);
     }
     let v = e.score_at(&pay("x", "A", "B", 1000, T0 + 5_000), T0);
-    assert_eq!(v.features.payer_count_1m, 5);
-    assert_eq!(v.features.payer_secs_since_last, 2.0);
+    assert_eq!(v.features.get(F::PayerCount1m), 5.0);
+    assert_eq!(v.features.get(F::PayerSecsSinceLast), 2.0);
     assert!(v.reasons.iter().any(|r| &*r.rule_id == "PAYER_BURST_1M"));
     let later = e.score_at(&pay("y", "A", "B", 1000, T0 + 120_000), T0);
-    assert_eq!(later.features.payer_count_1m, 1);
-    assert_eq!(later.features.payer_count_10m, 6);
+    assert_eq!(later.features.get(F::PayerCount1m), 1.0);
+    assert_eq!(later.features.get(F::PayerCount10m), 6.0);
 }
 
 #[test]

@@ -28,6 +28,13 @@ pub const READY: &str = "fraudline_ready";
 pub const WARMUP_EVENTS: &str = "fraudline_warmup_events_total";
 pub const WARMUP_DURATION: &str = "fraudline_warmup_duration_seconds";
 pub const BUILD_INFO: &str = "fraudline_build_info";
+pub const FEATURE_LATE_EVENTS: &str = "fraudline_feature_late_events_total";
+pub const FEATURE_DUPLICATES: &str = "fraudline_feature_duplicate_events_total";
+pub const FEATURE_ENTITIES: &str = "fraudline_feature_entities";
+pub const FEATURE_EVICTIONS: &str = "fraudline_feature_evictions_total";
+pub const FEATURE_KEY_EVICTIONS: &str = "fraudline_feature_key_evictions_total";
+pub const FEATURE_SKETCHES: &str = "fraudline_feature_sketches_started_total";
+pub const FEATURE_SWEEP_DURATION: &str = "fraudline_feature_sweep_duration_seconds";
 
 /// Engine time: a few hundred nanoseconds to a few milliseconds.
 const ENGINE_BUCKETS: &[f64] = &[
@@ -141,6 +148,35 @@ fn describe() {
         WARMUP_DURATION,
         metrics::Unit::Seconds,
         "Duration of the last warm-up"
+    );
+    describe_counter!(
+        FEATURE_LATE_EVENTS,
+        "Events behind an entity's event-time watermark, by entity and handling: in_window (counted at their own time) or by_arrival (beyond the lateness, counted at the watermark)"
+    );
+    describe_counter!(
+        FEATURE_DUPLICATES,
+        "Events whose event_id the payer had already seen within the dedup horizon; they changed no feature"
+    );
+    describe_gauge!(
+        FEATURE_ENTITIES,
+        "Entities held in feature state, by kind (account, device, phone, ip)"
+    );
+    describe_counter!(
+        FEATURE_EVICTIONS,
+        "Entities dropped from feature state, by kind and reason (ttl: idle; cap: over the hard cap)"
+    );
+    describe_counter!(
+        FEATURE_KEY_EVICTIONS,
+        "Keys an entity had to forget early for lack of room, by set (payees, payers, accounts, events, devices_ips)"
+    );
+    describe_counter!(
+        FEATURE_SKETCHES,
+        "Distinct counters that outgrew their exact list and switched to a HyperLogLog estimate"
+    );
+    describe_gauge!(
+        FEATURE_SWEEP_DURATION,
+        metrics::Unit::Seconds,
+        "Duration of the last feature-state sweep (TTL and cap eviction)"
     );
     describe_gauge!(READY, "1 when the service is ready to take traffic");
     describe_gauge!(BUILD_INFO, "Build information; the value is always 1");

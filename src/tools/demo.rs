@@ -35,7 +35,8 @@ pub struct DemoSummary {
 /// duration passes. `print` receives each one-second summary line.
 pub fn run(opts: &DemoOptions, stop: &AtomicBool, mut print: impl FnMut(&str)) -> DemoSummary {
     let metrics = Metrics::new();
-    let engine = Engine::new(EngineConfig::default());
+    let engine = std::sync::Arc::new(Engine::new(EngineConfig::default()));
+    let _sweeper = engine.spawn_sweeper(std::time::Duration::from_secs(60));
     let gen = Generator::new(GenConfig {
         seed: opts.seed,
         fraud_rate: opts.fraud_rate,

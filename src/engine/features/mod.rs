@@ -1,159 +1,725 @@
-//! Per-entity behaviour state that rules read.
+//! Per-entity behaviour state that rules read: the risk-feature engine.
 //!
-//! This first version keeps, per payer and per payee, a fixed ring of the
-//! most recent payments (bounded memory, no per-event lists) and derives a
-//! few velocity and fan-in features from it. The full catalogue (time-bucket
-//! rings, sketches, eviction, dedup, warm-up) replaces it behind the same
-//! interface: `update_and_read(&Payment) -> FeatureVector`.
+//! For every payment, before the rules run, [`FeatureStore::update_and_read`]
+//! updates the state of the entities in it (payer account, payee account,
+//! device, phone, IP) and returns the fixed, named [`FeatureVector`] the
+//! rules see (catalogue in [`catalogue`], listed in docs/FEATURES.md).
+//!
+//! # Semantics
+//! - **Event time.** Windows count by the payment's `event_time_ms`, per
+//!   entity, read at the entity's watermark (the latest event time it has
+//!   seen). An event behind the watermark by at most `lateness_s` lands in
+//!   its own bucket; a later one is counted by arrival (at the watermark) and
+//!   in `fraudline_feature_late_events_total{handling="by_arrival"}`; nothing
+//!   is dropped. Window edges are bucket-aligned: see [`window`].
+//! - **Dedup.** A payment whose `event_id` the payer already saw (same
+//!   second) within `dedup_horizon_s` changes no feature: a redelivery after
+//!   a crash does not inflate velocity. Its features are read without an
+//!   update; the per-event novelty features (new payee/device/IP, z-score,
+//!   ratio to max, seconds since last, geo speed) are then absent, because
+//!   "new" was decided by the original. Counted in
+//!   `fraudline_feature_duplicate_events_total`.
+//! - **Memory.** Each entity is a fixed layout: bucket windows (≤ 58
+//!   buckets), distinct sets exact up to 32 keys and a 128-register
+//!   HyperLogLog beyond, recent-key sets of at most 32. Idle entities go after
+//!   a TTL; past a hard cap the least recently active go first; both are
+//!   counted in `fraudline_feature_evictions_total`.
+//! - **Concurrency.** One sharded map for accounts (payer and payee roles in
+//!   one entry, so pass-through reads one lock) and one for devices, phones
+//!   and IPs. Each entity's update and read happen under its shard lock
+//!   together; a payment takes the locks one after the other, never two at
+//!   once, so there is no global lock and no lock order to get wrong.
+//! - **Identifiers** are hashed once per payment (64-bit ahash, fixed seeds,
+//!   salted by kind); no identifier string is stored or compared.
 
 pub mod catalogue;
 pub mod distinct;
 pub mod window;
 
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use dashmap::mapref::entry::Entry as MapEntry;
+use dashmap::mapref::one::RefMut;
 use dashmap::DashMap;
-use serde::Serialize;
+use metrics::{Counter, Gauge};
+
+pub use catalogue::{FeatureVector, F};
+use distinct::{Distinct, RecentSet};
+use window::{secs, Arrival, Secs, Span, Window, WindowParams};
 
 use crate::event::Payment;
+use crate::telemetry;
 
-/// Recent payments kept per entity. Counts saturate at this value.
-pub const RING: usize = 16;
+pub const DAY_S: u32 = 86_400;
 
-#[derive(Debug, Clone, Default)]
-pub struct FeatureConfig {}
+/// Event ids a payer remembers for dedup (the most recent win).
+const EVENT_CAP: usize = 32;
+/// Devices and IPs a payer remembers for "new device / new IP".
+const KIT_CAP: usize = 32;
 
-/// The named feature values one payment saw, after its own update.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct FeatureVector {
-    /// Payments by this payer in the last minute (event time), this one included.
-    pub payer_count_1m: u32,
-    /// Amount (minor units) sent by this payer in the last minute.
-    pub payer_sum_1m: i64,
-    /// Payments by this payer in the last 10 minutes.
-    pub payer_count_10m: u32,
-    /// Seconds since this payer's previous payment; -1 for the first one seen.
-    pub payer_secs_since_last: f64,
-    /// Incoming payments to this payee in the last 10 minutes.
-    pub payee_count_10m: u32,
-    /// Distinct payers that paid this payee in the last 10 minutes.
-    pub payee_distinct_payers_10m: u32,
+/// Shards per map: more shards, shorter lock holds during a sweep.
+const SHARDS: usize = 256;
+
+/// Tunables of the feature store (`[features]` in the config).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureConfig {
+    /// How far behind an entity's watermark an event is still counted at its
+    /// own time.
+    pub lateness_s: u32,
+    /// How long a payer remembers event ids for dedup.
+    pub dedup_horizon_s: u32,
+    /// "New" payee / device / IP: not seen by the payer for this long.
+    pub new_within_s: u32,
+    /// Local time for night hours: minutes east of UTC.
+    pub utc_offset_minutes: i32,
+    /// Night is `[night_start_hour, night_end_hour)` local time, wrapping
+    /// midnight when start > end.
+    pub night_start_hour: u8,
+    pub night_end_hour: u8,
+    /// An account with no payment in or out for this long (event time) is
+    /// dropped; keep it at least `new_within_s` or "new payee" forgets early.
+    pub account_ttl_s: u32,
+    /// The same for devices, phones and IPs (they only need 24 h).
+    pub kit_ttl_s: u32,
+    /// Hard cap on accounts held; past it the least recently active go.
+    pub max_accounts: usize,
+    /// Hard cap on devices + phones + IPs held.
+    pub max_kit: usize,
 }
 
-impl FeatureVector {
-    /// Every feature by its rule-language name, for explanations.
-    pub fn named(&self) -> [(&'static str, f64); 6] {
-        [
-            ("payer.count_1m", self.payer_count_1m as f64),
-            ("payer.sum_1m", self.payer_sum_1m as f64),
-            ("payer.count_10m", self.payer_count_10m as f64),
-            ("payer.secs_since_last", self.payer_secs_since_last),
-            ("payee.count_10m", self.payee_count_10m as f64),
-            (
-                "payee.distinct_payers_10m",
-                self.payee_distinct_payers_10m as f64,
-            ),
-        ]
+impl Default for FeatureConfig {
+    fn default() -> Self {
+        FeatureConfig {
+            lateness_s: 120,
+            dedup_horizon_s: 3_600,
+            new_within_s: 30 * DAY_S,
+            utc_offset_minutes: 0,
+            night_start_hour: 0,
+            night_end_hour: 6,
+            account_ttl_s: 31 * DAY_S,
+            kit_ttl_s: 2 * DAY_S,
+            max_accounts: 5_000_000,
+            max_kit: 5_000_000,
+        }
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Slot {
-    time_ms: i64,
-    amount: i64,
-    other: u64,
+/// Hash salts: one identifier space per kind.
+#[derive(Clone, Copy)]
+#[repr(u8)]
+enum Salt {
+    Account = 1,
+    Event = 2,
+    Device = 3,
+    Phone = 4,
+    Ip = 5,
 }
 
-#[derive(Debug, Clone, Default)]
-struct Ring {
-    slots: [Slot; RING],
-    len: usize,
-    next: usize,
-    last_ms: Option<i64>,
+/// Both roles of one account. ~224 bytes inline, boxed in the map.
+#[derive(Debug)]
+struct Account {
+    /// Outgoing payments (payer role).
+    out: Window,
+    /// Payees paid, with 30-day last sightings (new payee, distinct payees).
+    payees: Distinct,
+    /// Event ids seen as payer (dedup).
+    events: RecentSet<EVENT_CAP>,
+    /// Devices and IPs used as payer (salted apart).
+    kit: RecentSet<KIT_CAP>,
+    /// Incoming payments (payee role), only for accounts that received.
+    inbound: Option<Box<Inbound>>,
+    first_seen_s: Secs,
+    /// Latest outgoing event time; 0 = none.
+    last_out_s: Secs,
+    /// Running amount statistics (Welford) over outgoing payments.
+    n: u32,
+    mean: f64,
+    m2: f64,
+    max_amount: i64,
+    /// Last located outgoing payment; `geo_s` 0 = none.
+    geo_s: Secs,
+    geo: [f32; 2],
 }
 
-impl Ring {
-    fn push(&mut self, s: Slot) {
-        self.slots[self.next] = s;
-        self.next = (self.next + 1) % RING;
-        self.len = (self.len + 1).min(RING);
-        self.last_ms = Some(self.last_ms.map_or(s.time_ms, |l| l.max(s.time_ms)));
+#[derive(Debug, Default)]
+struct Inbound {
+    inn: Window,
+    payers: Distinct,
+}
+
+impl Account {
+    fn new(born_s: Secs) -> Account {
+        Account {
+            out: Window::new(),
+            payees: Distinct::new(),
+            events: RecentSet::new(),
+            kit: RecentSet::new(),
+            inbound: None,
+            first_seen_s: born_s,
+            last_out_s: 0,
+            n: 0,
+            mean: 0.0,
+            m2: 0.0,
+            max_amount: 0,
+            geo_s: 0,
+            geo: [0.0; 2],
+        }
     }
 
-    fn window(&self, now_ms: i64, span_ms: i64) -> impl Iterator<Item = &Slot> {
-        self.slots[..self.len]
-            .iter()
-            .filter(move |s| s.time_ms > now_ms - span_ms && s.time_ms <= now_ms)
+    fn last_active(&self) -> Secs {
+        let inn = self.inbound.as_ref().map_or(0, |i| i.inn.watermark());
+        self.out.watermark().max(inn).max(self.first_seen_s)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.out.heap_bytes()
+            + self.payees.heap_bytes()
+            + self.events.heap_bytes()
+            + self.kit.heap_bytes()
+            + self.inbound.as_ref().map_or(0, |i| {
+                std::mem::size_of::<Inbound>() + i.inn.heap_bytes() + i.payers.heap_bytes()
+            })
     }
 }
 
-/// Concurrent feature state: one sharded map per entity kind, keyed by a
-/// 64-bit hash of the identifier (no string keys held or compared).
+/// A device, phone or IP: payments over 1 h, distinct payer accounts over 24 h.
+#[derive(Debug, Default)]
+struct Kit {
+    payments: Window<1>,
+    accounts: Distinct,
+}
+
+const KIT_WINDOW: WindowParams = WindowParams {
+    lateness_s: 0, // replaced by the configured lateness
+    keep: Span::H1,
+};
+
+struct FeatureMetrics {
+    late_in_window: Counter,
+    late_by_arrival: Counter,
+    duplicates: Counter,
+    key_evictions: [Counter; 5],
+    sketches: Counter,
+    evicted_ttl: [Counter; 2],
+    evicted_cap: [Counter; 2],
+    entities: [Gauge; 2],
+    sweep: Gauge,
+}
+
+#[derive(Clone, Copy)]
+enum KeySet {
+    Payees = 0,
+    Payers = 1,
+    Accounts = 2,
+    Events = 3,
+    DevicesIps = 4,
+}
+
+impl FeatureMetrics {
+    fn new() -> FeatureMetrics {
+        use telemetry::*;
+        let key = |set: &'static str| metrics::counter!(FEATURE_KEY_EVICTIONS, "set" => set);
+        let ev = |kind: &'static str, reason: &'static str| metrics::counter!(FEATURE_EVICTIONS, "kind" => kind, "reason" => reason);
+        FeatureMetrics {
+            late_in_window: metrics::counter!(FEATURE_LATE_EVENTS, "handling" => "in_window"),
+            late_by_arrival: metrics::counter!(FEATURE_LATE_EVENTS, "handling" => "by_arrival"),
+            duplicates: metrics::counter!(FEATURE_DUPLICATES),
+            key_evictions: [
+                key("payees"),
+                key("payers"),
+                key("accounts"),
+                key("events"),
+                key("devices_ips"),
+            ],
+            sketches: metrics::counter!(FEATURE_SKETCHES),
+            evicted_ttl: [ev("account", "ttl"), ev("kit", "ttl")],
+            evicted_cap: [ev("account", "cap"), ev("kit", "cap")],
+            entities: [
+                metrics::gauge!(FEATURE_ENTITIES, "kind" => "account"),
+                metrics::gauge!(FEATURE_ENTITIES, "kind" => "kit"),
+            ],
+            sweep: metrics::gauge!(FEATURE_SWEEP_DURATION),
+        }
+    }
+
+    #[inline]
+    fn arrival(&self, a: Arrival) {
+        match a {
+            Arrival::InOrder => {}
+            Arrival::Late { .. } => self.late_in_window.increment(1),
+            Arrival::TooLate { .. } => self.late_by_arrival.increment(1),
+        }
+    }
+
+    #[inline]
+    fn key_evicted(&self, set: KeySet, evicted: bool) {
+        if evicted {
+            self.key_evictions[set as usize].increment(1);
+        }
+    }
+}
+
+/// What one sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub accounts_ttl: usize,
+    pub accounts_cap: usize,
+    pub kit_ttl: usize,
+    pub kit_cap: usize,
+}
+
+/// Concurrent feature state; see the module docs.
 pub struct FeatureStore {
-    payers: DashMap<u64, Ring, ahash::RandomState>,
-    payees: DashMap<u64, Ring, ahash::RandomState>,
+    cfg: FeatureConfig,
+    accounts: DashMap<u64, Box<Account>, ahash::RandomState>,
+    kit: DashMap<u64, Kit, ahash::RandomState>,
+    /// Entries held, kept beside the maps: `DashMap::len` would lock every
+    /// shard, which must not happen while an entry is held.
+    n_accounts: AtomicUsize,
+    n_kit: AtomicUsize,
+    /// Set when a cap is passed, so the sweeper runs at once.
+    over_cap: AtomicBool,
+    /// The latest event time seen by any entity: the sweep's clock, so that
+    /// replays and backtests of old data evict by their own time.
+    watermark: AtomicU32,
     hasher: ahash::RandomState,
+    metrics: FeatureMetrics,
+    out_params: WindowParams,
+    in_params: WindowParams,
+    kit_params: WindowParams,
 }
 
 impl FeatureStore {
-    pub fn new(_cfg: FeatureConfig) -> FeatureStore {
+    pub fn new(cfg: FeatureConfig) -> FeatureStore {
+        let map = || {
+            DashMap::with_capacity_and_hasher_and_shard_amount(0, ahash::RandomState::new(), SHARDS)
+        };
         FeatureStore {
-            payers: DashMap::with_hasher(ahash::RandomState::new()),
-            payees: DashMap::with_hasher(ahash::RandomState::new()),
+            out_params: WindowParams {
+                lateness_s: cfg.lateness_s,
+                keep: Span::H24,
+            },
+            in_params: WindowParams {
+                lateness_s: cfg.lateness_s,
+                keep: Span::H24,
+            },
+            kit_params: WindowParams {
+                lateness_s: cfg.lateness_s,
+                ..KIT_WINDOW
+            },
+            cfg,
+            accounts: map(),
+            kit: DashMap::with_capacity_and_hasher_and_shard_amount(
+                0,
+                ahash::RandomState::new(),
+                SHARDS,
+            ),
+            n_accounts: AtomicUsize::new(0),
+            n_kit: AtomicUsize::new(0),
+            over_cap: AtomicBool::new(false),
+            watermark: AtomicU32::new(0),
             // Fixed seeds: the same identifier hashes the same in every run.
             hasher: ahash::RandomState::with_seeds(0x5eed, 0xf4a0d, 0x11e, 0xacc7),
+            metrics: FeatureMetrics::new(),
         }
     }
 
-    fn key(&self, account: &str) -> u64 {
-        self.hasher.hash_one(account)
+    pub fn config(&self) -> &FeatureConfig {
+        &self.cfg
     }
 
-    /// Updates the payer's and payee's state with this payment and returns
-    /// what the rules see. Each entity's update and read happen under its
-    /// shard lock together, so concurrent partitions see consistent values.
-    pub fn update_and_read(&self, p: &Payment) -> FeatureVector {
-        let t = p.event_time_ms;
-        let payer_key = self.key(&p.payer.account);
-        let payee_key = self.key(&p.payee.account);
-        let mut fv = FeatureVector::default();
-        {
-            let mut ring = self.payers.entry(payer_key).or_default();
-            fv.payer_secs_since_last = ring
-                .last_ms
-                .map_or(-1.0, |l| ((t - l).max(0) as f64) / 1000.0);
-            ring.push(Slot {
-                time_ms: t,
-                amount: p.amount_minor,
-                other: payee_key,
-            });
-            for s in ring.window(t, 60_000) {
-                fv.payer_count_1m += 1;
-                fv.payer_sum_1m = fv.payer_sum_1m.saturating_add(s.amount);
+    #[inline]
+    fn key(&self, salt: Salt, id: &str) -> u64 {
+        self.hasher.hash_one((salt as u8, id))
+    }
+
+    #[inline]
+    fn opt_key(&self, salt: Salt, id: &str) -> Option<u64> {
+        (!id.is_empty()).then(|| self.key(salt, id))
+    }
+
+    fn account_mut(&self, key: u64, born_s: Secs) -> RefMut<'_, u64, Box<Account>> {
+        match self.accounts.entry(key) {
+            MapEntry::Occupied(e) => e.into_ref(),
+            MapEntry::Vacant(v) => {
+                if self.n_accounts.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_accounts {
+                    self.over_cap.store(true, Ordering::Relaxed);
+                }
+                v.insert(Box::new(Account::new(born_s)))
             }
-            fv.payer_count_10m = ring.window(t, 600_000).count() as u32;
         }
+    }
+
+    fn kit_mut(&self, key: u64) -> RefMut<'_, u64, Kit> {
+        match self.kit.entry(key) {
+            MapEntry::Occupied(e) => e.into_ref(),
+            MapEntry::Vacant(v) => {
+                if self.n_kit.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_kit {
+                    self.over_cap.store(true, Ordering::Relaxed);
+                }
+                v.insert(Kit::default())
+            }
+        }
+    }
+
+    fn is_night(&self, t: Secs) -> bool {
+        let local = i64::from(t) + i64::from(self.cfg.utc_offset_minutes) * 60;
+        let hour = (local.rem_euclid(i64::from(DAY_S)) / 3600) as u8;
+        let (a, b) = (self.cfg.night_start_hour, self.cfg.night_end_hour);
+        if a <= b {
+            hour >= a && hour < b
+        } else {
+            hour >= a || hour < b
+        }
+    }
+
+    /// Updates the state of every entity in `p` and returns what the rules
+    /// see. A duplicate (see the module docs) updates nothing.
+    pub fn update_and_read(&self, p: &Payment) -> FeatureVector {
+        let mut fv = FeatureVector::default();
+        let t = p.event_time_ms;
+        let amount = p.amount_minor.max(0);
+        let payer = self.key(Salt::Account, &p.payer.account);
+        let payee = self.opt_key(Salt::Account, &p.payee.account);
+        let event = self.key(Salt::Event, &p.event_id);
+        let device = self.opt_key(Salt::Device, &p.device_id);
+        let ip = self.opt_key(Salt::Ip, &p.ip);
+        let phone = self.opt_key(Salt::Phone, &p.phone);
+        let m = &self.metrics;
+        let new_since = |now: Secs| now.saturating_sub(self.cfg.new_within_s);
+
+        // Payer: dedup, novelty, velocity, history.
+        let duplicate;
         {
-            let mut ring = self.payees.entry(payee_key).or_default();
-            ring.push(Slot {
-                time_ms: t,
-                amount: p.amount_minor,
-                other: payer_key,
-            });
-            let mut seen = [0u64; RING];
-            let mut n = 0usize;
-            for s in ring.window(t, 600_000) {
-                fv.payee_count_10m += 1;
-                if !seen[..n].contains(&s.other) {
-                    seen[n] = s.other;
-                    n += 1;
+            let mut a = self.account_mut(payer, secs(t));
+            let a = &mut **a;
+            let st = a.out.stamp(t, self.cfg.lateness_s);
+            duplicate = a.events.contains_at(event, st.event_s);
+            if duplicate {
+                m.duplicates.increment(1);
+            } else {
+                m.arrival(st.arrival);
+                self.watermark.fetch_max(st.now_s, Ordering::Relaxed);
+                if a.last_out_s != 0 {
+                    let since = st.event_s.saturating_sub(a.last_out_s);
+                    fv.set(F::PayerSecsSinceLast, f64::from(since));
+                }
+                let x = amount as f64;
+                if a.n >= 5 {
+                    let sd = (a.m2 / f64::from(a.n - 1)).sqrt().max(1.0);
+                    fv.set(F::PayerAmountZscore, (x - a.mean) / sd);
+                }
+                if a.n > 0 && a.max_amount > 0 {
+                    fv.set(F::PayerAmountToMax, x / a.max_amount as f64);
+                }
+                if let (Some(g), true) = (p.geo, a.geo_s != 0) {
+                    let km = haversine_km(f64::from(a.geo[0]), f64::from(a.geo[1]), g.lat, g.lon);
+                    let dt = st.event_s.abs_diff(a.geo_s).max(60);
+                    fv.set(F::PayerGeoSpeedKmh, km / (f64::from(dt) / 3600.0));
+                }
+
+                let st = a.out.add(t, amount, &self.out_params);
+                let forget = new_since(st.now_s);
+                if let Some(payee) = payee {
+                    let s = a.payees.insert(payee, st.at_s, st.now_s, forget);
+                    fv.set_bool(F::PayerNewPayee, !s.seen_since(forget));
+                    m.key_evicted(KeySet::Payees, s.evicted);
+                    if s.to_sketch {
+                        m.sketches.increment(1);
+                    }
+                }
+                let r = a.events.insert(
+                    event,
+                    st.event_s,
+                    st.now_s.saturating_sub(self.cfg.dedup_horizon_s),
+                );
+                m.key_evicted(KeySet::Events, r.evicted);
+                for (k, f) in [(device, F::PayerNewDevice), (ip, F::PayerNewIp)] {
+                    if let Some(k) = k {
+                        let r = a.kit.insert(k, st.at_s, forget);
+                        fv.set_bool(f, !r.seen);
+                        m.key_evicted(KeySet::DevicesIps, r.evicted);
+                    }
+                }
+                a.n = a.n.saturating_add(1);
+                let d = x - a.mean;
+                a.mean += d / f64::from(a.n);
+                a.m2 += d * (x - a.mean);
+                a.max_amount = a.max_amount.max(amount);
+                a.last_out_s = a.last_out_s.max(st.event_s);
+                a.first_seen_s = a.first_seen_s.min(st.event_s);
+                if let Some(g) = p.geo {
+                    if st.event_s >= a.geo_s {
+                        a.geo_s = st.event_s.max(1);
+                        a.geo = [g.lat as f32, g.lon as f32];
+                    }
                 }
             }
-            fv.payee_distinct_payers_10m = n as u32;
+            let now = a.out.watermark();
+            let out = a.out.read(Span::H24);
+            fv.set(F::PayerCount1m, f64::from(out.count(Span::M1)));
+            fv.set(F::PayerCount10m, f64::from(out.count(Span::M10)));
+            fv.set(F::PayerCount1h, f64::from(out.count(Span::H1)));
+            fv.set(F::PayerCount24h, f64::from(out.count(Span::H24)));
+            fv.set(F::PayerSum1m, out.sum(Span::M1) as f64);
+            fv.set(F::PayerSum10m, out.sum(Span::M10) as f64);
+            fv.set(F::PayerSum1h, out.sum(Span::H1) as f64);
+            fv.set(F::PayerSum24h, out.sum(Span::H24) as f64);
+            let d = a.payees.read(now);
+            fv.set(F::PayerDistinctPayees1h, f64::from(d.h1));
+            fv.set(F::PayerDistinctPayees24h, f64::from(d.h24));
+            let day = out.sum(Span::H24);
+            if day > 0 {
+                let night = a.out.sum_24h_where(|s| self.is_night(s));
+                fv.set(F::PayerNightShare24h, night as f64 / day as f64);
+            } else {
+                fv.set(F::PayerNightShare24h, 0.0);
+            }
+            if let Some(ib) = &a.inbound {
+                let in_1h = ib.inn.read_at(now, Span::H1).sum(Span::H1);
+                if in_1h > 0 {
+                    let share = out.sum(Span::H1) as f64 / in_1h as f64;
+                    fv.set(F::PayerPassThrough1h, share.min(1.0));
+                }
+            }
+        }
+
+        // Payee: the mule signal.
+        let held = match payee {
+            Some(k) if duplicate => self.accounts.get_mut(&k),
+            Some(k) => Some(self.account_mut(k, secs(t))),
+            None => None,
+        };
+        if let Some(mut held) = held {
+            let a: &mut Account = &mut held;
+            if !duplicate {
+                let ib = a.inbound.get_or_insert_with(Box::default);
+                let st = ib.inn.add(t, amount, &self.in_params);
+                let s = ib
+                    .payers
+                    .insert(payer, st.at_s, st.now_s, st.now_s.saturating_sub(DAY_S));
+                m.key_evicted(KeySet::Payers, s.evicted);
+                if s.to_sketch {
+                    m.sketches.increment(1);
+                }
+                a.first_seen_s = a.first_seen_s.min(st.event_s);
+            }
+            if let Some(ib) = &a.inbound {
+                let now = ib.inn.watermark();
+                let inn = ib.inn.read(Span::H24);
+                fv.set(F::PayeeInCount10m, f64::from(inn.count(Span::M10)));
+                fv.set(F::PayeeInCount1h, f64::from(inn.count(Span::H1)));
+                fv.set(F::PayeeInCount24h, f64::from(inn.count(Span::H24)));
+                fv.set(F::PayeeInSum10m, inn.sum(Span::M10) as f64);
+                fv.set(F::PayeeInSum1h, inn.sum(Span::H1) as f64);
+                fv.set(F::PayeeInSum24h, inn.sum(Span::H24) as f64);
+                let d = ib.payers.read(now);
+                fv.set(F::PayeeDistinctPayers10m, f64::from(d.m10));
+                fv.set(F::PayeeDistinctPayers1h, f64::from(d.h1));
+                fv.set(F::PayeeDistinctPayers24h, f64::from(d.h24));
+                fv.set(
+                    F::PayeeAgeSecs,
+                    f64::from(now.saturating_sub(a.first_seen_s)),
+                );
+                let in_1h = inn.sum(Span::H1);
+                if in_1h > 0 {
+                    let out_1h = a.out.read_at(now, Span::H1).sum(Span::H1);
+                    fv.set(
+                        F::PayeePassThrough1h,
+                        (out_1h as f64 / in_1h as f64).min(1.0),
+                    );
+                }
+            }
+        }
+
+        // Device, phone, IP: one device driving many accounts.
+        let kits = [
+            (device, F::DeviceDistinctAccounts24h, F::DeviceCount1h),
+            (phone, F::PhoneDistinctAccounts24h, F::PhoneCount1h),
+            (ip, F::IpDistinctAccounts24h, F::IpCount1h),
+        ];
+        for (key, distinct, count) in kits {
+            let Some(key) = key else { continue };
+            if duplicate {
+                if let Some(k) = self.kit.get(&key) {
+                    read_kit(&k, &mut fv, distinct, count);
+                }
+                continue;
+            }
+            let mut k = self.kit_mut(key);
+            let st = k.payments.add(t, amount, &self.kit_params);
+            let s = k
+                .accounts
+                .insert(payer, st.at_s, st.now_s, st.now_s.saturating_sub(DAY_S));
+            m.key_evicted(KeySet::Accounts, s.evicted);
+            if s.to_sketch {
+                m.sketches.increment(1);
+            }
+            read_kit(&k, &mut fv, distinct, count);
         }
         fv
     }
 
-    /// Entities held, by kind: (payers, payees).
+    /// Entities held: (accounts, devices + phones + IPs).
     pub fn entity_counts(&self) -> (usize, usize) {
-        (self.payers.len(), self.payees.len())
+        (
+            self.n_accounts.load(Ordering::Relaxed),
+            self.n_kit.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Bytes of state held, by walking every entity: `size_of` of the map
+    /// entries and boxes plus their heap. Excludes the maps' empty slots and
+    /// allocator overhead (the RSS measurement has those).
+    pub fn state_bytes(&self) -> (usize, usize) {
+        let acc = self
+            .accounts
+            .iter()
+            .map(|e| {
+                std::mem::size_of::<(u64, Box<Account>)>()
+                    + std::mem::size_of::<Account>()
+                    + e.value().heap_bytes()
+            })
+            .sum();
+        let kit = self
+            .kit
+            .iter()
+            .map(|e| {
+                std::mem::size_of::<(u64, Kit)>()
+                    + e.value().payments.heap_bytes()
+                    + e.value().accounts.heap_bytes()
+            })
+            .sum();
+        (acc, kit)
+    }
+
+    /// Whether a cap was passed since the last sweep.
+    pub fn needs_sweep(&self) -> bool {
+        self.over_cap.load(Ordering::Relaxed)
+    }
+
+    /// Drops idle entities (TTL, by the store's event-time watermark), trims
+    /// what the survivors no longer need, and enforces the hard caps by
+    /// dropping the least recently active. Holds one shard lock at a time.
+    pub fn sweep(&self) -> SweepReport {
+        let started = Instant::now();
+        self.over_cap.store(false, Ordering::Relaxed);
+        let now = self.watermark.load(Ordering::Relaxed);
+        let mut r = SweepReport::default();
+        let acc_cut = now.saturating_sub(self.cfg.account_ttl_s);
+        let forget = now.saturating_sub(self.cfg.new_within_s);
+        let dedup = now.saturating_sub(self.cfg.dedup_horizon_s);
+        self.accounts.retain(|_, a| {
+            if a.last_active() < acc_cut {
+                r.accounts_ttl += 1;
+                return false;
+            }
+            a.out.expire(now, Span::H24);
+            a.payees.expire(now, forget);
+            a.events.expire(dedup);
+            a.kit.expire(forget);
+            if let Some(ib) = &mut a.inbound {
+                ib.inn.expire(now, Span::H24);
+                ib.payers.expire(now, now.saturating_sub(DAY_S));
+            }
+            true
+        });
+        let kit_cut = now.saturating_sub(self.cfg.kit_ttl_s);
+        self.kit.retain(|_, k| {
+            if k.payments.watermark() < kit_cut {
+                r.kit_ttl += 1;
+                return false;
+            }
+            k.payments.expire(now, Span::H1);
+            k.accounts.expire(now, now.saturating_sub(DAY_S));
+            true
+        });
+        self.n_accounts.fetch_sub(r.accounts_ttl, Ordering::Relaxed);
+        self.n_kit.fetch_sub(r.kit_ttl, Ordering::Relaxed);
+        r.accounts_cap = evict_over_cap(
+            &self.accounts,
+            &self.n_accounts,
+            self.cfg.max_accounts,
+            |a| a.last_active(),
+        );
+        r.kit_cap = evict_over_cap(&self.kit, &self.n_kit, self.cfg.max_kit, |k| {
+            k.payments.watermark()
+        });
+        let m = &self.metrics;
+        m.evicted_ttl[0].increment(r.accounts_ttl as u64);
+        m.evicted_ttl[1].increment(r.kit_ttl as u64);
+        m.evicted_cap[0].increment(r.accounts_cap as u64);
+        m.evicted_cap[1].increment(r.kit_cap as u64);
+        // Re-base the counters on the maps (they drift by racing inserts).
+        self.n_accounts
+            .store(self.accounts.len(), Ordering::Relaxed);
+        self.n_kit.store(self.kit.len(), Ordering::Relaxed);
+        self.publish_gauges();
+        m.sweep.set(started.elapsed().as_secs_f64());
+        r
+    }
+
+    /// Sets the entity gauges.
+    pub fn publish_gauges(&self) {
+        let (a, k) = self.entity_counts();
+        self.metrics.entities[0].set(a as f64);
+        self.metrics.entities[1].set(k as f64);
     }
 }
+
+fn read_kit(k: &Kit, fv: &mut FeatureVector, distinct: F, count: F) {
+    let now = k.payments.watermark();
+    fv.set(distinct, f64::from(k.accounts.read(now).h24));
+    fv.set(count, f64::from(k.payments.read(Span::H1).count(Span::H1)));
+}
+
+/// Past `cap`, drops the least recently active entries down to 90 % of it
+/// (room, so that one new entity does not trigger a sweep each). Returns how
+/// many went.
+fn evict_over_cap<V>(
+    map: &DashMap<u64, V, ahash::RandomState>,
+    held: &AtomicUsize,
+    cap: usize,
+    last_active: impl Fn(&V) -> Secs,
+) -> usize {
+    let len = map.len();
+    if len <= cap {
+        return 0;
+    }
+    let target = cap - cap / 10;
+    let mut times: Vec<Secs> = map.iter().map(|e| last_active(e.value())).collect();
+    let excess = times.len().saturating_sub(target);
+    if excess == 0 {
+        return 0;
+    }
+    let (_, cut, _) = times.select_nth_unstable(excess - 1);
+    let cut = *cut;
+    // Everything strictly older goes; ties at the cut go until `excess` is met.
+    let mut left_at_cut = excess - times.iter().filter(|t| **t < cut).count();
+    let mut removed = 0;
+    map.retain(|_, v| {
+        let t = last_active(v);
+        let drop = t < cut
+            || (t == cut && left_at_cut > 0 && {
+                left_at_cut -= 1;
+                true
+            });
+        removed += usize::from(drop);
+        !drop
+    });
+    held.store(map.len(), Ordering::Relaxed);
+    removed
+}
+
+/// Great-circle distance in km.
+fn haversine_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
+    let dp = p2 - p1;
+    let dl = (lon2 - lon1).to_radians();
+    let h = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+    2.0 * 6371.0 * h.sqrt().min(1.0).asin()
+}
+
+#[cfg(test)]
+mod tests;

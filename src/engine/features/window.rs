@@ -418,6 +418,17 @@ impl<const INLINE: usize> Window<INLINE> {
         t
     }
 
+    /// Sum of the buckets in the 24 h window read at the watermark whose
+    /// start second passes `pick`: e.g. the night-time amount, classed by
+    /// bucket start (hourly buckets beyond the last hour).
+    pub fn sum_24h_where(&self, mut pick: impl FnMut(Secs) -> bool) -> i64 {
+        let lo = Span::H24.start(self.now);
+        self.entries
+            .iter()
+            .filter(|e| e.start >= lo && e.start <= self.now && pick(e.start))
+            .fold(0i64, |acc, e| acc.saturating_add(e.sum))
+    }
+
     /// Non-empty buckets held.
     pub fn len(&self) -> usize {
         self.entries.len()

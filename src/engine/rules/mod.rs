@@ -10,7 +10,7 @@ pub mod expr;
 use std::sync::Arc;
 
 use super::decision::{Decision, Reason, Thresholds, Verdict};
-use super::features::FeatureVector;
+use super::features::{FeatureVector, F};
 use crate::event::Payment;
 
 /// Whether a rule's hits count toward the decision.
@@ -123,14 +123,14 @@ impl RuleSet {
                     "Many payments from one payer within a minute",
                     30,
                     Mode::Active,
-                    move |_, f| f.payer_count_1m >= burst,
+                    move |_, f| f.get(F::PayerCount1m) >= f64::from(burst),
                 ),
                 Rule::new(
                     "PAYEE_FAN_IN_10M",
                     "Payee collects from many payers within 10 minutes (mule pattern)",
                     50,
                     Mode::Active,
-                    move |_, f| f.payee_distinct_payers_10m >= fan_in,
+                    move |_, f| f.get(F::PayeeDistinctPayers10m) >= f64::from(fan_in),
                 ),
             ],
         }
