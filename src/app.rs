@@ -57,6 +57,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send) -> Resu
         engine,
         metrics,
         ready,
+        applied: Default::default(),
     };
     let result = stream::run(&cfg, parts, shutdown).await;
     let _ = stop_http_tx.send(true);

@@ -82,6 +82,7 @@ pub async fn run(
                 Ok(m) => {
                     parts.metrics.events_consumed.increment(1);
                     let (partition, offset) = (m.partition(), m.offset());
+                    parts.applied.note(partition, offset);
                     let pending = match process(&m, &parts.engine, &opts, &parts.metrics) {
                         Outcome::Verdict { key, payload, headers, event_time_ms, .. } => Pending {
                             partition, offset, to_dlq: false, key, payload, headers,

@@ -88,6 +88,7 @@ pub async fn run(
                         txn.started = Instant::now();
                     }
                     let (partition, offset) = (m.partition(), m.offset());
+                    parts.applied.note(partition, offset);
                     let (topic, key, payload, headers, event_time) = match process(&m, &parts.engine, &opts, &parts.metrics) {
                         Outcome::Verdict { key, payload, headers, event_time_ms, .. } =>
                             (&cfg.kafka.verdicts_topic, key, payload, headers, Some(event_time_ms)),

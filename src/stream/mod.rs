@@ -65,6 +65,35 @@ pub struct StreamParts {
     pub engine: Arc<Engine>,
     pub metrics: Metrics,
     pub ready: Arc<AtomicBool>,
+    pub applied: Arc<Applied>,
+}
+
+/// Per partition, the next offset whose event this process has not yet put
+/// into feature state (scored live or replayed by a warm-up). A warm-up
+/// starts no earlier than this, so a partition that comes back to the same
+/// instance after a rebalance is not counted twice: only what another
+/// instance processed meanwhile is replayed.
+#[derive(Debug, Default)]
+pub struct Applied {
+    next: dashmap::DashMap<i32, i64, ahash::RandomState>,
+}
+
+impl Applied {
+    /// Records that the event at `offset` of `partition` is in the state.
+    #[inline]
+    pub fn note(&self, partition: i32, offset: i64) {
+        match self.next.get_mut(&partition) {
+            Some(mut n) => *n = (*n).max(offset + 1),
+            None => {
+                self.next.insert(partition, offset + 1);
+            }
+        }
+    }
+
+    /// The first offset of `partition` not yet in the state, if any was.
+    pub fn next(&self, partition: i32) -> Option<i64> {
+        self.next.get(&partition).map(|n| *n)
+    }
 }
 
 /// Runs the stream until `shutdown` resolves, then drains: every record in
@@ -127,6 +156,7 @@ fn clients(
         tokio::spawn(warmup::run(
             cfg.clone(),
             parts.engine.clone(),
+            parts.applied.clone(),
             consumer.clone(),
             rx,
             parts.ready.clone(),

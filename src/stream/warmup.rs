@@ -3,7 +3,9 @@
 //! new partitions; this task replays each one from `now - lookback` (found
 //! with offsets-for-times) up to the group's committed offset, feeding the
 //! engine without scoring or publishing, then resumes them. Consumption then
-//! continues from the committed offset, so no event is counted twice.
+//! continues from the committed offset, so no event is counted twice. A
+//! partition this process held before (a rebalance that gives it back)
+//! replays only from where its own state ends ([`Applied`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{info, warn};
 
-use super::StreamContext;
+use super::{Applied, StreamContext};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::event;
@@ -36,6 +38,7 @@ pub fn replay(
     cfg: &Config,
     reader_cfg: ClientConfig,
     engine: &Engine,
+    applied: &Applied,
     partitions: &[i32],
 ) -> Result<WarmupReport, KafkaError> {
     let topic = &cfg.kafka.payments_topic;
@@ -68,6 +71,11 @@ pub fn replay(
                 Offset::Offset(o) => Some(o),
                 _ => None, // no record as recent as `since`
             });
+        // What this process already holds of the partition is not replayed.
+        let start = match (start, applied.next(c.partition())) {
+            (Some(s), Some(held)) => Some(s.max(held)),
+            (s, _) => s,
+        };
         if let Some(start) = start.filter(|s| *s < end) {
             assign.add_partition_offset(topic, c.partition(), Offset::Offset(start))?;
             ends.insert(c.partition(), end);
@@ -98,6 +106,7 @@ pub fn replay(
                     }
                     Err(_) => report.refused += 1,
                 }
+                applied.note(m.partition(), m.offset());
                 if m.offset() + 1 >= end {
                     ends.remove(&m.partition());
                 }
@@ -121,6 +130,7 @@ pub fn replay(
 pub async fn run(
     cfg: Config,
     engine: Arc<Engine>,
+    applied: Arc<Applied>,
     consumer: Arc<StreamConsumer<StreamContext>>,
     mut assigned: UnboundedReceiver<Vec<i32>>,
     ready: Arc<AtomicBool>,
@@ -134,9 +144,14 @@ pub async fn run(
         }
         ready.store(false, Ordering::SeqCst);
         let started = Instant::now();
-        let (c, e, p) = (cfg.clone(), engine.clone(), partitions.clone());
+        let (c, e, a, p) = (
+            cfg.clone(),
+            engine.clone(),
+            applied.clone(),
+            partitions.clone(),
+        );
         let reader_cfg = super::warmup_reader_config(&cfg);
-        let result = tokio::task::spawn_blocking(move || replay(&c, reader_cfg, &e, &p)).await;
+        let result = tokio::task::spawn_blocking(move || replay(&c, reader_cfg, &e, &a, &p)).await;
         let took = started.elapsed();
         duration.set(took.as_secs_f64());
         match result {
