@@ -297,7 +297,7 @@ fn ttl_sweep_evicts_idle_entities_and_cap_evicts_the_least_recent() {
 #[test]
 fn per_payer_layout_is_small() {
     assert!(
-        std::mem::size_of::<Account>() <= 320,
+        std::mem::size_of::<Account>() <= 240,
         "{}",
         std::mem::size_of::<Account>()
     );
