@@ -62,13 +62,7 @@ impl Engine {
         let fv = self.features.update_and_read(p);
         let rules = self.rules.load();
         let list = self.blocklist.load();
-        let mut v = Verdict::new(rules.version.clone(), list.version(), now_ms);
-        rules.evaluate(p, &fv, &mut v);
-        if let Some(hit) = list.check(p, now_ms) {
-            v.add_list_hit(hit);
-        }
-        v.decide(&rules.thresholds);
-        v.features = fv;
+        let mut v = decide(p, fv, &rules, &list, now_ms);
         v.engine_time_ns = started.elapsed().as_nanos() as u64;
         v
     }
@@ -138,6 +132,32 @@ impl Engine {
             .ok();
         Sweeper { stop, thread }
     }
+}
+
+/// Rules, then blocklist, then thresholds, over features already computed:
+/// the second half of [`Engine::score_at`], for tools that run several rule
+/// sets over the same features (backtests with a baseline, rule tests).
+pub fn decide(
+    p: &Payment,
+    fv: FeatureVector,
+    rules: &RuleSet,
+    list: &Blocklist,
+    now_ms: i64,
+) -> Verdict {
+    let mut v = Verdict::new(rules.version.clone(), list.version(), now_ms);
+    let ctx = rules::expr::Ctx {
+        payment: p,
+        features: &fv,
+        blocklist: list,
+        now_ms,
+    };
+    rules.evaluate(&ctx, &mut v);
+    if let Some(hit) = list.check(p, now_ms) {
+        v.add_list_hit(hit);
+    }
+    v.decide(&rules.thresholds);
+    v.features = fv;
+    v
 }
 
 /// Stops the sweeper thread when dropped.

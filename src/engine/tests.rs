@@ -140,7 +140,7 @@ fn shadow_rules_are_listed_but_never_decide() {
         "shadow test",
         500,
         rules::Mode::Shadow,
-        |_, _| true,
+        |_| true,
     ));
     e.set_rules(rs);
     let v = e.score_at(&pay("1", "A", "B", 10, T0), T0);

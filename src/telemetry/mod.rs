@@ -24,6 +24,10 @@ pub const IN_FLIGHT: &str = "fraudline_in_flight_records";
 pub const DELIVERY_RETRIES: &str = "fraudline_delivery_retries_total";
 pub const TRANSACTIONS: &str = "fraudline_transactions_total";
 pub const RULE_HITS: &str = "fraudline_rule_hits_total";
+pub const RULE_DEMOTIONS: &str = "fraudline_rule_demotions_total";
+pub const RULE_DEMOTED: &str = "fraudline_rule_demoted";
+pub const RULES_RELOADS: &str = "fraudline_rules_reloads_total";
+pub const RULES_INFO: &str = "fraudline_rules_info";
 pub const READY: &str = "fraudline_ready";
 pub const WARMUP_EVENTS: &str = "fraudline_warmup_events_total";
 pub const WARMUP_DURATION: &str = "fraudline_warmup_duration_seconds";
@@ -139,7 +143,26 @@ fn describe() {
         TRANSACTIONS,
         "Kafka transactions, by result (exactly-once mode)"
     );
-    describe_counter!(RULE_HITS, "Rule hits, by rule id and mode");
+    describe_counter!(
+        RULE_HITS,
+        "Rule hits, by rule id and mode (active, shadow, demoted: a rule its breaker holds in shadow)"
+    );
+    describe_counter!(
+        RULE_DEMOTIONS,
+        "Rules demoted to shadow by their hit-rate breaker, by rule id"
+    );
+    describe_gauge!(
+        RULE_DEMOTED,
+        "1 while a rule's breaker holds it in shadow (reset by a reload)"
+    );
+    describe_counter!(
+        RULES_RELOADS,
+        "Rule file load attempts, by result (ok, refused, unchanged)"
+    );
+    describe_gauge!(
+        RULES_INFO,
+        "The active rule set: always 1, labelled by version and sha256"
+    );
     describe_counter!(
         WARMUP_EVENTS,
         "Events replayed into feature state by warm-ups"
