@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::config::Config;
+use crate::engine::rules::reload;
 use crate::engine::Engine;
 use crate::serve::{self, HttpState};
 use crate::stream::{self, StreamParts};
@@ -24,6 +25,8 @@ pub enum AppError {
     },
     #[error(transparent)]
     Stream(#[from] stream::StreamError),
+    #[error(transparent)]
+    Rules(#[from] crate::engine::rules::file::LoadError),
 }
 
 /// Runs the service until `shutdown` resolves and the stream has drained.
@@ -35,6 +38,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send) -> Resu
     let _sweeper = engine.spawn_sweeper(std::time::Duration::from_secs(
         cfg.features.sweep_interval_s,
     ));
+    let watcher = if cfg.rules.file.is_empty() {
+        None
+    } else {
+        let path = std::path::PathBuf::from(&cfg.rules.file);
+        reload::load_at_start(&engine, &path)?;
+        Some(reload::spawn_watcher(
+            engine.clone(),
+            path,
+            std::time::Duration::from_millis(cfg.rules.watch_interval_ms),
+        ))
+    };
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_http_tx, mut stop_http_rx) = watch::channel(false);
     let http = match cfg.http_listen() {
@@ -60,6 +74,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send) -> Resu
         applied: Default::default(),
     };
     let result = stream::run(&cfg, parts, shutdown).await;
+    if let Some(w) = watcher {
+        w.abort();
+    }
     let _ = stop_http_tx.send(true);
     if let Some(task) = http {
         let _ = task.await;

@@ -47,7 +47,16 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub engine: EngineSection,
     pub features: FeaturesSection,
+    pub rules: RulesSection,
     pub log: LogConfig,
+}
+
+/// `[rules]`: the analyst rule file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesSection {
+    pub file: String,
+    pub watch_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -390,6 +399,15 @@ impl Config {
             if n < 10 {
                 e.push(format!("{key}: {n} is below 10"));
             }
+        }
+        if !self.rules.file.is_empty() && !Path::new(&self.rules.file).is_file() {
+            e.push(format!(
+                "rules.file: {:?} is not a readable file",
+                self.rules.file
+            ));
+        }
+        if self.rules.watch_interval_ms < 100 {
+            e.push("rules.watch_interval_ms: must be at least 100".into());
         }
         if f.sweep_interval_s == 0 {
             e.push("features.sweep_interval_s: must be at least 1".into());

@@ -24,6 +24,22 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum RulesCommand {
+    /// Validate a rule file and run its tests; exit 0 if all is well, 1 if not.
+    Check {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = OutFormat::Text)]
+        format: OutFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the service: consume payments from Kafka, publish verdicts.
     Run {
@@ -59,6 +75,32 @@ enum Command {
         /// Include the feature values each decision saw.
         #[arg(long)]
         explain: bool,
+        /// Rule file (default: the built-in checks).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
+    /// Analyst tools for rule files.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+    /// Replay historical events (JSON lines, .gz ok) through a rule file offline.
+    Backtest {
+        #[arg(long)]
+        rules: PathBuf,
+        /// Compare against this rule file: the verdicts that changed, and why.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        #[arg(long)]
+        events: PathBuf,
+        /// Blocklist for the replay: JSON lines {"kind","value","action","reason"}.
+        #[arg(long)]
+        blocklist: Option<PathBuf>,
+        /// Write one JSON verdict per event here.
+        #[arg(long)]
+        verdicts_out: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = OutFormat::Text)]
+        format: OutFormat,
     },
     /// Measure feature-state memory: load generated payments into a fresh
     /// feature store and print the RSS it added, per account (JSON).
@@ -86,6 +128,12 @@ enum Command {
         /// Simulated events per second of event time.
         #[arg(long, default_value_t = 1000.0)]
         events_per_sec: f64,
+        /// Ordinary customers in the population.
+        #[arg(long, default_value_t = 10_000)]
+        accounts: u32,
+        /// Also write the generator's blocklist here (JSON lines, for `backtest --blocklist`).
+        #[arg(long)]
+        blocklist_out: Option<PathBuf>,
         /// Produce to this Kafka topic instead of writing to stdout.
         #[arg(long, requires = "brokers")]
         topic: Option<String>,
@@ -140,7 +188,45 @@ async fn main() -> Result<()> {
             demo::run_with_metrics(opts, listen).await?;
             Ok(())
         }
-        Command::Score { file, explain } => score(file, explain),
+        Command::Score {
+            file,
+            explain,
+            rules,
+        } => score(file, explain, rules),
+        Command::Rules {
+            command: RulesCommand::Check { file, format },
+        } => {
+            let r = fraudline::tools::check::check(&file);
+            match format {
+                OutFormat::Text => print!("{}", fraudline::tools::check::render_text(&r)),
+                OutFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+            }
+            std::process::exit(if r.ok { 0 } else { 1 });
+        }
+        Command::Backtest {
+            rules,
+            baseline,
+            events,
+            blocklist,
+            verdicts_out,
+            format,
+        } => {
+            use std::io::IsTerminal;
+            let opts = fraudline::tools::backtest::Options {
+                rules,
+                baseline,
+                events,
+                blocklist,
+                verdicts_out,
+                progress: std::io::stderr().is_terminal(),
+            };
+            let r = fraudline::tools::backtest::run(&opts)?;
+            match format {
+                OutFormat::Text => print!("{}", fraudline::tools::backtest::render_text(&r)),
+                OutFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+            }
+            Ok(())
+        }
         Command::FeaturesMemory { accounts, payments } => {
             let r = fraudline::tools::memory::measure(accounts, payments, Default::default());
             println!("{}", serde_json::to_string_pretty(&r)?);
@@ -162,6 +248,8 @@ async fn main() -> Result<()> {
             format,
             start_ms,
             events_per_sec,
+            accounts,
+            blocklist_out,
             topic,
             brokers,
         } => {
@@ -170,8 +258,24 @@ async fn main() -> Result<()> {
                 fraud_rate,
                 start_ms: start_ms.unwrap_or_else(|| fraudline::now_ms() - 3_600_000),
                 events_per_sec,
-                ..gen::GenConfig::default()
+                accounts,
             };
+            if let Some(path) = blocklist_out {
+                let mut out = std::io::BufWriter::new(
+                    std::fs::File::create(&path)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                );
+                for e in gen::Generator::new(cfg.clone()).blocklist_entries() {
+                    let line = serde_json::json!({
+                        "kind": e.kind.as_str(),
+                        "value": e.value,
+                        "action": e.action.as_str(),
+                        "reason": e.reason,
+                    });
+                    writeln!(out, "{line}")?;
+                }
+                out.flush()?;
+            }
             match (topic, brokers) {
                 (Some(topic), Some(brokers)) => produce(cfg, count, format, &brokers, &topic).await,
                 _ => match write_events(cfg, count, format) {
@@ -212,7 +316,7 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received; draining");
 }
 
-fn score(file: Option<PathBuf>, explain: bool) -> Result<()> {
+fn score(file: Option<PathBuf>, explain: bool, rules: Option<PathBuf>) -> Result<()> {
     let input: Box<dyn BufRead> = match file {
         Some(p) if p.as_os_str() != "-" => Box::new(std::io::BufReader::new(
             std::fs::File::open(&p).with_context(|| format!("cannot open {}", p.display()))?,
@@ -220,6 +324,9 @@ fn score(file: Option<PathBuf>, explain: bool) -> Result<()> {
         _ => Box::new(std::io::BufReader::new(std::io::stdin())),
     };
     let engine = Engine::new(EngineConfig::default());
+    if let Some(r) = rules {
+        engine.set_rules(fraudline::engine::rules::file::load(&r)?.rules);
+    }
     let list = gen::Generator::new(gen::GenConfig::default()).blocklist_entries();
     engine.set_blocklist(Blocklist::new(1, list));
     let limits = Limits::default();

@@ -1,0 +1,593 @@
+//! `fraudline backtest`: replay historical events through the engine offline
+//! (the same feature store, in event-time order) with a rule file, and
+//! report decisions, hits per rule and, where events carry a fraud `label`
+//! (`gen` output does; anything but `legit` is fraud), precision, recall and
+//! F1 overall and per rule, and the money held that was fraud or not. With
+//! a baseline rule file, both run over the same features and the verdicts
+//! that changed are listed with the rules that made the difference.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::engine::blocklist::{Blocklist, ListEntry, ListKind};
+use crate::engine::decision::{Decision, Verdict};
+use crate::engine::features::{FeatureConfig, FeatureStore};
+use crate::engine::rules::file;
+use crate::event::{self, JsonEvent, Limits, Payment};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub rules: PathBuf,
+    pub baseline: Option<PathBuf>,
+    pub events: PathBuf,
+    pub blocklist: Option<PathBuf>,
+    pub verdicts_out: Option<PathBuf>,
+    /// Progress on stderr every second.
+    pub progress: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BacktestError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Rules(#[from] file::LoadError),
+    #[error("{path}:{line}: bad blocklist entry: {message}")]
+    Blocklist {
+        path: String,
+        line: usize,
+        message: String,
+    },
+}
+
+/// Precision, recall and F1 of a predictor against the labels.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Quality {
+    pub true_positives: u64,
+    pub false_positives: u64,
+    pub false_negatives: u64,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+}
+
+impl Quality {
+    fn finish(mut self) -> Quality {
+        let tp = self.true_positives as f64;
+        let p = tp + self.false_positives as f64;
+        let a = tp + self.false_negatives as f64;
+        self.precision = if p > 0.0 { tp / p } else { 0.0 };
+        self.recall = if a > 0.0 { tp / a } else { 0.0 };
+        self.f1 = if self.precision + self.recall > 0.0 {
+            2.0 * self.precision * self.recall / (self.precision + self.recall)
+        } else {
+            0.0
+        };
+        self
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RuleReport {
+    pub rule_id: String,
+    pub mode: String,
+    pub hits: u64,
+    /// The rule's hits as a fraud predictor (labelled events only).
+    pub quality: Option<Quality>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Money {
+    /// Minor units held (HOLD) on fraud-labelled events, per currency.
+    pub held_fraud: BTreeMap<String, i64>,
+    /// Minor units held on events labelled legit.
+    pub held_legit: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Changed {
+    pub event_id: String,
+    pub baseline: Decision,
+    pub now: Decision,
+    pub rules_added: Vec<String>,
+    pub rules_removed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub rules_version: String,
+    pub events: u64,
+    pub refused: u64,
+    pub refused_examples: Vec<String>,
+    pub labelled: u64,
+    pub fraud: u64,
+    pub decisions: BTreeMap<Decision, u64>,
+    pub rules: Vec<RuleReport>,
+    /// Flagged (REVIEW or HOLD) as the fraud predictor.
+    pub overall: Option<Quality>,
+    pub by_label: BTreeMap<String, (u64, u64)>,
+    pub money: Money,
+    pub baseline_version: Option<String>,
+    pub changed: u64,
+    pub transitions: BTreeMap<String, u64>,
+    pub changed_examples: Vec<Changed>,
+    pub seconds: f64,
+}
+
+fn open(path: &Path) -> Result<Box<dyn BufRead>, BacktestError> {
+    let f = std::fs::File::open(path).map_err(|source| BacktestError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let r: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(f))
+    } else {
+        Box::new(f)
+    };
+    Ok(Box::new(BufReader::with_capacity(1 << 20, r)))
+}
+
+/// A provisional blocklist file for replays: JSON lines of
+/// `{"kind": "account|ewallet|card|phone|device|ip", "value": "...",
+///   "action": "HOLD|REVIEW", "reason": "..."}`.
+pub fn load_blocklist(path: &Path) -> Result<Blocklist, BacktestError> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        kind: String,
+        value: String,
+        #[serde(default = "hold")]
+        action: String,
+        #[serde(default)]
+        reason: String,
+    }
+    fn hold() -> String {
+        "HOLD".into()
+    }
+    let name = path.display().to_string();
+    let mut entries = Vec::new();
+    for (i, line) in open(path)?.lines().enumerate() {
+        let line = line.map_err(|source| BacktestError::Io {
+            path: name.clone(),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |message: String| BacktestError::Blocklist {
+            path: name.clone(),
+            line: i + 1,
+            message,
+        };
+        let r: Raw = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+        let kind = match r.kind.as_str() {
+            "account" => ListKind::Account,
+            "ewallet" => ListKind::Ewallet,
+            "card" => ListKind::Card,
+            "phone" => ListKind::Phone,
+            "device" => ListKind::Device,
+            "ip" => ListKind::Ip,
+            k => return Err(bad(format!("unknown kind {k:?}"))),
+        };
+        let action = match r.action.to_ascii_uppercase().as_str() {
+            "HOLD" => Decision::Hold,
+            "REVIEW" => Decision::Review,
+            a => return Err(bad(format!("action {a:?} is not HOLD or REVIEW"))),
+        };
+        entries.push(ListEntry {
+            kind,
+            value: r.value,
+            reason: r.reason,
+            action,
+            expires_at_ms: None,
+        });
+    }
+    Ok(Blocklist::new(1, entries))
+}
+
+fn is_fraud(label: &str) -> bool {
+    label != "legit"
+}
+
+/// Runs the backtest; writes verdict lines to `opts.verdicts_out` if given.
+pub fn run(opts: &Options) -> Result<Report, BacktestError> {
+    let started = Instant::now();
+    let rules = file::load(&opts.rules)?.rules;
+    let baseline = match &opts.baseline {
+        Some(b) => Some(file::load(b)?.rules),
+        None => None,
+    };
+    let list = match &opts.blocklist {
+        Some(b) => load_blocklist(b)?,
+        None => Blocklist::empty(),
+    };
+    let mut report = Report {
+        rules_version: rules.version.to_string(),
+        baseline_version: baseline.as_ref().map(|b| b.version.to_string()),
+        ..Report::default()
+    };
+
+    // Read everything, then replay in event-time order.
+    let limits = Limits::default();
+    // History has no "future": the event-time skew check is for live input.
+    let now = i64::MAX / 4;
+    let mut events: Vec<(Payment, Option<String>)> = Vec::new();
+    let name = opts.events.display().to_string();
+    for (i, line) in open(&opts.events)?.lines().enumerate() {
+        let line = line.map_err(|source| BacktestError::Io {
+            path: name.clone(),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = serde_json::from_str::<JsonEvent>(&line)
+            .map_err(|e| event::DecodeError::Json(e.to_string()))
+            .and_then(|ev| {
+                let label = ev.label.clone();
+                let wire = ev.into_wire()?;
+                event::validate(wire, &limits, now).map(|p| (p, label))
+            });
+        match parsed {
+            Ok(x) => events.push(x),
+            Err(e) => {
+                report.refused += 1;
+                if report.refused_examples.len() < 5 {
+                    report
+                        .refused_examples
+                        .push(format!("{name}:{}: {e}", i + 1));
+                }
+            }
+        }
+    }
+    events.sort_by_key(|(p, _)| p.event_time_ms);
+
+    let mut out = match &opts.verdicts_out {
+        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(
+            |source| BacktestError::Io {
+                path: p.display().to_string(),
+                source,
+            },
+        )?)),
+        None => None,
+    };
+    let mut per_rule: Vec<(u64, Quality)> = vec![(0, Quality::default()); rules.rules.len()];
+    let index: BTreeMap<&str, usize> = rules
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (&*r.id, i))
+        .collect();
+    let mut overall = Quality::default();
+    let store = FeatureStore::new(FeatureConfig::default());
+    let total = events.len();
+    let mut last_progress = Instant::now();
+    for (n, (p, label)) in events.iter().enumerate() {
+        let fv = store.update_and_read(p);
+        let v = crate::engine::decide(p, fv, &rules, &list, p.event_time_ms);
+        report.events += 1;
+        *report.decisions.entry(v.decision).or_default() += 1;
+        let fraud = label.as_deref().map(is_fraud);
+        let mut hit = vec![false; rules.rules.len()];
+        for r in v.reasons.iter().chain(v.shadow_hits.iter()) {
+            if let Some(&i) = index.get(&*r.rule_id) {
+                hit[i] = true;
+            }
+        }
+        for (i, h) in hit.iter().enumerate() {
+            if *h {
+                per_rule[i].0 += 1;
+            }
+            if let Some(f) = fraud {
+                let q = &mut per_rule[i].1;
+                match (*h, f) {
+                    (true, true) => q.true_positives += 1,
+                    (true, false) => q.false_positives += 1,
+                    (false, true) => q.false_negatives += 1,
+                    (false, false) => {}
+                }
+            }
+        }
+        if let (Some(f), Some(l)) = (fraud, label) {
+            report.labelled += 1;
+            report.fraud += u64::from(f);
+            let flagged = v.decision != Decision::Allow;
+            let e = report.by_label.entry(l.clone()).or_default();
+            e.0 += u64::from(flagged);
+            e.1 += 1;
+            match (flagged, f) {
+                (true, true) => overall.true_positives += 1,
+                (true, false) => overall.false_positives += 1,
+                (false, true) => overall.false_negatives += 1,
+                (false, false) => {}
+            }
+            if v.decision == Decision::Hold {
+                let m = if f {
+                    &mut report.money.held_fraud
+                } else {
+                    &mut report.money.held_legit
+                };
+                *m.entry(p.currency.as_str().to_string()).or_default() += p.amount_minor;
+            }
+        }
+        if let Some(base) = &baseline {
+            let b = crate::engine::decide(p, fv, base, &list, p.event_time_ms);
+            diff(&mut report, p, &b, &v);
+        }
+        if let Some(w) = out.as_mut() {
+            let line = serde_json::json!({
+                "event_id": p.event_id,
+                "decision": v.decision,
+                "score": v.score,
+                "reasons": v.reasons.iter().map(|r| &*r.rule_id).collect::<Vec<_>>(),
+                "shadow_hits": v.shadow_hits.iter().map(|r| &*r.rule_id).collect::<Vec<_>>(),
+            });
+            writeln!(w, "{line}").map_err(|source| BacktestError::Io {
+                path: "verdicts-out".into(),
+                source,
+            })?;
+        }
+        if opts.progress && last_progress.elapsed().as_secs() >= 1 {
+            eprint!(
+                "\rbacktest: {}/{} events ({:.0}%)",
+                n + 1,
+                total,
+                (n + 1) as f64 * 100.0 / total.max(1) as f64
+            );
+            last_progress = Instant::now();
+        }
+    }
+    if opts.progress {
+        eprintln!("\rbacktest: {total}/{total} events (100%)");
+    }
+    if let Some(mut w) = out {
+        w.flush().map_err(|source| BacktestError::Io {
+            path: "verdicts-out".into(),
+            source,
+        })?;
+    }
+    let labelled = report.labelled > 0;
+    report.overall = labelled.then(|| overall.finish());
+    report.rules = rules
+        .rules
+        .iter()
+        .zip(per_rule)
+        .map(|(r, (hits, q))| RuleReport {
+            rule_id: r.id.to_string(),
+            mode: match r.mode {
+                crate::engine::rules::Mode::Active => "active".into(),
+                crate::engine::rules::Mode::Shadow => "shadow".into(),
+            },
+            hits,
+            quality: labelled.then(|| q.finish()),
+        })
+        .collect();
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn diff(report: &mut Report, p: &Payment, base: &Verdict, now: &Verdict) {
+    if base.decision == now.decision {
+        return;
+    }
+    report.changed += 1;
+    *report
+        .transitions
+        .entry(format!(
+            "{} -> {}",
+            base.decision.as_str(),
+            now.decision.as_str()
+        ))
+        .or_default() += 1;
+    if report.changed_examples.len() < 20 {
+        let ids = |v: &Verdict| -> Vec<String> {
+            v.reasons.iter().map(|r| r.rule_id.to_string()).collect()
+        };
+        let (b, n) = (ids(base), ids(now));
+        report.changed_examples.push(Changed {
+            event_id: p.event_id.clone(),
+            baseline: base.decision,
+            now: now.decision,
+            rules_added: n.iter().filter(|x| !b.contains(x)).cloned().collect(),
+            rules_removed: b.iter().filter(|x| !n.contains(x)).cloned().collect(),
+        });
+    }
+}
+
+/// The report as a readable table.
+pub fn render_text(r: &Report) -> String {
+    let mut s = String::new();
+    let pct = |a: u64, b: u64| a as f64 * 100.0 / b.max(1) as f64;
+    s.push_str(&format!(
+        "rules {}: {} events replayed in {:.1} s ({} refused)\n",
+        r.rules_version, r.events, r.seconds, r.refused
+    ));
+    for e in &r.refused_examples {
+        s.push_str(&format!("  refused: {e}\n"));
+    }
+    s.push_str("\ndecision   events      share\n");
+    for (d, n) in &r.decisions {
+        s.push_str(&format!(
+            "{:<8} {:>8}  {:>8.2}%\n",
+            d.as_str(),
+            n,
+            pct(*n, r.events)
+        ));
+    }
+    if let Some(q) = &r.overall {
+        s.push_str(&format!(
+            "\nflagged (REVIEW or HOLD) vs labels: {} labelled, {} fraud\n  precision {:.3}  recall {:.3}  F1 {:.3}  (TP {} FP {} FN {})\n",
+            r.labelled, r.fraud, q.precision, q.recall, q.f1, q.true_positives, q.false_positives, q.false_negatives
+        ));
+        s.push_str("\nlabel                flagged / events\n");
+        for (l, (f, n)) in &r.by_label {
+            s.push_str(&format!("{l:<20} {f:>7} / {n:<7} ({:.1}%)\n", pct(*f, *n)));
+        }
+        for (c, v) in &r.money.held_fraud {
+            s.push_str(&format!("held, fraud:  {v} {c} (minor units)\n"));
+        }
+        for (c, v) in &r.money.held_legit {
+            s.push_str(&format!("held, legit:  {v} {c} (minor units)\n"));
+        }
+    }
+    s.push_str("\nrule                            mode       hits  precision  recall     F1\n");
+    for rule in &r.rules {
+        match &rule.quality {
+            Some(q) => s.push_str(&format!(
+                "{:<31} {:<7} {:>7}  {:>9.3} {:>7.3} {:>6.3}\n",
+                rule.rule_id, rule.mode, rule.hits, q.precision, q.recall, q.f1
+            )),
+            None => s.push_str(&format!(
+                "{:<31} {:<7} {:>7}\n",
+                rule.rule_id, rule.mode, rule.hits
+            )),
+        }
+    }
+    if let Some(b) = &r.baseline_version {
+        s.push_str(&format!(
+            "\nagainst baseline {b}: {} verdicts changed\n",
+            r.changed
+        ));
+        for (t, n) in &r.transitions {
+            s.push_str(&format!("  {t}: {n}\n"));
+        }
+        for c in &r.changed_examples {
+            s.push_str(&format!(
+                "  {} {} -> {}: +{:?} -{:?}\n",
+                c.event_id,
+                c.baseline.as_str(),
+                c.now.as_str(),
+                c.rules_added,
+                c.rules_removed
+            ));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: &str = r#"
+version = "bt-1"
+[thresholds]
+review = 40
+hold = 80
+[[rule]]
+id = "BIG"
+when = "amount >= 1_000_000"
+score = 80
+reason = "big"
+[[rule]]
+id = "SECOND"
+when = "payer.count_1h >= 2"
+score = 40
+reason = "second payment within the hour"
+[[rule]]
+id = "TRIAL"
+when = "amount >= 500"
+score = 100
+mode = "shadow"
+reason = "trial"
+"#;
+
+    fn line(id: &str, payer: &str, amount: i64, t: i64, label: &str) -> String {
+        format!(
+            r#"{{"event_id":"{id}","event_time_ms":{t},"amount_minor":{amount},"currency":"VND","payer":{{"account":"{payer}"}},"payee":{{"account":"P"}},"label":"{label}"}}"#
+        )
+    }
+
+    /// Six events, in file order not time order, checked by hand:
+    /// e1 A 100      t0      legit  -> ALLOW (TRIAL no: 100 < 500)
+    /// e2 A 2000     t0+10s  fraud  -> REVIEW (SECOND), TRIAL shadow
+    /// e3 B 5000000  t0+20s  fraud  -> HOLD (BIG), TRIAL shadow
+    /// e4 C 300      t0+30s  fraud  -> ALLOW (missed)
+    /// e5 D 2000000  t0+40s  legit  -> HOLD (BIG: a false positive), TRIAL
+    /// e6 A 100      t0+50s  legit  -> REVIEW (SECOND: count_1h = 3), false positive
+    /// Flagged: e2 e3 e5 e6; fraud: e2 e3 e4. TP 2, FP 2, FN 1:
+    /// precision 0.5, recall 2/3, F1 4/7.
+    #[test]
+    fn numbers_on_a_small_labelled_file_match_a_hand_count() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rules = dir.path().join("r.toml");
+        std::fs::write(&rules, RULES).expect("write");
+        let t0 = 1_795_526_680_000;
+        let lines = [
+            line("e3", "B", 5_000_000, t0 + 20_000, "mule_fan_in"),
+            line("e1", "A", 100, t0, "legit"),
+            line("e2", "A", 2_000, t0 + 10_000, "velocity_burst"),
+            line("e6", "A", 100, t0 + 50_000, "legit"),
+            line("e4", "C", 300, t0 + 30_000, "card_testing"),
+            line("e5", "D", 2_000_000, t0 + 40_000, "legit"),
+            "{not json".to_string(),
+        ];
+        let events = dir.path().join("e.jsonl");
+        std::fs::write(&events, lines.join("\n")).expect("write");
+        let out = dir.path().join("v.jsonl");
+        let r = run(&Options {
+            rules: rules.clone(),
+            baseline: None,
+            events,
+            blocklist: None,
+            verdicts_out: Some(out.clone()),
+            progress: false,
+        })
+        .expect("runs");
+        assert_eq!((r.events, r.refused, r.labelled, r.fraud), (6, 1, 6, 3));
+        assert_eq!(r.decisions[&Decision::Allow], 2);
+        assert_eq!(r.decisions[&Decision::Review], 2);
+        assert_eq!(r.decisions[&Decision::Hold], 2);
+        let q = r.overall.expect("labelled");
+        assert_eq!(
+            (q.true_positives, q.false_positives, q.false_negatives),
+            (2, 2, 1)
+        );
+        assert!((q.precision - 0.5).abs() < 1e-9);
+        assert!((q.recall - 2.0 / 3.0).abs() < 1e-9);
+        assert!((q.f1 - 4.0 / 7.0).abs() < 1e-9);
+        let big = &r.rules[0];
+        assert_eq!(big.hits, 2);
+        let bq = big.quality.expect("labelled");
+        assert_eq!(
+            (bq.true_positives, bq.false_positives, bq.false_negatives),
+            (1, 1, 2)
+        );
+        let trial = &r.rules[2];
+        assert_eq!((trial.mode.as_str(), trial.hits), ("shadow", 3));
+        assert_eq!(r.money.held_fraud["VND"], 5_000_000);
+        assert_eq!(r.money.held_legit["VND"], 2_000_000);
+        let written = std::fs::read_to_string(&out).expect("verdicts");
+        let first: serde_json::Value =
+            serde_json::from_str(written.lines().next().expect("a line")).expect("json");
+        assert_eq!(first["event_id"], "e1", "replayed in event-time order");
+        assert_eq!(written.lines().count(), 6);
+
+        // Against itself with the big rule raised: only e5 and e3 can change.
+        let stricter = dir.path().join("s.toml");
+        std::fs::write(
+            &stricter,
+            RULES.replace("amount >= 1_000_000", "amount >= 3_000_000"),
+        )
+        .expect("write");
+        let r = run(&Options {
+            rules: stricter,
+            baseline: Some(rules),
+            events: dir.path().join("e.jsonl"),
+            blocklist: None,
+            verdicts_out: None,
+            progress: false,
+        })
+        .expect("runs");
+        assert_eq!(r.changed, 1);
+        assert_eq!(r.transitions["HOLD -> ALLOW"], 1);
+        assert_eq!(r.changed_examples[0].event_id, "e5");
+        assert_eq!(r.changed_examples[0].rules_removed, ["BIG"]);
+    }
+}
