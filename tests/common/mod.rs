@@ -296,6 +296,7 @@ impl Drop for Fraudline {
 /// A verdict or DLQ record as read back.
 #[derive(Debug, Clone)]
 pub struct Read {
+    pub partition: i32,
     pub key: Vec<u8>,
     pub payload: Vec<u8>,
     pub headers: HashMap<String, String>,
@@ -359,6 +360,7 @@ impl Reader {
                         })
                         .unwrap_or_default();
                     self.records.push(Read {
+                        partition: m.partition(),
                         key: m.key().unwrap_or_default().to_vec(),
                         payload: m.payload().unwrap_or_default().to_vec(),
                         headers,
