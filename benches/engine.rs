@@ -179,6 +179,20 @@ fn score(c: &mut Criterion) {
         });
     }
     {
+        // The same with the default rule pack (35 rules) instead of the
+        // three built-in checks.
+        let engine = warmed_engine(&warm);
+        let pack = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rules/default.toml");
+        match fraudline::engine::rules::file::load(std::path::Path::new(pack)) {
+            Ok(f) => engine.set_rules(f.rules),
+            Err(e) => panic!("{e}"),
+        }
+        let mut it = Shifting::new(set.clone());
+        g.bench_function("fraudline_score_at_default_rules", |b| {
+            b.iter(|| engine.score_at(black_box(it.next_item()), now))
+        });
+    }
+    {
         let mut map: HashMap<String, Floor, ahash::RandomState> =
             HashMap::with_hasher(ahash::RandomState::new());
         for p in &warm {

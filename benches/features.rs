@@ -3,6 +3,7 @@
 //! | bench | what runs per payment |
 //! | --- | --- |
 //! | `features/fraudline_update_and_read` | `FeatureStore::update_and_read`: hash the ids, dedup, update and read payer, payee, device, IP (every feature of the catalogue) |
+//! | `features/engine_score_default_rules` | `Engine::score_at`: the above plus the default rule pack (35 rules) and the decision |
 //! | `features/baseline_hashmap_per_entity` | one ahash `HashMap` `get_mut` (+ insert when new) of a 24-byte count/sum/last per entity: payer, payee, device, IP |
 //!
 //! Setup (before any timer): the generator's population of 1,000,000
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, Criterion, Throughput};
 use fraudline::engine::features::{FeatureConfig, FeatureStore};
+use fraudline::engine::{Engine, EngineConfig};
 use fraudline::event::Payment;
 use fraudline::tools::gen::{GenConfig, Generator};
 
@@ -147,6 +149,27 @@ fn features(c: &mut Criterion) {
         });
         percentiles("features/fraudline_update_and_read", || {
             black_box(store.update_and_read(black_box(it.next_item())));
+        });
+    }
+    {
+        // The whole engine: features, the default rule pack (35 rules), an
+        // empty blocklist, the decision.
+        let engine = Engine::new(EngineConfig::default());
+        let pack = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rules/default.toml");
+        match fraudline::engine::rules::file::load(std::path::Path::new(pack)) {
+            Ok(f) => engine.set_rules(f.rules),
+            Err(e) => panic!("{e}"),
+        }
+        for p in &warm {
+            engine.warm(p);
+        }
+        let now = fraudline::now_ms();
+        let mut it = Shifting::new(set.clone());
+        g.bench_function("engine_score_default_rules", |b| {
+            b.iter(|| engine.score_at(black_box(it.next_item()), now))
+        });
+        percentiles("features/engine_score_default_rules", || {
+            black_box(engine.score_at(black_box(it.next_item()), now));
         });
     }
     {
