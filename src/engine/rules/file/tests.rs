@@ -191,3 +191,56 @@ fn a_failing_rule_test_says_why() {
     assert!(!o[0].passed);
     assert_eq!(o[0].problems, ["decision HOLD (score 90), expected ALLOW"]);
 }
+
+#[test]
+fn a_rule_past_its_hit_rate_ceiling_is_demoted_to_shadow_until_reloaded() {
+    let src = r#"
+version = "b-1"
+[thresholds]
+review = 40
+hold = 80
+[[rule]]
+id = "EVERYTHING"
+when = "amount >= 1"
+score = 90
+reason = "bad rule"
+max_hit_rate = 0.5
+breaker_min_events = 100
+[[rule]]
+id = "BIG"
+when = "amount >= 1_000_000"
+score = 40
+reason = "big"
+"#;
+    let f = compile("rules.toml", src).expect("loads");
+    let p = payment(10, "A", "");
+    let t = 1_795_526_680_000;
+    let mut decisions = Vec::new();
+    for i in 0..150 {
+        let v = crate::engine::decide(
+            &p,
+            FeatureVector::default(),
+            &f.rules,
+            &crate::engine::Blocklist::empty(),
+            t + i,
+        );
+        decisions.push(v);
+    }
+    // Judged from the 100th event on: every event hits, 100 % > 50 %.
+    assert_eq!(decisions[98].decision, Decision::Hold);
+    let last = decisions.last().expect("scored");
+    assert_eq!(
+        last.decision,
+        Decision::Allow,
+        "the demoted rule no longer decides"
+    );
+    assert_eq!(last.score, 0);
+    assert!(last.shadow_hits[0]
+        .reason
+        .starts_with("[demoted to shadow by its hit-rate breaker]"));
+    assert!(f.rules.rules[0].is_demoted());
+    assert!(!f.rules.rules[1].is_demoted());
+    // A reload builds a fresh set: restored.
+    let again = compile("rules.toml", src).expect("loads");
+    assert!(!again.rules.rules[0].is_demoted());
+}
