@@ -46,9 +46,19 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool, mut print: impl FnMut(&str)) -
         } else {
             opts.rate as f64
         },
-        ..GenConfig::default()
+        // A bank-sized population: at 2,000 payments/s each customer pays
+        // every few minutes, not every few seconds (which every velocity
+        // rule would rightly flag).
+        accounts: 500_000,
     });
     engine.set_blocklist(Blocklist::new(1, gen.blocklist_entries()));
+    // The default rule pack, as a bank would start.
+    match crate::engine::rules::file::default_pack() {
+        Ok(f) => engine.set_rules(f.rules),
+        Err(e) => {
+            tracing::warn!(error = %e, "default rule pack refused; the demo runs the built-in checks")
+        }
+    }
     let started = Instant::now();
     let offset_ms = crate::now_ms() - started.elapsed().as_millis() as i64;
     let mut sum = DemoSummary::default();

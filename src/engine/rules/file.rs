@@ -242,6 +242,15 @@ fn sha256_hex(bytes: &[u8]) -> String {
     s
 }
 
+/// The default rule pack (deploy/rules/default.toml), built into the binary
+/// for the demo and as a starting point.
+pub const DEFAULT_PACK: &str = include_str!("../../../deploy/rules/default.toml");
+
+/// Compiles the built-in default pack.
+pub fn default_pack() -> Result<RuleFile, LoadError> {
+    compile("deploy/rules/default.toml (built in)", DEFAULT_PACK)
+}
+
 /// Reads and compiles a rule file.
 pub fn load(path: &Path) -> Result<RuleFile, LoadError> {
     let name = path.display().to_string();

@@ -244,3 +244,12 @@ reason = "big"
     let again = compile("rules.toml", src).expect("loads");
     assert!(!again.rules.rules[0].is_demoted());
 }
+
+#[test]
+fn the_default_pack_loads_has_30_rules_or_more_and_passes_its_tests() {
+    let f = default_pack().expect("the default pack compiles");
+    assert!(f.rules.rules.len() >= 30, "{}", f.rules.rules.len());
+    let failed: Vec<_> = run_tests(&f).into_iter().filter(|t| !t.passed).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(f.tests.len() >= 5);
+}
