@@ -27,6 +27,7 @@ pub mod app;
 pub mod config;
 pub mod engine;
 pub mod event;
+pub mod reload;
 pub mod serve;
 pub mod stream;
 pub mod telemetry;

@@ -72,6 +72,9 @@ pub struct Blocklist {
     version: u64,
     entries: HashMap<u64, Stored, ahash::RandomState>,
     hasher: ahash::RandomState,
+    /// Country calling code (digits) for national phone numbers: with "84",
+    /// "0912 345 678" is "+84912345678". Empty: no national numbers.
+    country_code: Box<str>,
 }
 
 /// Normalises a value for storage and lookup: no spaces or dashes, upper case.
@@ -93,14 +96,31 @@ impl Blocklist {
             version: 0,
             entries: HashMap::with_hasher(ahash::RandomState::new()),
             hasher: Self::hasher(),
+            country_code: "".into(),
         }
     }
 
-    pub fn new(version: u64, entries: impl IntoIterator<Item = ListEntry>) -> Blocklist {
-        let mut list = Blocklist {
-            version,
+    /// [`Blocklist::new`] with the country calling code that national phone
+    /// numbers (leading 0) are read in, on both sides of a match.
+    pub fn with_country_code(
+        version: u64,
+        country_code: &str,
+        entries: impl IntoIterator<Item = ListEntry>,
+    ) -> Blocklist {
+        let empty = Blocklist {
+            country_code: country_code.trim_start_matches('+').into(),
             ..Blocklist::empty()
         };
+        empty.fill(version, entries)
+    }
+
+    pub fn new(version: u64, entries: impl IntoIterator<Item = ListEntry>) -> Blocklist {
+        Blocklist::empty().fill(version, entries)
+    }
+
+    fn fill(mut self, version: u64, entries: impl IntoIterator<Item = ListEntry>) -> Blocklist {
+        self.version = version;
+        let list = &mut self;
         for e in entries {
             let key = list.key(e.kind, &e.value);
             let rule_id: Arc<str> =
@@ -115,7 +135,7 @@ impl Blocklist {
                 },
             );
         }
-        list
+        self
     }
 
     pub fn version(&self) -> u64 {
@@ -137,6 +157,28 @@ impl Blocklist {
         use std::hash::{BuildHasher, Hasher};
         let mut h = self.hasher.build_hasher();
         h.write_u8(kind as u8);
+        if kind == ListKind::Phone {
+            // E.164: "+", the country code, the national number; "00" is an
+            // international prefix, a leading 0 a national one.
+            let t = raw.trim();
+            let intl_00 = t.starts_with("00");
+            let plus = t.starts_with('+');
+            let mut digits = t.chars().filter(char::is_ascii_digit).peekable();
+            h.write_u32('+' as u32);
+            if intl_00 {
+                digits.next();
+                digits.next();
+            } else if !plus && digits.peek() == Some(&'0') && !self.country_code.is_empty() {
+                digits.next();
+                for c in self.country_code.chars() {
+                    h.write_u32(c as u32);
+                }
+            }
+            for c in digits {
+                h.write_u32(c as u32);
+            }
+            return h.finish();
+        }
         for c in raw.chars().filter(|c| !c.is_whitespace() && *c != '-') {
             for u in c.to_uppercase() {
                 h.write_u32(u as u32);
@@ -213,7 +255,35 @@ mod key_tests {
         }
         assert_ne!(
             list.key(ListKind::Device, "dev-7"),
-            list.key(ListKind::Phone, "dev-7")
+            list.key(ListKind::Account, "dev-7")
         );
+    }
+
+    #[test]
+    fn phones_match_in_e164_whatever_the_spelling() {
+        let e = |v: &str| ListEntry {
+            kind: ListKind::Phone,
+            value: v.into(),
+            reason: "scam calls".into(),
+            action: Decision::Hold,
+            expires_at_ms: None,
+        };
+        let list = Blocklist::with_country_code(1, "+84", [e("0912 345 678")]);
+        for spelling in [
+            "+84912345678",
+            "0912-345-678",
+            "0084 912 345 678",
+            "84912345678",
+        ] {
+            assert!(
+                list.lookup(ListKind::Phone, spelling, 0).is_some(),
+                "{spelling}"
+            );
+        }
+        assert!(list.lookup(ListKind::Phone, "+85912345678", 0).is_none());
+        // Without a country code, a national number only matches itself.
+        let bare = Blocklist::new(1, [e("0912 345 678")]);
+        assert!(bare.lookup(ListKind::Phone, "0912345678", 0).is_some());
+        assert!(bare.lookup(ListKind::Phone, "+84912345678", 0).is_none());
     }
 }
