@@ -27,6 +27,8 @@ pub enum AppError {
     Stream(#[from] stream::StreamError),
     #[error(transparent)]
     Rules(#[from] crate::engine::rules::file::LoadError),
+    #[error(transparent)]
+    Blocklist(#[from] crate::reload::blocklist::BlocklistFileError),
 }
 
 /// Runs the service until `shutdown` resolves and the stream has drained.
@@ -67,6 +69,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send) -> Resu
         }
         None => None,
     };
+    let list_watcher = if cfg.blocklist.files.is_empty() {
+        None
+    } else {
+        Some(crate::reload::blocklist::start(
+            engine.clone(),
+            cfg.blocklist.files.iter().map(Into::into).collect(),
+            cfg.blocklist.max_bad_lines,
+            cfg.blocklist.country_code.clone(),
+            std::time::Duration::from_millis(cfg.blocklist.watch_interval_ms),
+        )?)
+    };
     let parts = StreamParts {
         engine,
         metrics,
@@ -74,6 +87,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send) -> Resu
         applied: Default::default(),
     };
     let result = stream::run(&cfg, parts, shutdown).await;
+    if let Some(w) = list_watcher {
+        w.abort();
+    }
     if let Some(w) = watcher {
         w.abort();
     }

@@ -48,7 +48,18 @@ pub struct Config {
     pub engine: EngineSection,
     pub features: FeaturesSection,
     pub rules: RulesSection,
+    pub blocklist: BlocklistSection,
     pub log: LogConfig,
+}
+
+/// `[blocklist]`: list files (the compacted-topic source is to come).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlocklistSection {
+    pub files: Vec<String>,
+    pub max_bad_lines: usize,
+    pub country_code: String,
+    pub watch_interval_ms: u64,
 }
 
 /// `[rules]`: the analyst rule file.
@@ -405,6 +416,26 @@ impl Config {
                 "rules.file: {:?} is not a readable file",
                 self.rules.file
             ));
+        }
+        for f in &self.blocklist.files {
+            if !Path::new(f).is_file() {
+                e.push(format!("blocklist.files: {f:?} is not a readable file"));
+            }
+        }
+        if !self
+            .blocklist
+            .country_code
+            .trim_start_matches('+')
+            .chars()
+            .all(|c| c.is_ascii_digit())
+        {
+            e.push(format!(
+                "blocklist.country_code: {:?} is not a calling code such as \"84\"",
+                self.blocklist.country_code
+            ));
+        }
+        if self.blocklist.watch_interval_ms < 100 {
+            e.push("blocklist.watch_interval_ms: must be at least 100".into());
         }
         if self.rules.watch_interval_ms < 100 {
             e.push("rules.watch_interval_ms: must be at least 100".into());

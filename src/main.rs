@@ -33,6 +33,17 @@ enum RulesCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum BlocklistCommand {
+    /// Validate a blocklist file (CSV with a header, or .jsonl); print counts and errors; exit 0 or 1.
+    Check {
+        file: PathBuf,
+        /// Accept up to this many bad lines (reported) as the service would.
+        #[arg(long, default_value_t = 0)]
+        max_bad_lines: usize,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum OutFormat {
     Text,
@@ -78,6 +89,11 @@ enum Command {
         /// Rule file (default: the built-in checks).
         #[arg(long)]
         rules: Option<PathBuf>,
+    },
+    /// Tools for blocklist files.
+    Blocklist {
+        #[command(subcommand)]
+        command: BlocklistCommand,
     },
     /// Analyst tools for rule files.
     Rules {
@@ -193,6 +209,30 @@ async fn main() -> Result<()> {
             explain,
             rules,
         } => score(file, explain, rules),
+        Command::Blocklist {
+            command:
+                BlocklistCommand::Check {
+                    file,
+                    max_bad_lines,
+                },
+        } => match fraudline::reload::blocklist::load(&file, max_bad_lines) {
+            Ok(l) => {
+                let mut kinds: Vec<_> = l.by_kind.iter().collect();
+                kinds.sort();
+                println!("{}: {} entries", file.display(), l.entries.len());
+                for (k, n) in kinds {
+                    println!("  {k:<8} {n}");
+                }
+                for b in &l.skipped {
+                    println!("skipped {b}");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        },
         Command::Rules {
             command: RulesCommand::Check { file, format },
         } => {

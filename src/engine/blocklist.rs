@@ -52,6 +52,7 @@ pub struct ListEntry {
 
 #[derive(Debug)]
 struct Stored {
+    kind: ListKind,
     reason: Arc<str>,
     rule_id: Arc<str>,
     action: Decision,
@@ -128,6 +129,7 @@ impl Blocklist {
             list.entries.insert(
                 key,
                 Stored {
+                    kind: e.kind,
                     reason: Arc::from(e.reason.as_str()),
                     rule_id,
                     action: e.action,
@@ -140,6 +142,15 @@ impl Blocklist {
 
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// Entries per kind.
+    pub fn counts(&self) -> HashMap<&'static str, usize> {
+        let mut m = HashMap::new();
+        for s in self.entries.values() {
+            *m.entry(s.kind.as_str()).or_default() += 1;
+        }
+        m
     }
 
     pub fn len(&self) -> usize {

@@ -266,6 +266,114 @@ pub fn load(path: &Path, max_bad_lines: usize) -> Result<Loaded, BlocklistFileEr
     parse(&name, &bytes, max_bad_lines)
 }
 
+/// Loads every file, merges them (a later file's entry wins over an
+/// earlier one's for the same key) and builds the list with `version`.
+pub fn build(
+    files: &[std::path::PathBuf],
+    max_bad_lines: usize,
+    country_code: &str,
+    version: u64,
+) -> Result<(crate::engine::Blocklist, Vec<BadLine>), BlocklistFileError> {
+    let mut entries = Vec::new();
+    let mut skipped = Vec::new();
+    for f in files {
+        let l = load(f, max_bad_lines)?;
+        entries.extend(l.entries);
+        skipped.extend(l.skipped);
+    }
+    Ok((
+        crate::engine::Blocklist::with_country_code(version, country_code, entries),
+        skipped,
+    ))
+}
+
+fn stamps(files: &[std::path::PathBuf]) -> Vec<Option<(u64, std::time::SystemTime)>> {
+    files
+        .iter()
+        .map(|f| {
+            let m = std::fs::metadata(f).ok()?;
+            Some((m.len(), m.modified().ok()?))
+        })
+        .collect()
+}
+
+/// Loads the files at start (a bad file refuses the start), then watches
+/// them and swaps a new list in whole on every valid change. Versions only
+/// grow: the first load is version 1.
+pub fn start(
+    engine: std::sync::Arc<crate::engine::Engine>,
+    files: Vec<std::path::PathBuf>,
+    max_bad_lines: usize,
+    country_code: String,
+    every: std::time::Duration,
+) -> Result<tokio::task::JoinHandle<()>, BlocklistFileError> {
+    let mut version = 1;
+    swap(&engine, &files, max_bad_lines, &country_code, version)?;
+    Ok(tokio::spawn(async move {
+        let mut last = stamps(&files);
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let now = stamps(&files);
+            if now == last {
+                continue;
+            }
+            last = now;
+            let (e, f, cc) = (engine.clone(), files.clone(), country_code.clone());
+            let next = version + 1;
+            let r =
+                tokio::task::spawn_blocking(move || swap(&e, &f, max_bad_lines, &cc, next)).await;
+            if let Ok(Ok(())) = r {
+                version = next;
+            }
+        }
+    }))
+}
+
+fn swap(
+    engine: &crate::engine::Engine,
+    files: &[std::path::PathBuf],
+    max_bad_lines: usize,
+    country_code: &str,
+    version: u64,
+) -> Result<(), BlocklistFileError> {
+    use crate::telemetry;
+    let started = std::time::Instant::now();
+    match build(files, max_bad_lines, country_code, version) {
+        Ok((list, skipped)) => {
+            for b in &skipped {
+                tracing::warn!(line = %b, "blocklist line skipped (within max_bad_lines)");
+            }
+            let mut counts: HashMap<&'static str, usize> = HashMap::new();
+            for k in ["account", "ewallet", "card", "phone", "device", "ip"] {
+                counts.insert(k, 0);
+            }
+            for (k, n) in list.counts() {
+                counts.insert(k, n);
+            }
+            for (k, n) in &counts {
+                metrics::gauge!(telemetry::BLOCKLIST_ENTRIES, "kind" => *k).set(*n as f64);
+            }
+            metrics::gauge!(telemetry::BLOCKLIST_VERSION).set(version as f64);
+            metrics::gauge!(telemetry::BLOCKLIST_LOADED_AT).set(crate::now_ms() as f64 / 1000.0);
+            tracing::info!(
+                version,
+                entries = list.len(),
+                skipped = skipped.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "blocklist active"
+            );
+            engine.set_blocklist(list);
+            Ok(())
+        }
+        Err(e) => {
+            metrics::counter!(telemetry::BLOCKLIST_LOAD_FAILURES).increment(1);
+            tracing::error!(error = %e, active_version = engine.blocklist().version(), "blocklist refused; the active list stays");
+            Err(e)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,10 @@ pub const IN_FLIGHT: &str = "fraudline_in_flight_records";
 pub const DELIVERY_RETRIES: &str = "fraudline_delivery_retries_total";
 pub const TRANSACTIONS: &str = "fraudline_transactions_total";
 pub const RULE_HITS: &str = "fraudline_rule_hits_total";
+pub const BLOCKLIST_ENTRIES: &str = "fraudline_blocklist_entries";
+pub const BLOCKLIST_VERSION: &str = "fraudline_blocklist_version";
+pub const BLOCKLIST_LOADED_AT: &str = "fraudline_blocklist_last_load_timestamp_seconds";
+pub const BLOCKLIST_LOAD_FAILURES: &str = "fraudline_blocklist_load_failures_total";
 pub const RULE_DEMOTIONS: &str = "fraudline_rule_demotions_total";
 pub const RULE_DEMOTED: &str = "fraudline_rule_demoted";
 pub const RULES_RELOADS: &str = "fraudline_rules_reloads_total";
@@ -146,6 +150,19 @@ fn describe() {
     describe_counter!(
         RULE_HITS,
         "Rule hits, by rule id and mode (active, shadow, demoted: a rule its breaker holds in shadow)"
+    );
+    describe_gauge!(BLOCKLIST_ENTRIES, "Blocklist entries, by kind");
+    describe_gauge!(
+        BLOCKLIST_VERSION,
+        "Version of the active blocklist (grows with every swap)"
+    );
+    describe_gauge!(
+        BLOCKLIST_LOADED_AT,
+        "Unix time of the last successful blocklist load"
+    );
+    describe_counter!(
+        BLOCKLIST_LOAD_FAILURES,
+        "Blocklist loads refused (the active list stayed)"
     );
     describe_counter!(
         RULE_DEMOTIONS,
