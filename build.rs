@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/fraudline/v1/payment.proto",
         "proto/fraudline/v1/verdict.proto",
         "proto/fraudline/v1/deadletter.proto",
+        "proto/fraudline/v1/blocklist.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

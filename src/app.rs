@@ -69,17 +69,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send) -> Resu
         }
         None => None,
     };
-    let list_watcher = if cfg.blocklist.files.is_empty() {
-        None
-    } else {
-        Some(crate::reload::blocklist::start(
-            engine.clone(),
-            cfg.blocklist.files.iter().map(Into::into).collect(),
-            cfg.blocklist.max_bad_lines,
-            cfg.blocklist.country_code.clone(),
-            std::time::Duration::from_millis(cfg.blocklist.watch_interval_ms),
-        )?)
-    };
+    let list = start_blocklist(&cfg, &engine).await?;
     let parts = StreamParts {
         engine,
         metrics,
@@ -87,9 +77,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send) -> Resu
         applied: Default::default(),
     };
     let result = stream::run(&cfg, parts, shutdown).await;
-    if let Some(w) = list_watcher {
-        w.abort();
-    }
+    list.stop().await;
     if let Some(w) = watcher {
         w.abort();
     }
@@ -98,4 +86,82 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send) -> Resu
         let _ = task.await;
     }
     result.map_err(Into::into)
+}
+
+/// The running blocklist sources; [`ListSources::stop`] ends them.
+struct ListSources {
+    files: Option<tokio::task::JoinHandle<()>>,
+    topic: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
+}
+
+impl ListSources {
+    async fn stop(self) {
+        if let Some(f) = self.files {
+            f.abort();
+        }
+        if let Some((stop, thread)) = self.topic {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+/// Loads the blocklist files (a bad one refuses the start), starts watching
+/// them, and follows the list topic from the beginning, waiting (up to
+/// `blocklist.topic_catch_up_ms`) for it to catch up before scoring starts.
+async fn start_blocklist(cfg: &Config, engine: &Arc<Engine>) -> Result<ListSources, AppError> {
+    use crate::reload::blocklist as bl;
+    let b = &cfg.blocklist;
+    if b.files.is_empty() && b.topic.is_empty() {
+        return Ok(ListSources {
+            files: None,
+            topic: None,
+        });
+    }
+    let sources = Arc::new(bl::Sources::new(
+        engine.clone(),
+        b.files.iter().map(Into::into).collect(),
+        b.max_bad_lines,
+        b.country_code.clone(),
+    ));
+    sources.reload_files()?;
+    let files = (!b.files.is_empty()).then(|| {
+        bl::watch_files(
+            sources.clone(),
+            std::time::Duration::from_millis(b.watch_interval_ms),
+        )
+    });
+    let topic = if b.topic.is_empty() {
+        None
+    } else {
+        let mut client = stream::base_config(cfg);
+        client
+            .set(
+                "group.id",
+                format!("fraudline-{}-blocklist", cfg.kafka.group_id),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest");
+        let caught_up = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = bl::follow_topic(
+            sources.clone(),
+            client,
+            b.topic.clone(),
+            caught_up.clone(),
+            stop.clone(),
+        );
+        let started = std::time::Instant::now();
+        while !caught_up.load(std::sync::atomic::Ordering::SeqCst)
+            && started.elapsed() < std::time::Duration::from_millis(b.topic_catch_up_ms)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        if !caught_up.load(std::sync::atomic::Ordering::SeqCst) {
+            tracing::warn!(topic = %b.topic, "blocklist topic not caught up in time; scoring starts with what is loaded");
+        }
+        Some((stop, thread))
+    };
+    Ok(ListSources { files, topic })
 }

@@ -57,6 +57,8 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct BlocklistSection {
     pub files: Vec<String>,
+    pub topic: String,
+    pub topic_catch_up_ms: u64,
     pub max_bad_lines: usize,
     pub country_code: String,
     pub watch_interval_ms: u64,

@@ -122,3 +122,85 @@ async fn file_changes_take_effect_on_live_traffic_and_bad_files_are_refused() {
     assert!(log.contains("half-written"), "{log}");
     assert_eq!(f.sigterm_and_wait(Duration::from_secs(30)), Some(0));
 }
+
+fn entry(kind: &str, value: &str, action: &str) -> Vec<u8> {
+    use prost::Message as _;
+    fraudline::proto::BlocklistEntry {
+        kind: kind.into(),
+        value: value.into(),
+        action: action.into(),
+        reason: "pushed by the central list".into(),
+        source: "scheme".into(),
+        added_at_ms: fraudline::now_ms(),
+        expires_at_ms: 0,
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_pushed_to_the_list_topic_hold_within_two_seconds_and_removals_release() {
+    let brokers = broker();
+    let t = create_topics(brokers, "bltopic", 1).await;
+    let list_topic = create_topics(brokers, "bltopic-list", 1).await.payments;
+    // Already on the topic before the start: read from the beginning.
+    produce_raw(
+        brokers,
+        &list_topic,
+        &[("device:dev-early", entry("device", "dev-early", "HOLD"))],
+    )
+    .await;
+    let extra = format!(
+        "warmup_lookback_ms = 0\n[blocklist]\ntopic = \"{list_topic}\"\ntopic_catch_up_ms = 20000\n"
+    );
+    let mut f = Fraudline::start(&config_toml(brokers, &t, "at-least-once", "", &extra));
+    let mut reader = Reader::new(brokers, &t.verdicts, false);
+    let allow = fraudline::proto::Decision::Allow as i32;
+    let hold = fraudline::proto::Decision::Hold as i32;
+
+    let (d, _, v0) = score(brokers, &t, &mut reader, "t1", "7770001").await;
+    assert_eq!(d, allow, "{}", f.log_tail());
+    assert!(v0 >= 1);
+
+    produce_raw(
+        brokers,
+        &list_topic,
+        &[("account:777-0001", entry("account", "777-0001", "HOLD"))],
+    )
+    .await;
+    let pushed = Instant::now();
+    let mut n = 0;
+    let (d, reasons, v1) = loop {
+        n += 1;
+        let r = score(brokers, &t, &mut reader, &format!("t2-{n}"), "7770001").await;
+        if r.0 == hold || pushed.elapsed() > Duration::from_secs(10) {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(d, hold, "{}", f.log_tail());
+    assert!(
+        pushed.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        pushed.elapsed()
+    );
+    assert_eq!(reasons, ["BLOCKLIST_ACCOUNT"]);
+    assert!(v1 > v0, "every swap has a higher version");
+
+    // A tombstone removes it.
+    produce_raw(brokers, &list_topic, &[("account:777-0001", Vec::new())]).await;
+    let removed = Instant::now();
+    let mut n = 0;
+    let (d, _, v2) = loop {
+        n += 1;
+        let r = score(brokers, &t, &mut reader, &format!("t3-{n}"), "7770001").await;
+        if r.0 == allow || removed.elapsed() > Duration::from_secs(10) {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(d, allow);
+    assert!(v2 > v1);
+    let log = std::fs::read_to_string(&f.log).unwrap();
+    assert!(log.contains("blocklist topic caught up"), "{log}");
+    assert_eq!(f.sigterm_and_wait(Duration::from_secs(30)), Some(0));
+}

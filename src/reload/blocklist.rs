@@ -297,81 +297,285 @@ fn stamps(files: &[std::path::PathBuf]) -> Vec<Option<(u64, std::time::SystemTim
         .collect()
 }
 
-/// Loads the files at start (a bad file refuses the start), then watches
-/// them and swaps a new list in whole on every valid change. Versions only
-/// grow: the first load is version 1.
-pub fn start(
+/// The blocklist's sources and what each last gave: the list is rebuilt
+/// from both on every change, with a version that only grows.
+pub struct Sources {
     engine: std::sync::Arc<crate::engine::Engine>,
     files: Vec<std::path::PathBuf>,
     max_bad_lines: usize,
     country_code: String,
+    file_entries: std::sync::Mutex<Vec<ListEntry>>,
+    topic_entries: std::sync::Mutex<HashMap<String, ListEntry>>,
+    version: std::sync::atomic::AtomicU64,
+}
+
+impl Sources {
+    pub fn new(
+        engine: std::sync::Arc<crate::engine::Engine>,
+        files: Vec<std::path::PathBuf>,
+        max_bad_lines: usize,
+        country_code: String,
+    ) -> Sources {
+        Sources {
+            engine,
+            files,
+            max_bad_lines,
+            country_code,
+            file_entries: Default::default(),
+            topic_entries: Default::default(),
+            version: Default::default(),
+        }
+    }
+
+    /// Reads the files; on success rebuilds the list. A refused file leaves
+    /// the active list (and the last good file entries) in place.
+    pub fn reload_files(&self) -> Result<(), BlocklistFileError> {
+        let mut entries = Vec::new();
+        let mut skipped = Vec::new();
+        for f in &self.files {
+            match load(f, self.max_bad_lines) {
+                Ok(l) => {
+                    entries.extend(l.entries);
+                    skipped.extend(l.skipped);
+                }
+                Err(e) => {
+                    metrics::counter!(crate::telemetry::BLOCKLIST_LOAD_FAILURES).increment(1);
+                    tracing::error!(error = %e, active_version = self.engine.blocklist().version(), "blocklist refused; the active list stays");
+                    return Err(e);
+                }
+            }
+        }
+        for b in &skipped {
+            tracing::warn!(line = %b, "blocklist line skipped (within max_bad_lines)");
+        }
+        if let Ok(mut fe) = self.file_entries.lock() {
+            *fe = entries;
+        }
+        self.rebuild("files");
+        Ok(())
+    }
+
+    /// Applies topic records: `Some(entry)` lists, `None` removes.
+    pub fn apply_topic(&self, updates: impl IntoIterator<Item = (String, Option<ListEntry>)>) {
+        if let Ok(mut t) = self.topic_entries.lock() {
+            for (k, e) in updates {
+                match e {
+                    Some(e) => {
+                        t.insert(k, e);
+                    }
+                    None => {
+                        t.remove(&k);
+                    }
+                }
+            }
+        }
+        self.rebuild("topic");
+    }
+
+    /// Builds a new list from both sources and swaps it in.
+    fn rebuild(&self, cause: &str) {
+        use crate::telemetry;
+        let started = std::time::Instant::now();
+        let mut entries: Vec<ListEntry> = self
+            .file_entries
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default();
+        if let Ok(t) = self.topic_entries.lock() {
+            entries.extend(t.values().cloned());
+        }
+        let version = self
+            .version
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let list =
+            crate::engine::Blocklist::with_country_code(version, &self.country_code, entries);
+        let mut counts: HashMap<&'static str, usize> =
+            ["account", "ewallet", "card", "phone", "device", "ip"]
+                .into_iter()
+                .map(|k| (k, 0))
+                .collect();
+        counts.extend(list.counts());
+        for (k, n) in &counts {
+            metrics::gauge!(telemetry::BLOCKLIST_ENTRIES, "kind" => *k).set(*n as f64);
+        }
+        metrics::gauge!(telemetry::BLOCKLIST_VERSION).set(version as f64);
+        metrics::gauge!(telemetry::BLOCKLIST_LOADED_AT).set(crate::now_ms() as f64 / 1000.0);
+        tracing::info!(
+            version,
+            entries = list.len(),
+            cause,
+            seconds = started.elapsed().as_secs_f64(),
+            "blocklist active"
+        );
+        self.engine.set_blocklist(list);
+    }
+}
+
+/// Loads the files at start (a bad file refuses the start), then watches
+/// them; a valid change swaps a new list in whole.
+pub fn watch_files(
+    sources: std::sync::Arc<Sources>,
     every: std::time::Duration,
-) -> Result<tokio::task::JoinHandle<()>, BlocklistFileError> {
-    let mut version = 1;
-    swap(&engine, &files, max_bad_lines, &country_code, version)?;
-    Ok(tokio::spawn(async move {
-        let mut last = stamps(&files);
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = stamps(&sources.files);
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            let now = stamps(&files);
+            let now = stamps(&sources.files);
             if now == last {
                 continue;
             }
             last = now;
-            let (e, f, cc) = (engine.clone(), files.clone(), country_code.clone());
-            let next = version + 1;
-            let r =
-                tokio::task::spawn_blocking(move || swap(&e, &f, max_bad_lines, &cc, next)).await;
-            if let Ok(Ok(())) = r {
-                version = next;
-            }
+            let s = sources.clone();
+            let _ = tokio::task::spawn_blocking(move || s.reload_files()).await;
         }
-    }))
+    })
 }
 
-fn swap(
-    engine: &crate::engine::Engine,
-    files: &[std::path::PathBuf],
-    max_bad_lines: usize,
-    country_code: &str,
-    version: u64,
-) -> Result<(), BlocklistFileError> {
-    use crate::telemetry;
-    let started = std::time::Instant::now();
-    match build(files, max_bad_lines, country_code, version) {
-        Ok((list, skipped)) => {
-            for b in &skipped {
-                tracing::warn!(line = %b, "blocklist line skipped (within max_bad_lines)");
+/// Turns a topic record into an update: key `kind:value`, value a
+/// `BlocklistEntry` (protobuf), empty value = removal.
+pub fn topic_update(
+    key: &[u8],
+    value: Option<&[u8]>,
+    topic: &str,
+) -> Result<(String, Option<ListEntry>), String> {
+    use prost::Message as _;
+    let key = std::str::from_utf8(key).map_err(|_| "key is not UTF-8".to_string())?;
+    let (k, v) = key
+        .split_once(':')
+        .ok_or_else(|| format!("key {key:?} is not kind:value"))?;
+    let kind = kind(k).ok_or_else(|| format!("unknown kind {k:?}"))?;
+    let canonical = format!(
+        "{}:{}",
+        kind.as_str(),
+        crate::engine::blocklist::normalise(v)
+    );
+    let Some(bytes) = value.filter(|b| !b.is_empty()) else {
+        return Ok((canonical, None));
+    };
+    let e = crate::proto::BlocklistEntry::decode(bytes).map_err(|e| e.to_string())?;
+    let raw = Raw {
+        kind: if e.kind.is_empty() {
+            k.to_string()
+        } else {
+            e.kind
+        },
+        value: if e.value.is_empty() {
+            v.to_string()
+        } else {
+            e.value
+        },
+        action: e.action,
+        reason: e.reason,
+        source: e.source,
+        expires_at_ms: (e.expires_at_ms > 0).then_some(e.expires_at_ms),
+    };
+    Ok((canonical, Some(entry(raw, topic)?)))
+}
+
+/// Follows the list topic from the beginning on a plain thread: the first
+/// catch-up is applied at once, later records within ~100 ms batches.
+/// `caught_up` is set when the first catch-up is done.
+pub fn follow_topic(
+    sources: std::sync::Arc<Sources>,
+    client: rdkafka::config::ClientConfig,
+    topic: String,
+    caught_up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    use std::sync::atomic::Ordering;
+    std::thread::spawn(move || {
+        let timeout = std::time::Duration::from_secs(10);
+        let consumer: BaseConsumer = match client.create() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "blocklist topic: cannot create the consumer");
+                return;
             }
-            let mut counts: HashMap<&'static str, usize> = HashMap::new();
-            for k in ["account", "ewallet", "card", "phone", "device", "ip"] {
-                counts.insert(k, 0);
+        };
+        // Assign every partition from the beginning (no group: every
+        // instance reads the whole list). Retry until the topic exists.
+        let mut ends: HashMap<i32, i64> = HashMap::new();
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
             }
-            for (k, n) in list.counts() {
-                counts.insert(k, n);
+            match consumer.fetch_metadata(Some(&topic), timeout) {
+                Ok(md)
+                    if md
+                        .topics()
+                        .first()
+                        .is_some_and(|t| !t.partitions().is_empty()) =>
+                {
+                    let mut tpl = TopicPartitionList::new();
+                    for p in md.topics()[0].partitions() {
+                        let _ = tpl.add_partition_offset(&topic, p.id(), Offset::Beginning);
+                        if let Ok((_, high)) = consumer.fetch_watermarks(&topic, p.id(), timeout) {
+                            if high > 0 {
+                                ends.insert(p.id(), high);
+                            }
+                        }
+                    }
+                    if let Err(e) = consumer.assign(&tpl) {
+                        tracing::error!(error = %e, "blocklist topic: cannot assign");
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                        continue;
+                    }
+                    break;
+                }
+                Ok(_) | Err(_) => {
+                    tracing::warn!(topic, "blocklist topic not found yet; retrying");
+                    std::thread::sleep(std::time::Duration::from_secs(2));
+                }
             }
-            for (k, n) in &counts {
-                metrics::gauge!(telemetry::BLOCKLIST_ENTRIES, "kind" => *k).set(*n as f64);
-            }
-            metrics::gauge!(telemetry::BLOCKLIST_VERSION).set(version as f64);
-            metrics::gauge!(telemetry::BLOCKLIST_LOADED_AT).set(crate::now_ms() as f64 / 1000.0);
-            tracing::info!(
-                version,
-                entries = list.len(),
-                skipped = skipped.len(),
-                seconds = started.elapsed().as_secs_f64(),
-                "blocklist active"
-            );
-            engine.set_blocklist(list);
-            Ok(())
         }
-        Err(e) => {
-            metrics::counter!(telemetry::BLOCKLIST_LOAD_FAILURES).increment(1);
-            tracing::error!(error = %e, active_version = engine.blocklist().version(), "blocklist refused; the active list stays");
-            Err(e)
+        let mut pending: Vec<(String, Option<ListEntry>)> = Vec::new();
+        let mut last_flush = std::time::Instant::now();
+        if ends.is_empty() {
+            sources.apply_topic([]);
+            caught_up.store(true, Ordering::SeqCst);
         }
-    }
+        while !stop.load(Ordering::Relaxed) {
+            match consumer.poll(std::time::Duration::from_millis(50)) {
+                Some(Ok(m)) => {
+                    match topic_update(m.key().unwrap_or_default(), m.payload(), &topic) {
+                        Ok(u) => pending.push(u),
+                        Err(e) => tracing::warn!(
+                            partition = m.partition(),
+                            offset = m.offset(),
+                            error = %e,
+                            "blocklist topic record skipped"
+                        ),
+                    }
+                    if let Some(end) = ends.get(&m.partition()).copied() {
+                        if m.offset() + 1 >= end {
+                            ends.remove(&m.partition());
+                        }
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "blocklist topic read error"),
+                None => {}
+            }
+            let catching_up = !caught_up.load(Ordering::Relaxed);
+            let flush = if catching_up {
+                ends.is_empty()
+            } else {
+                !pending.is_empty() && last_flush.elapsed() >= std::time::Duration::from_millis(100)
+            };
+            if flush {
+                sources.apply_topic(std::mem::take(&mut pending));
+                last_flush = std::time::Instant::now();
+                if catching_up {
+                    caught_up.store(true, Ordering::SeqCst);
+                    tracing::info!(topic, "blocklist topic caught up");
+                }
+            }
+        }
+    })
 }
 
 #[cfg(test)]

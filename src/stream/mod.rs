@@ -195,7 +195,7 @@ fn subscribe(cfg: &Config, consumer: &StreamConsumer<StreamContext>) -> Result<(
 
 /// Settings shared by the consumer and the producer: brokers, statistics and
 /// the pass-through `kafka.librdkafka` table (TLS, SASL, ...).
-fn base_config(cfg: &Config) -> ClientConfig {
+pub(crate) fn base_config(cfg: &Config) -> ClientConfig {
     let k = &cfg.kafka;
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.brokers)
