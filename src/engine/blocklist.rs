@@ -20,6 +20,16 @@ pub enum ListKind {
 }
 
 impl ListKind {
+    /// Every kind, in discriminant order.
+    pub const ALL: [ListKind; 6] = [
+        ListKind::Account,
+        ListKind::Ewallet,
+        ListKind::Phone,
+        ListKind::Device,
+        ListKind::Ip,
+        ListKind::Card,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ListKind::Account => "account",
@@ -50,13 +60,16 @@ pub struct ListEntry {
     pub expires_at_ms: Option<i64>,
 }
 
-#[derive(Debug)]
+/// 16 bytes an entry: the reason is an index into the list's table of
+/// distinct reasons (a shared list repeats a few reasons millions of times),
+/// the rule id is derived from the kind.
+#[derive(Debug, Clone, Copy)]
 struct Stored {
     kind: ListKind,
-    reason: Arc<str>,
-    rule_id: Arc<str>,
     action: Decision,
-    expires_at_ms: Option<i64>,
+    reason: u32,
+    /// 0: never.
+    expires_at_ms: i64,
 }
 
 /// A match of one payment against the list.
@@ -72,6 +85,8 @@ pub struct ListHit {
 pub struct Blocklist {
     version: u64,
     entries: HashMap<u64, Stored, ahash::RandomState>,
+    reasons: Vec<Arc<str>>,
+    rule_ids: [Arc<str>; 6],
     hasher: ahash::RandomState,
     /// Country calling code (digits) for national phone numbers: with "84",
     /// "0912 345 678" is "+84912345678". Empty: no national numbers.
@@ -96,6 +111,9 @@ impl Blocklist {
         Blocklist {
             version: 0,
             entries: HashMap::with_hasher(ahash::RandomState::new()),
+            reasons: Vec::new(),
+            rule_ids: ListKind::ALL
+                .map(|k| Arc::from(format!("BLOCKLIST_{}", k.as_str().to_uppercase()))),
             hasher: Self::hasher(),
             country_code: "".into(),
         }
@@ -121,19 +139,28 @@ impl Blocklist {
 
     fn fill(mut self, version: u64, entries: impl IntoIterator<Item = ListEntry>) -> Blocklist {
         self.version = version;
-        let list = &mut self;
+        let entries = entries.into_iter();
+        self.entries.reserve(entries.size_hint().0);
+        let mut reason_ids: HashMap<Arc<str>, u32> = HashMap::new();
         for e in entries {
-            let key = list.key(e.kind, &e.value);
-            let rule_id: Arc<str> =
-                Arc::from(format!("BLOCKLIST_{}", e.kind.as_str().to_uppercase()));
-            list.entries.insert(
+            let key = self.key(e.kind, &e.value);
+            let reason = match reason_ids.get(e.reason.as_str()) {
+                Some(i) => *i,
+                None => {
+                    let r: Arc<str> = Arc::from(e.reason.as_str());
+                    let i = u32::try_from(self.reasons.len()).unwrap_or(u32::MAX);
+                    self.reasons.push(r.clone());
+                    reason_ids.insert(r, i);
+                    i
+                }
+            };
+            self.entries.insert(
                 key,
                 Stored {
                     kind: e.kind,
-                    reason: Arc::from(e.reason.as_str()),
-                    rule_id,
                     action: e.action,
-                    expires_at_ms: e.expires_at_ms,
+                    reason,
+                    expires_at_ms: e.expires_at_ms.unwrap_or(0),
                 },
             );
         }
@@ -161,41 +188,69 @@ impl Blocklist {
         self.entries.is_empty()
     }
 
-    /// Hashes `raw` as [`normalise`] would spell it, streaming the chars
-    /// into the hasher: the same key for "ab-12 cd" and "AB12CD", and no
-    /// String built per lookup on the hot path.
+    /// Hashes the canonical spelling of `raw` (see [`normalise`]; phones in
+    /// E.164). The canonical bytes are built in a stack buffer and hashed
+    /// once: no allocation and one hasher call per lookup. Values whose
+    /// canonical form is not ASCII or longer than the buffer take a slower
+    /// path that builds a `String`, and hash the same bytes.
     fn key(&self, kind: ListKind, raw: &str) -> u64 {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = self.hasher.build_hasher();
-        h.write_u8(kind as u8);
+        let mut buf = [0u8; 96];
+        let mut n = 0;
+        let mut fits = true;
+        let mut push = |b: u8, n: &mut usize| {
+            if *n < buf.len() {
+                buf[*n] = b;
+                *n += 1;
+            } else {
+                fits = false;
+            }
+        };
         if kind == ListKind::Phone {
             // E.164: "+", the country code, the national number; "00" is an
             // international prefix, a leading 0 a national one.
             let t = raw.trim();
             let intl_00 = t.starts_with("00");
             let plus = t.starts_with('+');
-            let mut digits = t.chars().filter(char::is_ascii_digit).peekable();
-            h.write_u32('+' as u32);
+            let mut digits = t.bytes().filter(u8::is_ascii_digit).peekable();
+            push(b'+', &mut n);
             if intl_00 {
                 digits.next();
                 digits.next();
-            } else if !plus && digits.peek() == Some(&'0') && !self.country_code.is_empty() {
+            } else if !plus && digits.peek() == Some(&b'0') && !self.country_code.is_empty() {
                 digits.next();
-                for c in self.country_code.chars() {
-                    h.write_u32(c as u32);
+                for c in self.country_code.bytes() {
+                    push(c, &mut n);
                 }
             }
             for c in digits {
-                h.write_u32(c as u32);
+                push(c, &mut n);
             }
-            return h.finish();
-        }
-        for c in raw.chars().filter(|c| !c.is_whitespace() && *c != '-') {
-            for u in c.to_uppercase() {
-                h.write_u32(u as u32);
+        } else if raw.is_ascii() {
+            for c in raw.bytes() {
+                if !c.is_ascii_whitespace() && c != b'-' {
+                    push(c.to_ascii_uppercase(), &mut n);
+                }
             }
+        } else {
+            fits = false;
         }
-        h.finish()
+        if fits {
+            return self.hasher.hash_one((kind as u8, &buf[..n]));
+        }
+        let canonical = if kind == ListKind::Phone {
+            let mut s = String::from("+");
+            s.extend(raw.chars().filter(char::is_ascii_digit));
+            s
+        } else {
+            normalise(raw)
+        };
+        self.hasher.hash_one((kind as u8, canonical.as_bytes()))
+    }
+
+    /// The key `raw` is stored and looked up under: for checking a file for
+    /// duplicates the way the list will see them.
+    pub(crate) fn key_of(&self, kind: ListKind, raw: &str) -> u64 {
+        self.key(kind, raw)
     }
 
     fn lookup(&self, kind: ListKind, raw: &str, now_ms: i64) -> Option<ListHit> {
@@ -203,12 +258,16 @@ impl Blocklist {
             return None;
         }
         let s = self.entries.get(&self.key(kind, raw))?;
-        if s.expires_at_ms.is_some_and(|e| e <= now_ms) {
+        if s.expires_at_ms != 0 && s.expires_at_ms <= now_ms {
             return None;
         }
         Some(ListHit {
-            rule_id: s.rule_id.clone(),
-            reason: s.reason.clone(),
+            rule_id: self.rule_ids[s.kind as usize].clone(),
+            reason: self
+                .reasons
+                .get(s.reason as usize)
+                .cloned()
+                .unwrap_or_else(|| Arc::from("listed")),
             action: s.action,
         })
     }
@@ -268,6 +327,27 @@ mod key_tests {
             list.key(ListKind::Device, "dev-7"),
             list.key(ListKind::Account, "dev-7")
         );
+    }
+
+    #[test]
+    fn expired_entries_stop_matching_on_time_without_a_reload() {
+        let list = Blocklist::new(
+            1,
+            [ListEntry {
+                kind: ListKind::Device,
+                value: "dev-9".into(),
+                reason: "stolen phone".into(),
+                action: Decision::Review,
+                expires_at_ms: Some(1_000),
+            }],
+        );
+        let hit = list.lookup(ListKind::Device, "DEV9", 999).expect("live");
+        assert_eq!(
+            (&*hit.rule_id, &*hit.reason),
+            ("BLOCKLIST_DEVICE", "stolen phone")
+        );
+        assert!(list.lookup(ListKind::Device, "dev-9", 1_000).is_none());
+        assert_eq!(std::mem::size_of::<Stored>(), 16);
     }
 
     #[test]

@@ -163,7 +163,8 @@ pub fn parse(name: &str, bytes: &[u8], max_bad_lines: usize) -> Result<Loaded, B
         .iter()
         .any(|e| name.ends_with(e));
     let mut entries: Vec<ListEntry> = Vec::new();
-    let mut seen: HashMap<(u8, String), (Decision, usize)> = HashMap::new();
+    let keyer = crate::engine::Blocklist::empty();
+    let mut seen: HashMap<u64, (Decision, usize), ahash::RandomState> = HashMap::default();
     let mut header: Option<Vec<String>> = None;
     for (i, raw_line) in bytes.split(|b| *b == b'\n').enumerate() {
         let n = i + 1;
@@ -220,7 +221,7 @@ pub fn parse(name: &str, bytes: &[u8], max_bad_lines: usize) -> Result<Loaded, B
         };
         match raw.and_then(|r| entry(r, name)) {
             Ok(e) => {
-                let key = (e.kind as u8, crate::engine::blocklist::normalise(&e.value));
+                let key = keyer.key_of(e.kind, &e.value);
                 match seen.get(&key) {
                     Some((a, first)) if *a != e.action => bad.push(bad_line(
                         n,
