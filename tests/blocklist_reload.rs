@@ -204,3 +204,54 @@ async fn entries_pushed_to_the_list_topic_hold_within_two_seconds_and_removals_r
     assert!(log.contains("blocklist topic caught up"), "{log}");
     assert_eq!(f.sigterm_and_wait(Duration::from_secs(30)), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_reloads_during_a_stream_lose_and_duplicate_nothing() {
+    let brokers = broker();
+    let t = create_topics(brokers, "blreload", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("list.jsonl");
+    install(&path, "{\"kind\":\"device\",\"value\":\"dev-0\"}\n");
+    let extra = format!(
+        "warmup_lookback_ms = 0\n[blocklist]\nfiles = [\"{}\"]\nwatch_interval_ms = 100\n",
+        path.display()
+    );
+    let mut f = Fraudline::start(&config_toml(brokers, &t, "at-least-once", "", &extra));
+    let load = tokio::spawn(produce_events(
+        brokers,
+        t.payments.clone().leak(),
+        6_000,
+        41,
+    ));
+    // Swap the list repeatedly while the events are scored.
+    for i in 1..=8 {
+        let body: String = (0..=i * 500)
+            .map(|d| {
+                format!("{{\"kind\":\"device\",\"value\":\"dev-{d}\",\"action\":\"REVIEW\"}}\n")
+            })
+            .collect();
+        install(&path, &body);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let placement = load.await.unwrap();
+    let mut reader = Reader::new(brokers, &t.verdicts, false);
+    assert!(
+        reader.poll_until(Duration::from_secs(120), |r| r.len() >= placement.len()),
+        "{}",
+        f.log_tail()
+    );
+    reader.poll_for(Duration::from_secs(2));
+    let ids = distinct_ids(&reader.records);
+    assert_eq!(reader.records.len(), placement.len(), "no duplicates");
+    assert_eq!(ids.len(), placement.len(), "none lost");
+    let versions: std::collections::BTreeSet<u64> = reader
+        .records
+        .iter()
+        .map(|r| verdict(r).blocklist_version)
+        .collect();
+    assert!(
+        versions.len() >= 2,
+        "the list was swapped mid-stream: {versions:?}"
+    );
+    assert_eq!(f.sigterm_and_wait(Duration::from_secs(30)), Some(0));
+}

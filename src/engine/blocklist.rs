@@ -87,6 +87,9 @@ pub struct Blocklist {
     entries: HashMap<u64, Stored, ahash::RandomState>,
     reasons: Vec<Arc<str>>,
     rule_ids: [Arc<str>; 6],
+    /// `fraudline_blocklist_lookups_total{kind}` / `..._hits_total{kind}`.
+    lookups: [metrics::Counter; 6],
+    hits: [metrics::Counter; 6],
     hasher: ahash::RandomState,
     /// Country calling code (digits) for national phone numbers: with "84",
     /// "0912 345 678" is "+84912345678". Empty: no national numbers.
@@ -112,6 +115,11 @@ impl Blocklist {
             version: 0,
             entries: HashMap::with_hasher(ahash::RandomState::new()),
             reasons: Vec::new(),
+            lookups: ListKind::ALL.map(
+                |k| metrics::counter!(crate::telemetry::BLOCKLIST_LOOKUPS, "kind" => k.as_str()),
+            ),
+            hits: ListKind::ALL
+                .map(|k| metrics::counter!(crate::telemetry::BLOCKLIST_HITS, "kind" => k.as_str())),
             rule_ids: ListKind::ALL
                 .map(|k| Arc::from(format!("BLOCKLIST_{}", k.as_str().to_uppercase()))),
             hasher: Self::hasher(),
@@ -293,7 +301,12 @@ impl Blocklist {
         ];
         let mut best: Option<ListHit> = None;
         for (kind, raw) in candidates {
+            if raw.is_empty() {
+                continue;
+            }
+            self.lookups[kind as usize].increment(1);
             if let Some(hit) = self.lookup(kind, raw, now_ms) {
+                self.hits[kind as usize].increment(1);
                 if best.as_ref().is_none_or(|b| hit.action > b.action) {
                     best = Some(hit);
                 }

@@ -25,6 +25,8 @@ pub const DELIVERY_RETRIES: &str = "fraudline_delivery_retries_total";
 pub const TRANSACTIONS: &str = "fraudline_transactions_total";
 pub const RULE_HITS: &str = "fraudline_rule_hits_total";
 pub const BLOCKLIST_ENTRIES: &str = "fraudline_blocklist_entries";
+pub const BLOCKLIST_LOOKUPS: &str = "fraudline_blocklist_lookups_total";
+pub const BLOCKLIST_HITS: &str = "fraudline_blocklist_hits_total";
 pub const BLOCKLIST_VERSION: &str = "fraudline_blocklist_version";
 pub const BLOCKLIST_LOADED_AT: &str = "fraudline_blocklist_last_load_timestamp_seconds";
 pub const BLOCKLIST_LOAD_FAILURES: &str = "fraudline_blocklist_load_failures_total";
@@ -152,6 +154,11 @@ fn describe() {
         "Rule hits, by rule id and mode (active, shadow, demoted: a rule its breaker holds in shadow)"
     );
     describe_gauge!(BLOCKLIST_ENTRIES, "Blocklist entries, by kind");
+    describe_counter!(
+        BLOCKLIST_LOOKUPS,
+        "Blocklist lookups of payment identifiers, by kind (empty identifiers are not looked up)"
+    );
+    describe_counter!(BLOCKLIST_HITS, "Blocklist hits, by kind");
     describe_gauge!(
         BLOCKLIST_VERSION,
         "Version of the active blocklist (grows with every swap)"
