@@ -109,7 +109,7 @@ enum Command {
         baseline: Option<PathBuf>,
         #[arg(long)]
         events: PathBuf,
-        /// Blocklist for the replay: JSON lines {"kind","value","action","reason"}.
+        /// Blocklist for the replay, as the service reads it (CSV with a header, or .jsonl).
         #[arg(long)]
         blocklist: Option<PathBuf>,
         /// Write one JSON verdict per event here.

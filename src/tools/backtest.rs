@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::engine::blocklist::{Blocklist, ListEntry, ListKind};
+use crate::engine::blocklist::Blocklist;
 use crate::engine::decision::{Decision, Verdict};
 use crate::engine::features::{FeatureConfig, FeatureStore};
 use crate::engine::rules::file;
@@ -39,12 +39,8 @@ pub enum BacktestError {
     },
     #[error(transparent)]
     Rules(#[from] file::LoadError),
-    #[error("{path}:{line}: bad blocklist entry: {message}")]
-    Blocklist {
-        path: String,
-        line: usize,
-        message: String,
-    },
+    #[error(transparent)]
+    Blocklist(#[from] crate::reload::blocklist::BlocklistFileError),
 }
 
 /// Precision, recall and F1 of a predictor against the labels.
@@ -134,61 +130,11 @@ fn open(path: &Path) -> Result<Box<dyn BufRead>, BacktestError> {
     Ok(Box::new(BufReader::with_capacity(1 << 20, r)))
 }
 
-/// A provisional blocklist file for replays: JSON lines of
-/// `{"kind": "account|ewallet|card|phone|device|ip", "value": "...",
-///   "action": "HOLD|REVIEW", "reason": "..."}`.
+/// A blocklist file for the replay, in the service's formats (CSV with a
+/// header, or JSON lines; see `reload::blocklist`), validated the same way.
 pub fn load_blocklist(path: &Path) -> Result<Blocklist, BacktestError> {
-    #[derive(serde::Deserialize)]
-    struct Raw {
-        kind: String,
-        value: String,
-        #[serde(default = "hold")]
-        action: String,
-        #[serde(default)]
-        reason: String,
-    }
-    fn hold() -> String {
-        "HOLD".into()
-    }
-    let name = path.display().to_string();
-    let mut entries = Vec::new();
-    for (i, line) in open(path)?.lines().enumerate() {
-        let line = line.map_err(|source| BacktestError::Io {
-            path: name.clone(),
-            source,
-        })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |message: String| BacktestError::Blocklist {
-            path: name.clone(),
-            line: i + 1,
-            message,
-        };
-        let r: Raw = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
-        let kind = match r.kind.as_str() {
-            "account" => ListKind::Account,
-            "ewallet" => ListKind::Ewallet,
-            "card" => ListKind::Card,
-            "phone" => ListKind::Phone,
-            "device" => ListKind::Device,
-            "ip" => ListKind::Ip,
-            k => return Err(bad(format!("unknown kind {k:?}"))),
-        };
-        let action = match r.action.to_ascii_uppercase().as_str() {
-            "HOLD" => Decision::Hold,
-            "REVIEW" => Decision::Review,
-            a => return Err(bad(format!("action {a:?} is not HOLD or REVIEW"))),
-        };
-        entries.push(ListEntry {
-            kind,
-            value: r.value,
-            reason: r.reason,
-            action,
-            expires_at_ms: None,
-        });
-    }
-    Ok(Blocklist::new(1, entries))
+    let loaded = crate::reload::blocklist::load(path, 0)?;
+    Ok(Blocklist::new(1, loaded.entries))
 }
 
 fn is_fraud(label: &str) -> bool {
