@@ -41,6 +41,9 @@ enum BlocklistCommand {
         /// Accept up to this many bad lines (reported) as the service would.
         #[arg(long, default_value_t = 0)]
         max_bad_lines: usize,
+        /// Country calling code national phone numbers are read in, as `[blocklist] country_code`.
+        #[arg(long, default_value = "")]
+        country_code: String,
     },
 }
 
@@ -214,17 +217,24 @@ async fn main() -> Result<()> {
                 BlocklistCommand::Check {
                     file,
                     max_bad_lines,
+                    country_code,
                 },
-        } => match fraudline::reload::blocklist::load(&file, max_bad_lines) {
-            Ok(l) => {
-                let mut kinds: Vec<_> = l.by_kind.iter().collect();
-                kinds.sort();
-                println!("{}: {} entries", file.display(), l.entries.len());
-                for (k, n) in kinds {
-                    println!("  {k:<8} {n}");
+        } => match fraudline::reload::blocklist::build(
+            std::slice::from_ref(&file),
+            max_bad_lines,
+            &country_code,
+        ) {
+            Ok(b) => {
+                use fraudline::engine::ListKind;
+                let total: usize = ListKind::ALL.iter().map(|k| b.table.count(*k)).sum();
+                println!("{}: {} entries", file.display(), total);
+                for k in ListKind::ALL {
+                    if b.table.count(k) > 0 {
+                        println!("  {:<8} {}", k.as_str(), b.table.count(k));
+                    }
                 }
-                for b in &l.skipped {
-                    println!("skipped {b}");
+                for bad in &b.skipped {
+                    println!("skipped {bad}");
                 }
                 Ok(())
             }

@@ -100,6 +100,7 @@ fn a_blocklisted_payee_is_held_whatever_the_score() {
             reason: "Reported mule".into(),
             action: Decision::Hold,
             expires_at_ms: None,
+            ..ListEntry::default()
         }],
     ));
     let v = e.score_at(&pay("1", "A", "998877", 1000, T0), T0);
@@ -119,6 +120,7 @@ fn an_expired_entry_stops_matching() {
             reason: "r".into(),
             action: Decision::Hold,
             expires_at_ms: Some(T0),
+            ..ListEntry::default()
         }],
     ));
     assert_eq!(

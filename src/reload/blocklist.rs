@@ -13,13 +13,19 @@
 //! With `max_bad_lines = N > 0`, up to N bad lines are skipped and reported
 //! and the rest loads; the last-line rule always applies.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::engine::blocklist::{ListEntry, ListKind};
+use crate::engine::blocklist::{
+    EntryRef, Keyer, ListEntry, ListKind, Table, TableBuilder, TopicState,
+};
 use crate::engine::decision::Decision;
+use crate::engine::{Blocklist, Engine};
 
 /// One refused line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -36,13 +42,35 @@ impl std::fmt::Display for BadLine {
     }
 }
 
-/// A file read and validated.
+/// A small file read and validated into owned entries (tools and tests;
+/// the service builds a [`Table`] directly with [`build`]).
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub entries: Vec<ListEntry>,
     /// Lines skipped under the tolerance (empty when none were allowed).
     pub skipped: Vec<BadLine>,
     pub by_kind: HashMap<&'static str, usize>,
+}
+
+/// Files read, validated and built into one table.
+#[derive(Debug)]
+pub struct Built {
+    pub table: Table,
+    pub keyer: Keyer,
+    pub skipped: Vec<BadLine>,
+}
+
+impl Built {
+    /// The list of these files alone, as `version`.
+    pub fn into_list(self, version: u64) -> Blocklist {
+        Blocklist::layered(
+            version,
+            self.keyer,
+            Arc::new(self.table),
+            Arc::new(Table::empty()),
+            Arc::new(Table::empty()),
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,193 +84,343 @@ pub enum BlocklistFileError {
     Refused(Vec<BadLine>),
 }
 
-fn kind(s: &str) -> Option<ListKind> {
-    Some(match s.trim().to_ascii_lowercase().as_str() {
-        "account" => ListKind::Account,
-        "ewallet" | "e-wallet" => ListKind::Ewallet,
-        "card" => ListKind::Card,
-        "phone" => ListKind::Phone,
-        "device" => ListKind::Device,
-        "ip" => ListKind::Ip,
-        _ => return None,
-    })
-}
-
 fn action(s: &str) -> Option<Decision> {
-    match s.trim().to_ascii_uppercase().as_str() {
-        "" | "HOLD" => Some(Decision::Hold),
-        "REVIEW" => Some(Decision::Review),
-        _ => None,
+    let s = s.trim();
+    if s.is_empty() || s.eq_ignore_ascii_case("HOLD") {
+        Some(Decision::Hold)
+    } else if s.eq_ignore_ascii_case("REVIEW") {
+        Some(Decision::Review)
+    } else {
+        None
     }
 }
 
-/// Fields of one line, before checks.
+/// Fields of one line, before checks, borrowed from the file where they
+/// can be (a CSV field with `""` inside, or a JSON string with escapes,
+/// is owned).
 #[derive(Debug, Default, serde::Deserialize)]
-struct Raw {
-    kind: String,
-    value: String,
+struct Raw<'a> {
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    value: Cow<'a, str>,
+    #[serde(default, borrow)]
+    action: Cow<'a, str>,
+    #[serde(default, borrow)]
+    reason: Cow<'a, str>,
+    #[serde(default, borrow)]
+    source: Cow<'a, str>,
     #[serde(default)]
-    action: String,
-    #[serde(default)]
-    reason: String,
-    #[serde(default)]
-    source: String,
+    added_at_ms: Option<i64>,
     #[serde(default)]
     expires_at_ms: Option<i64>,
 }
 
-fn entry(raw: Raw, file_source: &str) -> Result<ListEntry, String> {
-    let k = kind(&raw.kind).ok_or_else(|| format!("unknown kind {:?}", raw.kind))?;
+/// Default reasons, one per source ("listed by <source>"), so that lines
+/// without a reason do not allocate one each.
+#[derive(Default)]
+struct DefaultReasons(HashMap<String, String>);
+
+impl DefaultReasons {
+    fn get(&mut self, source: &str) -> &str {
+        if !self.0.contains_key(source) {
+            self.0
+                .insert(source.to_string(), format!("listed by {source}"));
+        }
+        self.0.get(source).map(String::as_str).unwrap_or("listed")
+    }
+}
+
+/// Checks a raw line and hands the entry to `f`.
+fn entry<R>(
+    raw: &Raw<'_>,
+    file_source: &str,
+    reasons: &mut DefaultReasons,
+    f: impl FnOnce(EntryRef<'_>) -> Result<R, String>,
+) -> Result<R, String> {
+    let kind = ListKind::parse(&raw.kind).ok_or_else(|| format!("unknown kind {:?}", raw.kind))?;
     let a = action(&raw.action)
         .ok_or_else(|| format!("action {:?} is not HOLD or REVIEW", raw.action))?;
-    if raw.value.trim().is_empty() {
+    let value = raw.value.trim();
+    if value.is_empty() {
         return Err("empty value".into());
     }
-    let source = if raw.source.is_empty() {
-        file_source
-    } else {
-        &raw.source
+    for (name, v) in [
+        ("added_at_ms", raw.added_at_ms),
+        ("expires_at_ms", raw.expires_at_ms),
+    ] {
+        if v.is_some_and(|v| v < 0) {
+            return Err(format!("{name} {} is negative", v.unwrap_or(0)));
+        }
+    }
+    let source = match raw.source.trim() {
+        "" => file_source,
+        s => s,
     };
-    let reason = if raw.reason.is_empty() {
-        format!("listed by {source}")
-    } else {
-        raw.reason
+    let reason = match raw.reason.trim() {
+        "" => reasons.get(source),
+        r => r,
     };
-    Ok(ListEntry {
-        kind: k,
-        value: raw.value.trim().to_string(),
+    f(EntryRef {
+        kind,
+        value,
         reason,
+        source,
         action: a,
-        expires_at_ms: raw.expires_at_ms,
+        added_at_ms: raw.added_at_ms.filter(|v| *v > 0),
+        expires_at_ms: raw.expires_at_ms.filter(|v| *v > 0),
     })
 }
 
-/// Splits one CSV line: commas, with double-quoted fields ("" inside a
-/// quoted field is a quote).
-fn csv_fields(line: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                chars.next();
-                cur.push('"');
+/// Splits one CSV line into `out`: commas, with double-quoted fields (""
+/// inside a quoted field is a quote). Fields borrow from the line unless
+/// they hold an escaped quote.
+fn csv_fields<'a>(line: &'a str, out: &mut Vec<Cow<'a, str>>) -> Result<(), String> {
+    out.clear();
+    if !line.contains('"') {
+        out.extend(line.split(',').map(Cow::Borrowed));
+        return Ok(());
+    }
+    let b = line.as_bytes();
+    let mut i = 0;
+    loop {
+        if b.get(i) == Some(&b'"') {
+            // Quoted: up to the closing quote not followed by another.
+            let mut owned: Option<String> = None;
+            let start = i + 1;
+            let mut j = start;
+            loop {
+                match b.get(j) {
+                    None => return Err("unterminated quoted field".into()),
+                    Some(b'"') if b.get(j + 1) == Some(&b'"') => {
+                        let o = owned.get_or_insert_with(String::new);
+                        if o.is_empty() {
+                            o.push_str(&line[start..j]);
+                        }
+                        o.push('"');
+                        j += 2;
+                        // Copy on until the next quote.
+                        let next = line[j..].find('"').map_or(line.len(), |k| j + k);
+                        o.push_str(&line[j..next]);
+                        j = next;
+                    }
+                    Some(b'"') => break,
+                    Some(_) => j += 1,
+                }
             }
-            ('"', true) => quoted = false,
-            ('"', false) if cur.is_empty() => quoted = true,
-            (',', false) => out.push(std::mem::take(&mut cur)),
-            (c, _) => cur.push(c),
+            out.push(match owned {
+                Some(o) => Cow::Owned(o),
+                None => Cow::Borrowed(&line[start..j]),
+            });
+            // Text after the closing quote up to the comma is kept, as before.
+            let rest_end = line[j + 1..].find(',').map_or(line.len(), |k| j + 1 + k);
+            if rest_end > j + 1 {
+                if let Some(last) = out.last_mut() {
+                    last.to_mut().push_str(&line[j + 1..rest_end]);
+                }
+            }
+            if rest_end >= line.len() {
+                return Ok(());
+            }
+            i = rest_end + 1;
+        } else {
+            let end = line[i..].find(',').map_or(line.len(), |k| i + k);
+            out.push(Cow::Borrowed(&line[i..end]));
+            if end >= line.len() {
+                return Ok(());
+            }
+            i = end + 1;
         }
     }
-    if quoted {
-        return Err("unterminated quoted field".into());
-    }
-    out.push(cur);
-    Ok(out)
 }
 
-/// Parses file bytes. `name` names the file in errors and is the default
-/// `source` of its entries.
-pub fn parse(name: &str, bytes: &[u8], max_bad_lines: usize) -> Result<Loaded, BlocklistFileError> {
-    let mut bad = Vec::new();
+/// The CSV columns fraudline reads, by position in the header.
+#[derive(Default)]
+struct Columns {
+    n: usize,
+    kind: usize,
+    value: usize,
+    action: Option<usize>,
+    reason: Option<usize>,
+    source: Option<usize>,
+    added_at_ms: Option<usize>,
+    expires_at_ms: Option<usize>,
+}
+
+fn header(fields: &[Cow<'_, str>]) -> Option<Columns> {
+    let pos = |name: &str| {
+        fields
+            .iter()
+            .position(|f| f.trim().eq_ignore_ascii_case(name))
+    };
+    Some(Columns {
+        n: fields.len(),
+        kind: pos("kind")?,
+        value: pos("value")?,
+        action: pos("action"),
+        reason: pos("reason"),
+        source: pos("source"),
+        added_at_ms: pos("added_at_ms"),
+        expires_at_ms: pos("expires_at_ms"),
+    })
+}
+
+fn ms_field(
+    fields: &[Cow<'_, str>],
+    col: Option<usize>,
+    name: &str,
+) -> Result<Option<i64>, String> {
+    let Some(v) = col.and_then(|c| fields.get(c)) else {
+        return Ok(None);
+    };
+    let t = v.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    t.parse()
+        .map(Some)
+        .map_err(|_| format!("{name} {v:?} is not a number of ms"))
+}
+
+fn is_json(name: &str) -> bool {
+    [".jsonl", ".ndjson", ".json"]
+        .iter()
+        .any(|e| name.ends_with(e))
+}
+
+/// Parses one file's bytes, handing each valid entry with its line number
+/// to `sink` (whose error is the line's error) and collecting bad lines
+/// into `bad`. Returns early, refused, for a half-written file or a bad
+/// CSV header.
+fn parse_with(
+    name: &str,
+    bytes: &[u8],
+    bad: &mut Vec<BadLine>,
+    mut sink: impl FnMut(u32, EntryRef<'_>) -> Result<(), String>,
+) -> Result<(), BlocklistFileError> {
     let bad_line = |line: usize, message: String| BadLine {
         file: name.to_string(),
         line,
         message,
     };
     if !bytes.is_empty() && !bytes.ends_with(b"\n") {
-        let lines = bytes.iter().filter(|b| **b == b'\n').count() + 1;
+        let lines = memchr::memchr_iter(b'\n', bytes).count() + 1;
         return Err(BlocklistFileError::Refused(vec![bad_line(
             lines,
             "the last line has no newline: the file looks half-written".into(),
         )]));
     }
-    let json = [".jsonl", ".ndjson", ".json"]
-        .iter()
-        .any(|e| name.ends_with(e));
-    let mut entries: Vec<ListEntry> = Vec::new();
-    let keyer = crate::engine::Blocklist::empty();
-    let mut seen: HashMap<u64, (Decision, usize), ahash::RandomState> = HashMap::default();
-    let mut header: Option<Vec<String>> = None;
-    for (i, raw_line) in bytes.split(|b| *b == b'\n').enumerate() {
-        let n = i + 1;
+    let json = is_json(name);
+    let mut reasons = DefaultReasons::default();
+    let mut cols: Option<Columns> = None;
+    let mut fields: Vec<Cow<'_, str>> = Vec::with_capacity(8);
+    let mut start = 0usize;
+    let mut n: usize = 0;
+    for end in memchr::memchr_iter(b'\n', bytes) {
+        let raw_line = &bytes[start..end];
+        start = end + 1;
+        n += 1;
         let Ok(line) = std::str::from_utf8(raw_line) else {
             bad.push(bad_line(n, "not UTF-8".into()));
             continue;
         };
-        let line = line.trim_end_matches('\r');
+        let line = line.strip_suffix('\r').unwrap_or(line);
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }
-        let raw = if json {
-            serde_json::from_str::<Raw>(line).map_err(|e| e.to_string())
-        } else if header.is_none() {
-            match csv_fields(line) {
-                Ok(h) => {
-                    let h: Vec<String> = h.iter().map(|s| s.trim().to_ascii_lowercase()).collect();
-                    if !h.iter().any(|c| c == "kind") || !h.iter().any(|c| c == "value") {
+        let line_no = u32::try_from(n).unwrap_or(u32::MAX);
+        let result = if json {
+            serde_json::from_str::<Raw<'_>>(line)
+                .map_err(|e| e.to_string())
+                .and_then(|raw| entry(&raw, name, &mut reasons, |e| sink(line_no, e)))
+        } else if let Some(c) = &cols {
+            csv_fields(line, &mut fields).and_then(|()| {
+                if fields.len() != c.n {
+                    return Err(format!("{} fields, the header has {}", fields.len(), c.n));
+                }
+                let get = |i: Option<usize>| -> Cow<'_, str> {
+                    i.and_then(|i| fields.get(i))
+                        .map(|f| Cow::Borrowed(f.as_ref()))
+                        .unwrap_or_default()
+                };
+                let raw = Raw {
+                    kind: get(Some(c.kind)),
+                    value: get(Some(c.value)),
+                    action: get(c.action),
+                    reason: get(c.reason),
+                    source: get(c.source),
+                    added_at_ms: ms_field(&fields, c.added_at_ms, "added_at_ms")?,
+                    expires_at_ms: ms_field(&fields, c.expires_at_ms, "expires_at_ms")?,
+                };
+                entry(&raw, name, &mut reasons, |e| sink(line_no, e))
+            })
+        } else {
+            match csv_fields(line, &mut fields) {
+                Ok(()) => match header(&fields) {
+                    Some(h) => cols = Some(h),
+                    None => {
                         return Err(BlocklistFileError::Refused(vec![bad_line(
                             n,
                             "the CSV header must name at least `kind` and `value`".into(),
-                        )]));
+                        )]))
                     }
-                    header = Some(h);
-                }
+                },
                 Err(e) => bad.push(bad_line(n, e)),
             }
             continue;
-        } else {
-            let h = header.as_deref().unwrap_or(&[]);
-            csv_fields(line).and_then(|f| {
-                if f.len() != h.len() {
-                    return Err(format!("{} fields, the header has {}", f.len(), h.len()));
-                }
-                let mut r = Raw::default();
-                for (col, v) in h.iter().zip(f) {
-                    match col.as_str() {
-                        "kind" => r.kind = v,
-                        "value" => r.value = v,
-                        "action" => r.action = v,
-                        "reason" => r.reason = v,
-                        "source" => r.source = v,
-                        "expires_at_ms" if v.trim().is_empty() => {}
-                        "expires_at_ms" => {
-                            r.expires_at_ms = Some(v.trim().parse().map_err(|_| {
-                                format!("expires_at_ms {v:?} is not a number of ms")
-                            })?)
-                        }
-                        _ => {}
-                    }
-                }
-                Ok(r)
-            })
         };
-        match raw.and_then(|r| entry(r, name)) {
-            Ok(e) => {
-                let key = keyer.key_of(e.kind, &e.value);
-                match seen.get(&key) {
-                    Some((a, first)) if *a != e.action => bad.push(bad_line(
-                        n,
-                        format!(
-                            "{} {:?} is listed again with action {} (line {first} says {})",
-                            e.kind.as_str(),
-                            e.value,
-                            e.action.as_str(),
-                            a.as_str()
-                        ),
-                    )),
-                    Some(_) => {} // the same entry twice: harmless
-                    None => {
-                        seen.insert(key, (e.action, n));
-                        entries.push(e);
-                    }
-                }
-            }
-            Err(m) => bad.push(bad_line(n, m)),
+        if let Err(m) = result {
+            bad.push(bad_line(n, m));
         }
     }
+    Ok(())
+}
+
+/// The sink that builds a table: a key listed again within the file with
+/// another action is the line's error.
+fn table_sink<'b>(
+    b: &'b mut TableBuilder,
+    file_no: u16,
+    mut also: impl FnMut(&EntryRef<'_>) + 'b,
+) -> impl FnMut(u32, EntryRef<'_>) -> Result<(), String> + 'b {
+    move |line, e| {
+        b.insert(&e, file_no, line).map_err(|c| {
+            format!(
+                "{} {:?} is listed again with action {} (line {} says {})",
+                e.kind.as_str(),
+                e.value,
+                e.action.as_str(),
+                c.first_line,
+                c.first_action.as_str()
+            )
+        })?;
+        also(&e);
+        Ok(())
+    }
+}
+
+/// Parses file bytes into owned entries. `name` names the file in errors
+/// and is the default `source` of its entries.
+pub fn parse(name: &str, bytes: &[u8], max_bad_lines: usize) -> Result<Loaded, BlocklistFileError> {
+    let mut bad = Vec::new();
+    let mut entries: Vec<ListEntry> = Vec::new();
+    let mut b = TableBuilder::new(Keyer::new(""), 16);
+    parse_with(
+        name,
+        bytes,
+        &mut bad,
+        table_sink(&mut b, 0, |e| {
+            entries.push(ListEntry {
+                kind: e.kind,
+                value: e.value.to_string(),
+                reason: e.reason.to_string(),
+                source: e.source.to_string(),
+                action: e.action,
+                added_at_ms: e.added_at_ms,
+                expires_at_ms: e.expires_at_ms,
+            })
+        }),
+    )?;
     if bad.len() > max_bad_lines {
         return Err(BlocklistFileError::Refused(bad));
     }
@@ -257,38 +435,65 @@ pub fn parse(name: &str, bytes: &[u8], max_bad_lines: usize) -> Result<Loaded, B
     })
 }
 
-/// Reads and parses a blocklist file.
+/// Reads and parses a blocklist file into owned entries.
 pub fn load(path: &Path, max_bad_lines: usize) -> Result<Loaded, BlocklistFileError> {
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| BlocklistFileError::Io {
-        file: name.clone(),
-        source,
-    })?;
-    parse(&name, &bytes, max_bad_lines)
+    parse(&name, &read(path)?, max_bad_lines)
 }
 
-/// Loads every file, merges them (a later file's entry wins over an
-/// earlier one's for the same key) and builds the list with `version`.
+fn read(path: &Path) -> Result<Vec<u8>, BlocklistFileError> {
+    std::fs::read(path).map_err(|source| BlocklistFileError::Io {
+        file: path.display().to_string(),
+        source,
+    })
+}
+
+/// Reads every file, validates each whole (up to `max_bad_lines` bad lines
+/// a file skipped and reported) and builds one table; a later file's entry
+/// wins over an earlier one's for the same key. The table is sized from the
+/// files' line count up front, so it is filled without a rehash.
 pub fn build(
-    files: &[std::path::PathBuf],
+    files: &[PathBuf],
     max_bad_lines: usize,
     country_code: &str,
-    version: u64,
-) -> Result<(crate::engine::Blocklist, Vec<BadLine>), BlocklistFileError> {
-    let mut entries = Vec::new();
-    let mut skipped = Vec::new();
+) -> Result<Built, BlocklistFileError> {
+    let mut contents = Vec::with_capacity(files.len());
     for f in files {
-        let l = load(f, max_bad_lines)?;
-        entries.extend(l.entries);
-        skipped.extend(l.skipped);
+        contents.push((f.display().to_string(), read(f)?));
     }
-    Ok((
-        crate::engine::Blocklist::with_country_code(version, country_code, entries),
-        skipped,
-    ))
+    build_from(&contents, max_bad_lines, country_code)
 }
 
-fn stamps(files: &[std::path::PathBuf]) -> Vec<Option<(u64, std::time::SystemTime)>> {
+/// [`build`] over bytes already read: `(name, bytes)` per file.
+pub fn build_from(
+    files: &[(String, Vec<u8>)],
+    max_bad_lines: usize,
+    country_code: &str,
+) -> Result<Built, BlocklistFileError> {
+    let lines: usize = files
+        .iter()
+        .map(|(_, b)| memchr::memchr_iter(b'\n', b).count())
+        .sum();
+    let keyer = Keyer::new(country_code);
+    let mut b = TableBuilder::new(keyer.clone(), lines);
+    let mut skipped = Vec::new();
+    for (i, (name, bytes)) in files.iter().enumerate() {
+        let mut bad = Vec::new();
+        let file_no = u16::try_from(i).unwrap_or(u16::MAX - 1);
+        parse_with(name, bytes, &mut bad, table_sink(&mut b, file_no, |_| {}))?;
+        if bad.len() > max_bad_lines {
+            return Err(BlocklistFileError::Refused(bad));
+        }
+        skipped.extend(bad);
+    }
+    Ok(Built {
+        table: b.finish(),
+        keyer,
+        skipped,
+    })
+}
+
+fn stamps(files: &[PathBuf]) -> Vec<Option<(u64, std::time::SystemTime)>> {
     files
         .iter()
         .map(|f| {
@@ -298,119 +503,123 @@ fn stamps(files: &[std::path::PathBuf]) -> Vec<Option<(u64, std::time::SystemTim
         .collect()
 }
 
-/// The blocklist's sources and what each last gave: the list is rebuilt
-/// from both on every change, with a version that only grows.
+/// What the list is built from: the file table and the topic's state.
+struct State {
+    files: Arc<Table>,
+    topic: TopicState,
+}
+
+/// The blocklist's sources. A file change rebuilds the file table (read
+/// and built aside, without the lock); a topic batch rebuilds the topic's
+/// small delta table. Either publishes a new [`Blocklist`] over the current
+/// tables, with a version that only grows.
 pub struct Sources {
-    engine: std::sync::Arc<crate::engine::Engine>,
-    files: Vec<std::path::PathBuf>,
+    engine: Arc<Engine>,
+    files: Vec<PathBuf>,
     max_bad_lines: usize,
     country_code: String,
-    file_entries: std::sync::Mutex<Vec<ListEntry>>,
-    topic_entries: std::sync::Mutex<HashMap<String, ListEntry>>,
-    version: std::sync::atomic::AtomicU64,
+    state: Mutex<State>,
+    version: AtomicU64,
 }
 
 impl Sources {
     pub fn new(
-        engine: std::sync::Arc<crate::engine::Engine>,
-        files: Vec<std::path::PathBuf>,
+        engine: Arc<Engine>,
+        files: Vec<PathBuf>,
         max_bad_lines: usize,
         country_code: String,
     ) -> Sources {
+        let keyer = Keyer::new(&country_code);
         Sources {
             engine,
             files,
             max_bad_lines,
             country_code,
-            file_entries: Default::default(),
-            topic_entries: Default::default(),
-            version: Default::default(),
+            state: Mutex::new(State {
+                files: Arc::new(Table::empty()),
+                topic: TopicState::new(keyer),
+            }),
+            version: AtomicU64::new(0),
         }
     }
 
-    /// Reads the files; on success rebuilds the list. A refused file leaves
-    /// the active list (and the last good file entries) in place.
+    /// Reads the files; on success swaps the new file table in. A refused
+    /// file leaves the active list in place.
     pub fn reload_files(&self) -> Result<(), BlocklistFileError> {
-        let mut entries = Vec::new();
-        let mut skipped = Vec::new();
-        for f in &self.files {
-            match load(f, self.max_bad_lines) {
-                Ok(l) => {
-                    entries.extend(l.entries);
-                    skipped.extend(l.skipped);
-                }
-                Err(e) => {
-                    metrics::counter!(crate::telemetry::BLOCKLIST_LOAD_FAILURES).increment(1);
-                    tracing::error!(error = %e, active_version = self.engine.blocklist().version(), "blocklist refused; the active list stays");
-                    return Err(e);
-                }
+        let started = std::time::Instant::now();
+        let built = match build(&self.files, self.max_bad_lines, &self.country_code) {
+            Ok(b) => b,
+            Err(e) => {
+                metrics::counter!(crate::telemetry::BLOCKLIST_LOAD_FAILURES).increment(1);
+                tracing::error!(error = %e, active_version = self.engine.blocklist().version(), "blocklist refused; the active list stays");
+                return Err(e);
             }
-        }
-        for b in &skipped {
+        };
+        for b in &built.skipped {
             tracing::warn!(line = %b, "blocklist line skipped (within max_bad_lines)");
         }
-        if let Ok(mut fe) = self.file_entries.lock() {
-            *fe = entries;
-        }
-        self.rebuild("files");
+        let old = {
+            let Ok(mut st) = self.state.lock() else {
+                return Ok(());
+            };
+            let old = std::mem::replace(&mut st.files, Arc::new(built.table));
+            self.publish(&st, "files", started);
+            old
+        };
+        retire(old);
         Ok(())
     }
 
     /// Applies topic records: `Some(entry)` lists, `None` removes.
-    pub fn apply_topic(&self, updates: impl IntoIterator<Item = (String, Option<ListEntry>)>) {
-        if let Ok(mut t) = self.topic_entries.lock() {
-            for (k, e) in updates {
-                match e {
-                    Some(e) => {
-                        t.insert(k, e);
-                    }
-                    None => {
-                        t.remove(&k);
-                    }
-                }
-            }
+    pub fn apply_topic(
+        &self,
+        updates: impl IntoIterator<Item = (ListKind, String, Option<ListEntry>)>,
+    ) {
+        let started = std::time::Instant::now();
+        if let Ok(mut st) = self.state.lock() {
+            st.topic.apply(updates);
+            self.publish(&st, "topic", started);
         }
-        self.rebuild("topic");
     }
 
-    /// Builds a new list from both sources and swaps it in.
-    fn rebuild(&self, cause: &str) {
+    /// Publishes a list over the current tables with the next version.
+    fn publish(&self, st: &State, cause: &str, started: std::time::Instant) {
         use crate::telemetry;
-        let started = std::time::Instant::now();
-        let mut entries: Vec<ListEntry> = self
-            .file_entries
-            .lock()
-            .map(|f| f.clone())
-            .unwrap_or_default();
-        if let Ok(t) = self.topic_entries.lock() {
-            entries.extend(t.values().cloned());
-        }
-        let version = self
-            .version
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-            + 1;
-        let list =
-            crate::engine::Blocklist::with_country_code(version, &self.country_code, entries);
-        let mut counts: HashMap<&'static str, usize> =
-            ["account", "ewallet", "card", "phone", "device", "ip"]
-                .into_iter()
-                .map(|k| (k, 0))
-                .collect();
-        counts.extend(list.counts());
-        for (k, n) in &counts {
-            metrics::gauge!(telemetry::BLOCKLIST_ENTRIES, "kind" => *k).set(*n as f64);
+        let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
+        let (topic, delta) = st.topic.tables();
+        let list = Blocklist::layered(
+            version,
+            Keyer::new(&self.country_code),
+            st.files.clone(),
+            topic,
+            delta,
+        );
+        for (k, n) in list.counts() {
+            metrics::gauge!(telemetry::BLOCKLIST_ENTRIES, "kind" => k).set(n as f64);
         }
         metrics::gauge!(telemetry::BLOCKLIST_VERSION).set(version as f64);
         metrics::gauge!(telemetry::BLOCKLIST_LOADED_AT).set(crate::now_ms() as f64 / 1000.0);
         tracing::info!(
             version,
-            entries = list.len(),
+            file_entries = st.files.len(),
+            topic_entries = st.topic.len(),
             cause,
             seconds = started.elapsed().as_secs_f64(),
             "blocklist active"
         );
         self.engine.set_blocklist(list);
     }
+}
+
+/// Drops a replaced table here, on the reload thread, once no reader holds
+/// it (bounded wait), so that freeing hundreds of megabytes never lands on
+/// a scoring thread that happened to hold the last reference.
+fn retire(t: Arc<Table>) {
+    let started = std::time::Instant::now();
+    while Arc::strong_count(&t) > 1 && started.elapsed() < std::time::Duration::from_secs(2) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    drop(t);
 }
 
 /// Loads the files at start (a bad file refuses the start), then watches
@@ -441,39 +650,51 @@ pub fn topic_update(
     key: &[u8],
     value: Option<&[u8]>,
     topic: &str,
-) -> Result<(String, Option<ListEntry>), String> {
+) -> Result<(ListKind, String, Option<ListEntry>), String> {
     use prost::Message as _;
     let key = std::str::from_utf8(key).map_err(|_| "key is not UTF-8".to_string())?;
+    // The first colon ends the kind: "account:VCB:123" and "ip:2001:db8::1"
+    // keep theirs in the value.
     let (k, v) = key
         .split_once(':')
         .ok_or_else(|| format!("key {key:?} is not kind:value"))?;
-    let kind = kind(k).ok_or_else(|| format!("unknown kind {k:?}"))?;
-    let canonical = format!(
-        "{}:{}",
-        kind.as_str(),
-        crate::engine::blocklist::normalise(v)
-    );
+    let kind = ListKind::parse(k).ok_or_else(|| format!("unknown kind {k:?}"))?;
+    if v.trim().is_empty() {
+        return Err(format!("key {key:?} has an empty value"));
+    }
     let Some(bytes) = value.filter(|b| !b.is_empty()) else {
-        return Ok((canonical, None));
+        return Ok((kind, v.to_string(), None));
     };
     let e = crate::proto::BlocklistEntry::decode(bytes).map_err(|e| e.to_string())?;
+    if !e.kind.is_empty() && ListKind::parse(&e.kind) != Some(kind) {
+        return Err(format!(
+            "the entry's kind {:?} is not the key's {:?}",
+            e.kind, k
+        ));
+    }
     let raw = Raw {
-        kind: if e.kind.is_empty() {
-            k.to_string()
-        } else {
-            e.kind
-        },
-        value: if e.value.is_empty() {
-            v.to_string()
-        } else {
-            e.value
-        },
-        action: e.action,
-        reason: e.reason,
-        source: e.source,
+        kind: Cow::Borrowed(k),
+        // The key names the entry: a value in the record that spells it
+        // differently would be looked up under another key than removed.
+        value: Cow::Borrowed(v),
+        action: Cow::Owned(e.action),
+        reason: Cow::Owned(e.reason),
+        source: Cow::Owned(e.source),
+        added_at_ms: (e.added_at_ms > 0).then_some(e.added_at_ms),
         expires_at_ms: (e.expires_at_ms > 0).then_some(e.expires_at_ms),
     };
-    Ok((canonical, Some(entry(raw, topic)?)))
+    let entry = entry(&raw, topic, &mut DefaultReasons::default(), |e| {
+        Ok(ListEntry {
+            kind: e.kind,
+            value: e.value.to_string(),
+            reason: e.reason.to_string(),
+            source: e.source.to_string(),
+            action: e.action,
+            added_at_ms: e.added_at_ms,
+            expires_at_ms: e.expires_at_ms,
+        })
+    })?;
+    Ok((kind, v.to_string(), Some(entry)))
 }
 
 /// Follows the list topic from the beginning on a plain thread: the first
@@ -534,7 +755,7 @@ pub fn follow_topic(
                 }
             }
         }
-        let mut pending: Vec<(String, Option<ListEntry>)> = Vec::new();
+        let mut pending: Vec<(ListKind, String, Option<ListEntry>)> = Vec::new();
         let mut last_flush = std::time::Instant::now();
         if ends.is_empty() {
             sources.apply_topic([]);
@@ -647,5 +868,105 @@ mod tests {
         assert_eq!(l.skipped.len(), 1);
         assert_eq!(l.skipped[0].line, 3);
         assert!(parse("l.csv", b"kind,value\nplanet,1\nplanet,2\n", 1).is_err());
+    }
+
+    #[test]
+    fn source_added_at_and_quoted_fields_are_kept() {
+        let csv = b"value,kind,source,added_at_ms,reason\n\
+                    \"VCB:12,34\",account,national-scheme,1795000000000,\"said \"\"mule\"\"\"\n\
+                    dev-1,device,,,\n";
+        let l = parse("l.csv", csv, 0).expect("loads");
+        assert_eq!(l.entries[0].value, "VCB:12,34");
+        assert_eq!(l.entries[0].source, "national-scheme");
+        assert_eq!(l.entries[0].added_at_ms, Some(1_795_000_000_000));
+        assert_eq!(l.entries[0].reason, "said \"mule\"");
+        assert_eq!(
+            l.entries[1].source, "l.csv",
+            "the file is the default source"
+        );
+        assert_eq!(l.entries[1].reason, "listed by l.csv");
+        assert_eq!(
+            refused(
+                "l.csv",
+                b"kind,value,expires_at_ms\nip,1.2.3.4,-5\nip,1.2.3.5,soon\nip,\"1.2.3.6\n"
+            ),
+            [
+                "l.csv:2: expires_at_ms -5 is negative",
+                "l.csv:3: expires_at_ms \"soon\" is not a number of ms",
+                "l.csv:4: unterminated quoted field"
+            ]
+        );
+        assert_eq!(
+            refused("l.csv", b"kind,value\naccount,  \n"),
+            ["l.csv:2: empty value"]
+        );
+        assert_eq!(
+            refused("l.csv", b"kind,value\naccount,1,2\n"),
+            ["l.csv:2: 3 fields, the header has 2"]
+        );
+    }
+
+    #[test]
+    fn files_build_one_table_where_a_later_file_wins() {
+        let a = (
+            "a.csv".to_string(),
+            b"kind,value,action\nip,1.1.1.1,HOLD\nip,2.2.2.2,HOLD\n".to_vec(),
+        );
+        let b = (
+            "b.jsonl".to_string(),
+            b"{\"kind\":\"ip\",\"value\":\"1.1.1.1\",\"action\":\"REVIEW\"}\n".to_vec(),
+        );
+        let built = build_from(&[a, b], 0, "").expect("builds");
+        assert_eq!(built.table.count(ListKind::Ip), 2);
+        let list = built.into_list(3);
+        assert_eq!(list.version(), 3);
+        assert_eq!(
+            list.lookup(ListKind::Ip, "1.1.1.1", 0).map(|e| e.action),
+            Some(Decision::Review)
+        );
+        let bad = ("c.csv".to_string(), b"kind,value\nplanet,1\n".to_vec());
+        assert!(matches!(
+            build_from(&[bad], 0, ""),
+            Err(BlocklistFileError::Refused(b)) if b[0].to_string() == "c.csv:2: unknown kind \"planet\""
+        ));
+    }
+
+    #[test]
+    fn topic_records_name_their_entry_by_key() {
+        use prost::Message as _;
+        let entry = crate::proto::BlocklistEntry {
+            action: "REVIEW".into(),
+            reason: "reported".into(),
+            source: "scheme".into(),
+            added_at_ms: 7,
+            ..Default::default()
+        };
+        let (kind, value, e) =
+            topic_update(b"account:VCB:12-34", Some(&entry.encode_to_vec()), "bl").expect("ok");
+        let e = e.expect("listed");
+        assert_eq!((kind, value.as_str()), (ListKind::Account, "VCB:12-34"));
+        assert_eq!(
+            (e.action, e.source.as_str(), e.added_at_ms),
+            (Decision::Review, "scheme", Some(7))
+        );
+        let (_, _, removed) = topic_update(b"ip:2001:db8::1", None, "bl").expect("ok");
+        assert!(removed.is_none(), "an empty value removes");
+        assert_eq!(
+            topic_update(b"planet:1", None, "bl").unwrap_err(),
+            "unknown kind \"planet\""
+        );
+        assert_eq!(
+            topic_update(b"nocolon", None, "bl").unwrap_err(),
+            "key \"nocolon\" is not kind:value"
+        );
+        let wrong = crate::proto::BlocklistEntry {
+            kind: "phone".into(),
+            ..Default::default()
+        };
+        assert!(
+            topic_update(b"ip:1.2.3.4", Some(&wrong.encode_to_vec()), "bl")
+                .unwrap_err()
+                .contains("is not the key's")
+        );
     }
 }

@@ -133,8 +133,7 @@ fn open(path: &Path) -> Result<Box<dyn BufRead>, BacktestError> {
 /// A blocklist file for the replay, in the service's formats (CSV with a
 /// header, or JSON lines; see `reload::blocklist`), validated the same way.
 pub fn load_blocklist(path: &Path) -> Result<Blocklist, BacktestError> {
-    let loaded = crate::reload::blocklist::load(path, 0)?;
-    Ok(Blocklist::new(1, loaded.entries))
+    Ok(crate::reload::blocklist::build(&[path.to_path_buf()], 0, "")?.into_list(1))
 }
 
 fn is_fraud(label: &str) -> bool {

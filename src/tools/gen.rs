@@ -95,6 +95,7 @@ impl Generator {
                 reason: "Account reported in the shared suspicious-account database".into(),
                 action: Decision::Hold,
                 expires_at_ms: None,
+                ..ListEntry::default()
             })
             .collect()
     }
