@@ -1,22 +1,33 @@
 //! The blocklist at 10,000,000 entries:
 //!
-//! - load: a 10 M-line CSV file (written to a temp dir before any timer) read,
-//!   validated and built into the list, timed once, with process RSS before
-//!   and after (bytes per entry);
-//! - lookup: `Blocklist::check` of a payment (payee, payer, device, phone: four
-//!   lookups) against the 10 M list, hit and miss, in criterion; then 1,000,000
-//!   single `check` calls timed with `Instant` for p50 / p99 / p99.9 (the clock
-//!   read adds ~20-30 ns).
+//! - load: a 10 M-line CSV file (written to a temp dir before any timer)
+//!   read, validated and built into the file table by the service's own
+//!   path (`reload::blocklist::build`), timed on one thread, with process
+//!   RSS before and after and the table's own bytes per entry;
+//! - lookup: one `Blocklist::lookup` (hit and miss) and `Blocklist::check`
+//!   of a payment (payee, payer, device, phone: four lookups) against the
+//!   10 M list, in criterion; then 1,000,000 single calls of each timed with
+//!   `Instant` for p50 / p99 / p99.9 (the two clock reads add ~25-40 ns,
+//!   measured below as `clock_only`);
+//! - reload: `Engine::score` with the default rule pack, timed one call at a
+//!   time for 4 s with the 10 M list in place, then again while a second
+//!   thread reloads the 10 M file through `Sources::reload_files` (read,
+//!   validate, build aside, swap, free the old table): the two latency
+//!   histograms side by side.
 //!
-//! Run: `cargo bench --bench blocklist` (about 2 minutes; needs ~1 GB of /tmp).
+//! Run: `cargo bench --bench blocklist` (about 3 minutes; ~1.5 GB of RAM and
+//! ~600 MB of /tmp).
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, Criterion, Throughput};
-use fraudline::engine::Blocklist;
+use fraudline::engine::{Engine, EngineConfig, ListKind};
 use fraudline::event::{self, Format, Limits, Payment};
 use fraudline::reload::blocklist as source;
+use fraudline::tools::gen::{GenConfig, Generator};
 use fraudline::tools::memory::rss_bytes;
 
 const N: usize = 10_000_000;
@@ -44,6 +55,13 @@ fn payment(payee: &str, phone: &str) -> Payment {
     .expect("valid payment")
 }
 
+/// p50 / p99 / p99.9 / max of `ns`, sorted in place.
+fn quantiles(ns: &mut [u32]) -> [u32; 4] {
+    ns.sort_unstable();
+    let q = |p: f64| ns[((ns.len() as f64 * p) as usize).min(ns.len() - 1)];
+    [q(0.50), q(0.99), q(0.999), ns[ns.len() - 1]]
+}
+
 fn percentiles(name: &str, mut f: impl FnMut()) {
     let mut ns: Vec<u32> = Vec::with_capacity(1_000_000);
     for _ in 0..1_000_000 {
@@ -51,56 +69,68 @@ fn percentiles(name: &str, mut f: impl FnMut()) {
         f();
         ns.push(t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
     }
-    ns.sort_unstable();
-    let q = |p: f64| ns[((ns.len() as f64 * p) as usize).min(ns.len() - 1)];
-    println!(
-        "{name}: p50 {} ns, p99 {} ns, p99.9 {} ns (1,000,000 single calls)",
-        q(0.50),
-        q(0.99),
-        q(0.999)
-    );
+    let [p50, p99, p999, _] = quantiles(&mut ns);
+    println!("{name}: p50 {p50} ns, p99 {p99} ns, p99.9 {p999} ns (1,000,000 single calls)");
+}
+
+fn write_list(path: &std::path::Path) {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    writeln!(w, "kind,value,action,reason,source,added_at_ms").expect("write");
+    for i in 0..N {
+        let (k, v) = value(i);
+        let reason = ["reported mule", "scam calls", "stolen device"][i % 3];
+        writeln!(w, "{k},{v},HOLD,{reason},scheme,1795000000000").expect("write");
+    }
 }
 
 fn blocklist(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("list.csv");
-    {
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
-        writeln!(w, "kind,value,action,reason,source").expect("write");
-        for i in 0..N {
-            let (k, v) = value(i);
-            let reason = ["reported mule", "scam calls", "stolen device"][i % 3];
-            writeln!(w, "{k},{v},HOLD,{reason},scheme").expect("write");
-        }
-    }
+    write_list(&path);
     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+
     let before = rss_bytes();
     let started = Instant::now();
-    let loaded = source::load(&path, 0).expect("loads");
-    let parsed = started.elapsed();
-    let list = Blocklist::with_country_code(1, "84", loaded.entries);
-    let built = started.elapsed();
+    let built = source::build(std::slice::from_ref(&path), 0, "84").expect("loads");
+    let took = started.elapsed();
     let after = rss_bytes();
+    let table_bytes = built.table.heap_bytes();
     println!(
-        "blocklist load: {N} entries ({:.0} MB CSV) parsed+validated in {:.2} s, built in {:.2} s more, {:.2} s total; \
-         RSS +{:.0} MiB after the load = {:.0} bytes per entry (parse buffers freed: the list alone)",
+        "blocklist load: {N} entries ({:.0} MB CSV) read, validated and built in {:.2} s on one thread; \
+         RSS +{:.0} MiB after the load = {:.1} bytes per entry; the table's arrays {:.0} MiB = {:.1} bytes per entry",
         bytes as f64 / 1e6,
-        parsed.as_secs_f64(),
-        (built - parsed).as_secs_f64(),
-        built.as_secs_f64(),
+        took.as_secs_f64(),
         after.saturating_sub(before) as f64 / 1048576.0,
         after.saturating_sub(before) as f64 / N as f64,
+        table_bytes as f64 / 1048576.0,
+        table_bytes as f64 / N as f64,
     );
+    let list = built.into_list(1);
     assert_eq!(list.len(), N);
 
-    let hits: Vec<Payment> = (0..1000).map(|i| payment(&value(i * 10).1, "")).collect();
-    let misses: Vec<Payment> = (0..1000)
-        .map(|i| payment(&format!("11111{i:011}"), "0912 000 111"))
+    let hit_values: Vec<String> = (0..1000).map(|i| value(i * 10).1).collect();
+    let miss_values: Vec<String> = (0..1000).map(|i| format!("11111{i:011}")).collect();
+    let hits: Vec<Payment> = hit_values.iter().map(|v| payment(v, "")).collect();
+    let misses: Vec<Payment> = miss_values
+        .iter()
+        .map(|v| payment(v, "0912 000 111"))
         .collect();
     let now = 1_795_526_680_451;
     let mut g = c.benchmark_group("blocklist_10m");
     g.throughput(Throughput::Elements(1));
     let mut i = 0;
+    g.bench_function("lookup_hit", |b| {
+        b.iter(|| {
+            i = (i + 1) % hit_values.len();
+            black_box(list.lookup(ListKind::Account, black_box(&hit_values[i]), now))
+        })
+    });
+    g.bench_function("lookup_miss", |b| {
+        b.iter(|| {
+            i = (i + 1) % miss_values.len();
+            black_box(list.lookup(ListKind::Account, black_box(&miss_values[i]), now))
+        })
+    });
     g.bench_function("check_hit", |b| {
         b.iter(|| {
             i = (i + 1) % hits.len();
@@ -114,6 +144,17 @@ fn blocklist(c: &mut Criterion) {
         })
     });
     g.finish();
+    percentiles("clock_only", || {
+        black_box(i);
+    });
+    percentiles("blocklist_10m/lookup_hit", || {
+        i = (i + 1) % hit_values.len();
+        black_box(list.lookup(ListKind::Account, black_box(&hit_values[i]), now));
+    });
+    percentiles("blocklist_10m/lookup_miss", || {
+        i = (i + 1) % miss_values.len();
+        black_box(list.lookup(ListKind::Account, black_box(&miss_values[i]), now));
+    });
     percentiles("blocklist_10m/check_hit", || {
         i = (i + 1) % hits.len();
         black_box(list.check(black_box(&hits[i]), now));
@@ -122,6 +163,102 @@ fn blocklist(c: &mut Criterion) {
         i = (i + 1) % misses.len();
         black_box(list.check(black_box(&misses[i]), now));
     });
+    drop(list);
+    reload_under_load(&path);
+}
+
+/// Latency buckets for the side-by-side histogram, in ns.
+const EDGES: [u32; 10] = [
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    20_000,
+    50_000,
+    100_000,
+    250_000,
+    1_000_000,
+    u32::MAX,
+];
+
+fn histogram(ns: &[u32]) -> [usize; 10] {
+    let mut h = [0usize; 10];
+    for v in ns {
+        let b = EDGES.iter().position(|e| v <= e).unwrap_or(9);
+        h[b] += 1;
+    }
+    h
+}
+
+/// Engine p99 with the 10 M list in place, and while it is reloaded.
+fn reload_under_load(path: &std::path::Path) {
+    let mut events = Generator::new(GenConfig {
+        seed: 11,
+        start_ms: fraudline::now_ms() - 3_600_000,
+        ..GenConfig::default()
+    })
+    .map(|(p, _)| p);
+    let warm: Vec<Payment> = events.by_ref().take(100_000).collect();
+    let set: Vec<Payment> = events.take(50_000).collect();
+    let engine = Arc::new(Engine::new(EngineConfig::default()));
+    let pack = fraudline::engine::rules::file::default_pack().expect("default pack");
+    engine.set_rules(pack.rules);
+    let sources = Arc::new(source::Sources::new(
+        engine.clone(),
+        vec![path.to_path_buf()],
+        0,
+        "84".into(),
+    ));
+    sources.reload_files().expect("first load");
+    for p in &warm {
+        engine.score(p);
+    }
+    let mut i = 0;
+    let mut run = |until: &dyn Fn(usize) -> bool| {
+        let mut ns = Vec::with_capacity(4_000_000);
+        while !until(ns.len()) {
+            i = (i + 1) % set.len();
+            let t = Instant::now();
+            black_box(engine.score(black_box(&set[i])));
+            ns.push(t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
+        }
+        ns
+    };
+    let t0 = Instant::now();
+    let mut before = run(&|_| t0.elapsed() >= Duration::from_secs(4));
+    let done = Arc::new(AtomicBool::new(false));
+    let (s, d) = (sources.clone(), done.clone());
+    let reload_started = Instant::now();
+    let reloader = std::thread::spawn(move || {
+        s.reload_files().expect("reload");
+        d.store(true, Ordering::SeqCst);
+    });
+    let mut during = run(&|_| done.load(Ordering::SeqCst));
+    let reload_took = reload_started.elapsed();
+    let _ = reloader.join();
+    assert_eq!(engine.blocklist().version(), 2);
+    let (hb, hd) = (histogram(&before), histogram(&during));
+    let (qb, qd) = (quantiles(&mut before), quantiles(&mut during));
+    println!(
+        "engine score (default rules, 10 M list), one thread scoring, the other reloading the list ({:.1} s):",
+        reload_took.as_secs_f64()
+    );
+    println!("  {:>12} {:>12} {:>12}", "latency", "before", "during");
+    let mut lo = 0;
+    for (k, e) in EDGES.iter().enumerate() {
+        let label = if *e == u32::MAX {
+            format!("> {} us", lo / 1000)
+        } else {
+            format!("<= {} us", e / 1000)
+        };
+        println!("  {:>12} {:>12} {:>12}", label, hb[k], hd[k]);
+        lo = *e;
+    }
+    println!(
+        "  p50 / p99 / p99.9 / max: before {} / {} / {} / {} ns ({} calls); during {} / {} / {} / {} ns ({} calls); p99 ratio {:.2}",
+        qb[0], qb[1], qb[2], qb[3], before.len(), qd[0], qd[1], qd[2], qd[3], during.len(),
+        f64::from(qd[1]) / f64::from(qb[1].max(1))
+    );
 }
 
 criterion_group! {
