@@ -1006,8 +1006,32 @@ impl TopicState {
 }
 
 impl crate::engine::rules::expr::ListLookup for Blocklist {
-    fn is_listed(&self, kind: ListKind, value: &str, now_ms: i64) -> bool {
-        self.lookup(kind, value, now_ms).is_some()
+    /// `lookup`'s liveness test on the stored entry, read in place: the
+    /// reason is borrowed from the list's table (a `ListHit` holds clones,
+    /// which a borrow cannot outlive), so a rule's read of an entry hashes
+    /// once and clones no `Arc`. No source is stored yet: it reads as absent.
+    fn listed(
+        &self,
+        kind: ListKind,
+        value: &str,
+        now_ms: i64,
+    ) -> Option<crate::engine::rules::expr::ListedEntry<'_>> {
+        if value.is_empty() || self.entries.is_empty() {
+            return None;
+        }
+        let s = self.entries.get(&self.key(kind, value))?;
+        if s.expires_at_ms != 0 && s.expires_at_ms <= now_ms {
+            return None;
+        }
+        Some(crate::engine::rules::expr::ListedEntry {
+            kind: s.kind,
+            action: s.action,
+            source: "",
+            reason: self
+                .reasons
+                .get(s.reason as usize)
+                .map_or("listed", |r| &**r),
+        })
     }
 }
 

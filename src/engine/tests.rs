@@ -162,3 +162,49 @@ fn the_wire_verdict_carries_versions_and_reasons() {
     assert_eq!(w.rules_version, "builtin-1");
     assert_eq!(w.event_time_ms, T0);
 }
+
+#[test]
+fn rules_read_the_live_blocklist_entry_of_the_engines_list() {
+    let file = rules::file::compile(
+        "t.toml",
+        r#"
+version = "t-1"
+[thresholds]
+review = 40
+hold = 80
+[[rule]]
+id = "LISTED_FOR_REVIEW_LARGE"
+when = "blocklist_action(payee) == \"REVIEW\" && blocklist_kind(payee) == \"account\" && amount >= 50_000_000"
+decision = "HOLD"
+reason = "Large payment to a payee listed for review"
+"#,
+    )
+    .unwrap_or_else(|e| panic!("{:?}", e.errors()));
+    let e = Engine::new(EngineConfig::default());
+    e.set_rules(file.rules);
+    e.set_blocklist(Blocklist::new(
+        2,
+        [ListEntry {
+            kind: ListKind::Account,
+            value: "X1".into(),
+            reason: "r".into(),
+            action: Decision::Review,
+            expires_at_ms: Some(T0),
+        }],
+    ));
+    let rule_hit = |v: &Verdict| {
+        v.reasons
+            .iter()
+            .any(|r| &*r.rule_id == "LISTED_FOR_REVIEW_LARGE")
+    };
+    // The entry forces REVIEW; the rule, reading its action, holds large ones.
+    let small = e.score_at(&pay("1", "A", "X1", 1_000, T0), T0 - 1);
+    assert_eq!(small.decision, Decision::Review);
+    assert!(!rule_hit(&small));
+    let large = e.score_at(&pay("2", "A", "X1", 60_000_000, T0), T0 - 1);
+    assert_eq!(large.decision, Decision::Hold);
+    assert!(rule_hit(&large), "{large:?}");
+    // Expired: neither the list nor the rule sees it.
+    let later = e.score_at(&pay("3", "A", "X1", 60_000_000, T0), T0);
+    assert_eq!(later.decision, Decision::Allow, "{later:?}");
+}

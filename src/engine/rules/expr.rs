@@ -8,6 +8,7 @@
 //! payee.distinct_payers_10m >= 8 && amount >= 2_000_000 && payer.new_payee
 //! channel in ["MOBILE", "WEB"] && !(country == "VN") ? cross_border : false
 //! lower(attributes["merchant_name"]).contains("casino") || blocklisted(device)
+//! blocklist_source(payee) == "internal" && amount < 1_000_000
 //! ```
 //!
 //! # Pipeline
@@ -29,7 +30,8 @@
 //!
 //! # Absent values
 //! Features can be absent (NaN in the [`FeatureVector`]), and so can string
-//! fields (an empty field, a missing attribute, an `UNSPECIFIED` enum). The
+//! fields (an empty field, a missing attribute, an `UNSPECIFIED` enum, a
+//! `blocklist_*(..)` of an entity without a live entry). The
 //! rules, chosen so that a missing signal never *fires* a rule by accident:
 //! - an absent number is NaN; arithmetic with it is absent; so are `x / 0`
 //!   and `x % 0`; `min`/`max`/`abs` of an absent value are absent;
@@ -68,7 +70,17 @@
 //! (two or more nums); `present`/`has`; `in_list("name", x)` (exact match in
 //! a named list of the rule file, given in [`Env::lists`]);
 //! `blocklisted(payee | payer | device | phone | ip)` (a live entry for that
-//! entity in the blocklist, through [`ListLookup`]).
+//! entity in the blocklist, through [`ListLookup`]); and, for the same
+//! entities, the strings of that entry: `blocklist_action(..)` (`"HOLD"` or
+//! `"REVIEW"`), `blocklist_kind(..)` (`"account"`, `"ewallet"`, `"card"`,
+//! `"phone"`, `"device"`, `"ip"`) and `blocklist_source(..)` (where the entry
+//! came from, such as `"national-scheme"` or `"internal"`), each absent when
+//! the entity is not listed, its entry has expired, or (for the source) the
+//! entry has none. So `blocklist_action(device) == "REVIEW"` is false for an
+//! unlisted device, and so is `blocklist_action(device) != "HOLD"`. They are
+//! read from the list in place, without allocating. `blocklisted` and
+//! `blocklist_*` are plain calls, not methods, and take the entity as a bare
+//! word.
 
 mod check;
 mod compile;
@@ -112,13 +124,26 @@ impl Default for Env {
     }
 }
 
-/// A membership test against the shared blocklist, by kind and raw value.
+/// What a rule may read of a live blocklist entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListedEntry<'a> {
+    pub kind: ListKind,
+    pub action: crate::engine::Decision,
+    pub source: &'a str,
+    pub reason: &'a str,
+}
+
+/// A lookup in the shared blocklist, by kind and raw value.
 ///
 /// `Blocklist::lookup` is private, so the engine's blocklist implements this
-/// beside it; tests use a small set.
+/// beside it; tests use a small map.
 pub trait ListLookup {
-    /// Whether `value` has a live (unexpired at `now_ms`) entry of `kind`.
-    fn is_listed(&self, kind: ListKind, value: &str, now_ms: i64) -> bool;
+    /// The live (unexpired at `now_ms`) entry for `value` of `kind`, if any.
+    fn listed(&self, kind: ListKind, value: &str, now_ms: i64) -> Option<ListedEntry<'_>>;
+    /// Whether `value` has a live entry of `kind`.
+    fn is_listed(&self, kind: ListKind, value: &str, now_ms: i64) -> bool {
+        self.listed(kind, value, now_ms).is_some()
+    }
 }
 
 /// A lookup that lists nothing: for tools and tests without a blocklist.
@@ -126,8 +151,8 @@ pub trait ListLookup {
 pub struct NoLists;
 
 impl ListLookup for NoLists {
-    fn is_listed(&self, _: ListKind, _: &str, _: i64) -> bool {
-        false
+    fn listed(&self, _: ListKind, _: &str, _: i64) -> Option<ListedEntry<'_>> {
+        None
     }
 }
 
@@ -182,7 +207,7 @@ impl ExprError {
     }
 }
 
-/// The entity `blocklisted(..)` checks.
+/// The entity `blocklisted(..)` and `blocklist_*(..)` look up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Entity {
     Payee,
@@ -222,6 +247,47 @@ impl Entity {
     fn is_listed(self, ctx: &Ctx<'_>) -> bool {
         let (kind, value) = self.key(ctx.payment);
         !value.is_empty() && ctx.blocklist.is_listed(kind, value, ctx.now_ms)
+    }
+
+    /// The live entry for this payment's entity, borrowed from the list.
+    fn listed<'a>(self, ctx: &Ctx<'a>) -> Option<ListedEntry<'a>> {
+        let (kind, value) = self.key(ctx.payment);
+        if value.is_empty() {
+            return None;
+        }
+        ctx.blocklist.listed(kind, value, ctx.now_ms)
+    }
+}
+
+/// What `blocklist_action/kind/source(..)` read of a live entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryField {
+    /// `"HOLD"` or `"REVIEW"`.
+    Action,
+    /// `"account"`, `"ewallet"`, `"card"`, `"phone"`, `"device"` or `"ip"`.
+    Kind,
+    /// Where the entry came from, such as `"national-scheme"`.
+    Source,
+}
+
+impl EntryField {
+    /// The field's text, borrowed (action and kind are static). An empty
+    /// source reads as absent, like any empty string.
+    fn read<'a>(self, e: ListedEntry<'a>) -> &'a str {
+        match self {
+            EntryField::Action => e.action.as_str(),
+            EntryField::Kind => e.kind.as_str(),
+            EntryField::Source => e.source,
+        }
+    }
+
+    /// The field of `entity`'s live entry; `None` when the entity is not
+    /// listed, its entry has expired, or the field is empty.
+    fn get<'a>(self, entity: Entity, ctx: &Ctx<'a>) -> Option<&'a str> {
+        entity
+            .listed(ctx)
+            .map(|e| self.read(e))
+            .filter(|s| !s.is_empty())
     }
 }
 

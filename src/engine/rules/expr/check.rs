@@ -6,7 +6,7 @@
 use std::ops::Range;
 
 use super::parse::{BinOp, Expr, Kind as K, UnOp};
-use super::{Entity, Env, ErrorKind, ExprError};
+use super::{Entity, EntryField, Env, ErrorKind, ExprError};
 use crate::engine::features::catalogue::{Kind as FKind, CATALOGUE, F};
 use crate::event::Payment;
 
@@ -188,6 +188,9 @@ pub(super) enum Node {
     Min(Vec<T>),
     Max(Vec<T>),
     Blocklisted(Entity),
+    /// `blocklist_action/kind/source(entity)`: a string, absent when the
+    /// entity has no live entry.
+    ListEntry(Entity, EntryField),
 }
 
 impl T {
@@ -210,7 +213,8 @@ impl T {
             | Node::Feature(_)
             | Node::Field(_)
             | Node::Attr(_)
-            | Node::Blocklisted(_) => Vec::new(),
+            | Node::Blocklisted(_)
+            | Node::ListEntry(..) => Vec::new(),
             Node::Not(a)
             | Node::Neg(a)
             | Node::Present(_, a)
@@ -234,7 +238,11 @@ impl T {
     pub(super) fn is_const(&self) -> bool {
         !matches!(
             self.node,
-            Node::Feature(_) | Node::Field(_) | Node::Attr(_) | Node::Blocklisted(_)
+            Node::Feature(_)
+                | Node::Field(_)
+                | Node::Attr(_)
+                | Node::Blocklisted(_)
+                | Node::ListEntry(..)
         ) && self.children().into_iter().all(T::is_const)
     }
 
@@ -306,6 +314,9 @@ const FUNCS: &[(&str, Func)] = &[
     ("has", Func::Present),
     ("in_list", Func::InList),
     ("blocklisted", Func::Blocklisted),
+    ("blocklist_action", Func::ListEntry(EntryField::Action)),
+    ("blocklist_kind", Func::ListEntry(EntryField::Kind)),
+    ("blocklist_source", Func::ListEntry(EntryField::Source)),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,6 +330,7 @@ enum Func {
     Present,
     InList,
     Blocklisted,
+    ListEntry(EntryField),
 }
 
 impl Func {
@@ -326,13 +338,18 @@ impl Func {
     fn arity(self) -> (usize, usize) {
         match self {
             Func::StrPred(_) | Func::InList => (2, 2),
-            Func::Lower | Func::Size | Func::Abs | Func::Present | Func::Blocklisted => (1, 1),
+            Func::Lower
+            | Func::Size
+            | Func::Abs
+            | Func::Present
+            | Func::Blocklisted
+            | Func::ListEntry(_) => (1, 1),
             Func::Min | Func::Max => (2, usize::MAX),
         }
     }
 
     /// Whether `x.f(..)` reads naturally; `in_list`, `blocklisted`,
-    /// `present`, `min` and `max` are plain calls only.
+    /// `blocklist_*`, `present`, `min` and `max` are plain calls only.
     fn method_ok(self) -> bool {
         matches!(
             self,
@@ -615,7 +632,11 @@ impl Checker<'_> {
         span: &Range<usize>,
     ) -> T {
         let Some((_, func)) = FUNCS.iter().find(|(n, _)| *n == name) else {
-            for a in recv.into_iter().chain(args) {
+            // A bare entity (`payee`) was likely meant for a misspelt
+            // `blocklist_*`: no second error for it.
+            let is_entity =
+                |a: &Expr| matches!(&a.kind, K::Path(p) if Entity::ALL.iter().any(|(n, _)| n == p));
+            for a in recv.into_iter().chain(args).filter(|a| !is_entity(a)) {
                 let _ = self.expr(a);
             }
             let hint = did_you_mean(nearest(name, FUNCS.iter().map(|(n, _)| *n)));
@@ -660,14 +681,28 @@ impl Checker<'_> {
                 span,
                 format!("`{call}` takes {want}, found {}", shown(all.len())),
             );
-            for a in &all {
-                let _ = self.expr(a);
+            // An entity (`payee`) is a bare word, not a name to resolve.
+            if !matches!(func, Func::Blocklisted | Func::ListEntry(_)) {
+                for a in &all {
+                    let _ = self.expr(a);
+                }
             }
             return T::error();
         }
         match func {
             Func::InList => return self.in_list(all[0], all[1]),
-            Func::Blocklisted => return self.blocklisted(all[0]),
+            Func::Blocklisted => {
+                return match self.entity(name, all[0]) {
+                    Some(e) => T::new(Ty::Bool, Node::Blocklisted(e)),
+                    None => T::error(),
+                };
+            }
+            Func::ListEntry(field) => {
+                return match self.entity(name, all[0]) {
+                    Some(e) => T::new(Ty::Str, Node::ListEntry(e, field)),
+                    None => T::error(),
+                };
+            }
             Func::Size => {
                 if let K::List(items) = &all[0].kind {
                     let t = self.list(items, &all[0].span);
@@ -697,7 +732,7 @@ impl Checker<'_> {
                     }
                     None
                 }
-                Func::InList | Func::Blocklisted => None,
+                Func::InList | Func::Blocklisted | Func::ListEntry(_) => None,
             };
             if let Some(w) = want {
                 let which = if recv.is_some() && i == 0 {
@@ -727,7 +762,7 @@ impl Checker<'_> {
             Func::Present => T::new(Ty::Bool, Node::Present(true, next())),
             Func::Min => T::new(Ty::Num, Node::Min(ts.collect())),
             Func::Max => T::new(Ty::Num, Node::Max(ts.collect())),
-            Func::InList | Func::Blocklisted => T::error(),
+            Func::InList | Func::Blocklisted | Func::ListEntry(_) => T::error(),
         }
     }
 
@@ -770,18 +805,20 @@ impl Checker<'_> {
         T::new(Ty::Bool, Node::InList(list.as_str().into(), Box::new(v)))
     }
 
-    fn blocklisted(&mut self, arg: &Expr) -> T {
+    /// The entity argument of `blocklisted` and `blocklist_*`: a bare name,
+    /// not an expression.
+    fn entity(&mut self, func: &str, arg: &Expr) -> Option<Entity> {
         if let K::Path(p) = &arg.kind {
             if let Some((_, e)) = Entity::ALL.iter().find(|(n, _)| n == p) {
-                return T::new(Ty::Bool, Node::Blocklisted(*e));
+                return Some(*e);
             }
         }
         self.err(
             ErrorKind::Type,
             &arg.span,
-            "`blocklisted` takes one of: payee, payer, device, phone, ip",
+            format!("`{func}` takes one of: payee, payer, device, phone, ip"),
         );
-        T::error()
+        None
     }
 
     fn binary(&mut self, op: BinOp, a: &Expr, b: &Expr, span: &Range<usize>) -> T {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::check::{local_hour, Arith, Cmp, Field, Node, StrPred, Ty, T};
 use super::reference::{self, Value};
-use super::{Ctx, Env};
+use super::{Ctx, Entity, EntryField, Env};
 use crate::engine::features::catalogue::F;
 use crate::event::Payment;
 
@@ -125,6 +125,8 @@ enum StrNode {
     Attr(Box<str>),
     Lower(Box<StrNode>),
     Cond(BoolFn, Box<StrNode>, Box<StrNode>),
+    /// A field of the entity's live blocklist entry, borrowed from the list.
+    ListEntry(Entity, EntryField),
 }
 
 impl StrNode {
@@ -146,6 +148,7 @@ impl StrNode {
                     b.get(c)
                 }
             }
+            StrNode::ListEntry(e, f) => f.get(*e, c).map(|s| SVal { s, lower: false }),
         }
     }
 }
@@ -572,6 +575,7 @@ impl Compiler<'_> {
             Node::Cond(k, a, b) => {
                 StrNode::Cond(self.bool(k), Box::new(self.str(a)), Box::new(self.str(b)))
             }
+            Node::ListEntry(e, f) => StrNode::ListEntry(*e, *f),
             _ => StrNode::Const(None),
         }
     }

@@ -3,7 +3,7 @@
 //! test against the compiled closures, and the compiler's constant folder.
 
 use super::check::{local_hour, Arith, Cmp, Field, Node, StrPred, Ty, T};
-use super::{check, parse, Ctx, Env, ExprError};
+use super::{check, parse, Ctx, EntryField, Env, ExprError};
 
 /// A dynamic value. `None` and NaN are absent.
 #[derive(Debug, Clone, PartialEq)]
@@ -199,6 +199,17 @@ pub(super) fn eval(t: &T, env: &Env, ctx: Option<&Ctx<'_>>) -> Value {
             Value::Num(best.unwrap_or(f64::NAN))
         }
         Node::Blocklisted(e) => Value::Bool(Some(ctx.is_some_and(|c| e.is_listed(c)))),
+        Node::ListEntry(e, f) => {
+            let Some(entry) = ctx.and_then(|c| e.listed(c)) else {
+                return Value::Str(None);
+            };
+            let text = match f {
+                EntryField::Action => entry.action.as_str(),
+                EntryField::Kind => entry.kind.as_str(),
+                EntryField::Source => entry.source,
+            };
+            Value::Str((!text.is_empty()).then(|| text.to_string()))
+        }
     }
 }
 

@@ -1,6 +1,7 @@
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use super::*;
+use crate::engine::Decision;
 use crate::event::{AccountKind, Channel, Currency, Party, PaymentType};
 
 /// 2024-03-01T10:30:00Z
@@ -47,13 +48,45 @@ fn features() -> FeatureVector {
     f
 }
 
-/// A blocklist stand-in: (kind, value) pairs, no expiry.
+/// One entry of the [`Listed`] stand-in.
+#[derive(Debug, Clone, Copy)]
+struct Stub {
+    action: Decision,
+    source: &'static str,
+    /// Expired from this time on, as in the engine's list.
+    expires_at_ms: Option<i64>,
+}
+
+/// A live HOLD entry from the national scheme, no expiry.
+const HOLD_NATIONAL: Stub = Stub {
+    action: Decision::Hold,
+    source: "national-scheme",
+    expires_at_ms: None,
+};
+
+/// A blocklist stand-in: entries by (kind, exact value), with expiry.
 #[derive(Default)]
-struct Listed(HashSet<(ListKind, String)>);
+struct Listed(HashMap<(ListKind, String), Stub>);
+
+impl Listed {
+    fn with(mut self, kind: ListKind, value: &str, stub: Stub) -> Self {
+        self.0.insert((kind, value.to_string()), stub);
+        self
+    }
+}
 
 impl ListLookup for Listed {
-    fn is_listed(&self, kind: ListKind, value: &str, _now_ms: i64) -> bool {
-        self.0.contains(&(kind, value.to_string()))
+    fn listed(&self, kind: ListKind, value: &str, now_ms: i64) -> Option<ListedEntry<'_>> {
+        let s = self.0.get(&(kind, value.to_string()))?;
+        if s.expires_at_ms.is_some_and(|t| t <= now_ms) {
+            return None;
+        }
+        Some(ListedEntry {
+            kind,
+            action: s.action,
+            source: s.source,
+            reason: "stub",
+        })
     }
 }
 
@@ -75,11 +108,16 @@ fn env() -> Env {
 /// Compiles and interprets `src` against the default payment and
 /// features; the two must agree.
 fn eval_with(src: &str, p: &Payment, f: &FeatureVector) -> bool {
-    let lists = Listed(HashSet::from([(ListKind::Ewallet, "MULE9".to_string())]));
+    let lists = Listed::default().with(ListKind::Ewallet, "MULE9", HOLD_NATIONAL);
+    eval_in(src, p, f, &lists)
+}
+
+/// [`eval_with`] against a given blocklist, read at `T0`.
+fn eval_in(src: &str, p: &Payment, f: &FeatureVector, lists: &dyn ListLookup) -> bool {
     let ctx = Ctx {
         payment: p,
         features: f,
-        blocklist: &lists,
+        blocklist: lists,
         now_ms: T0,
     };
     let env = env();
@@ -672,6 +710,272 @@ fn blocklist_lookups_use_the_entity_kind() {
 }
 
 #[test]
+fn blocklist_entry_functions_take_an_entity_like_blocklisted() {
+    let entities = "takes one of: payee, payer, device, phone, ip";
+    assert_eq!(
+        error("blocklist_action(amount) == \"HOLD\""),
+        e(17, 23, &format!("`blocklist_action` {entities}"))
+    );
+    assert_eq!(
+        error("blocklist_kind(\"payee\") == \"account\""),
+        e(15, 22, &format!("`blocklist_kind` {entities}"))
+    );
+    assert_eq!(
+        error("blocklist_source(payee.account) == \"internal\""),
+        e(17, 30, &format!("`blocklist_source` {entities}"))
+    );
+    assert_eq!(
+        error("blocklist_action(merchant) == \"HOLD\""),
+        e(17, 25, &format!("`blocklist_action` {entities}"))
+    );
+    assert_eq!(
+        error("payee.blocklist_kind() == \"ewallet\""),
+        e(
+            6,
+            20,
+            "`blocklist_kind` is not a method: write `blocklist_kind(..)`"
+        )
+    );
+    assert_eq!(
+        error("blocklist_action(payee, device) == \"HOLD\""),
+        e(0, 31, "`blocklist_action` takes 1 argument, found 2")
+    );
+    assert_eq!(
+        error("blocklist_source() == \"internal\""),
+        e(0, 18, "`blocklist_source` takes 1 argument, found 0")
+    );
+    assert_eq!(
+        error("blocklist_actoin(payee) == \"HOLD\""),
+        e(
+            0,
+            16,
+            "unknown function `blocklist_actoin`; did you mean `blocklist_action`?"
+        )
+    );
+    // They are strings: a condition, a number or a bool needs more.
+    assert_eq!(
+        error("blocklist_action(payee)"),
+        e(0, 23, "a condition must be bool, found string")
+    );
+    assert_eq!(
+        error("blocklist_action(payee) == 1"),
+        e(
+            0,
+            28,
+            "`==` needs operands of the same type, found string and num"
+        )
+    );
+    assert_eq!(
+        error("blocklist_kind(payee) && true"),
+        e(0, 21, "`&&` needs bool operands, found string")
+    );
+    // Both mistakes of one condition are reported.
+    assert_eq!(
+        errors("blocklist_kind(amount) == \"ip\" || blocklisted(1)"),
+        vec![
+            e(15, 21, &format!("`blocklist_kind` {entities}")),
+            e(46, 47, &format!("`blocklisted` {entities}")),
+        ]
+    );
+}
+
+/// A list with one entry for each entity of [`payment`] (with `ip`
+/// "1.2.3.4"): live HOLD/REVIEW entries, one expired, one without a source.
+fn every_entity_listed() -> Listed {
+    Listed::default()
+        .with(ListKind::Ewallet, "MULE9", HOLD_NATIONAL)
+        .with(
+            ListKind::Account,
+            "PAYER1",
+            Stub {
+                action: Decision::Review,
+                source: "internal",
+                expires_at_ms: Some(T0 + 1),
+            },
+        )
+        .with(
+            ListKind::Device,
+            "DEV-1",
+            Stub {
+                action: Decision::Review,
+                source: "internal",
+                // Expired at exactly the evaluation time.
+                expires_at_ms: Some(T0),
+            },
+        )
+        .with(
+            ListKind::Phone,
+            "+84901234567",
+            Stub {
+                action: Decision::Hold,
+                source: "",
+                expires_at_ms: None,
+            },
+        )
+        .with(
+            ListKind::Ip,
+            "1.2.3.4",
+            Stub {
+                action: Decision::Review,
+                source: "national-scheme",
+                expires_at_ms: None,
+            },
+        )
+}
+
+#[test]
+fn blocklist_entry_functions_read_each_entitys_live_entry() {
+    let mut p = payment();
+    p.ip = "1.2.3.4".into();
+    let f = features();
+    let lists = every_entity_listed();
+    for (src, want) in [
+        ("blocklist_action(payee) == \"HOLD\"", true),
+        ("blocklist_kind(payee) == \"ewallet\"", true),
+        ("blocklist_source(payee) == \"national-scheme\"", true),
+        ("blocklist_action(payer) == \"REVIEW\"", true),
+        ("blocklist_kind(payer) == \"account\"", true),
+        (
+            "blocklist_source(payer) == \"internal\" && amount < 10_000_000",
+            true,
+        ),
+        ("blocklist_action(phone) == \"HOLD\"", true),
+        ("blocklist_kind(phone) == \"phone\"", true),
+        ("blocklist_action(ip) == \"REVIEW\"", true),
+        ("blocklist_kind(ip) == \"ip\"", true),
+        ("blocklist_action(ip) != \"HOLD\"", true),
+        ("blocklist_action(payee) in [\"HOLD\", \"REVIEW\"]", true),
+        ("blocklist_kind(payee).startsWith(\"e\")", true),
+        ("lower(blocklist_action(payer)) == \"review\"", true),
+        ("size(blocklist_source(payee)) == 15", true),
+        (
+            "(amount > 1 ? blocklist_kind(payee) : \"x\") == \"ewallet\"",
+            true,
+        ),
+        ("blocklist_action(payee) == blocklist_action(phone)", true),
+        ("blocklist_action(payee) == blocklist_action(ip)", false),
+        // The device's entry expired at T0: gone, like `blocklisted`.
+        ("blocklisted(device)", false),
+        ("present(blocklist_action(device))", false),
+        ("blocklist_kind(device) == null", true),
+        // The phone's entry has no source: absent, not "".
+        ("blocklist_source(phone) == null", true),
+        ("blocklist_source(phone) == \"\"", false),
+        ("blocklist_source(phone) != \"internal\"", false),
+    ] {
+        assert_eq!(eval_in(src, &p, &f, &lists), want, "{src}");
+    }
+    // The payee's kind picks the entry: as a bank account it is not listed.
+    p.payee.kind = AccountKind::Account;
+    assert!(eval_in("blocklist_kind(payee) == null", &p, &f, &lists));
+    // An entity the payment lacks reads nothing, even if "" were listed.
+    p.ip = String::new();
+    let empty = Listed::default().with(ListKind::Ip, "", HOLD_NATIONAL);
+    assert!(!eval_in("present(blocklist_action(ip))", &p, &f, &empty));
+}
+
+#[test]
+fn absent_blocklist_entries_compare_false() {
+    // `payer` is not listed in the default list; `device` not at all.
+    table(&[
+        ("blocklist_action(payer) == \"HOLD\"", false),
+        ("blocklist_action(payer) != \"HOLD\"", false),
+        ("blocklist_action(payer) == \"\"", false),
+        ("blocklist_action(payer) in [\"HOLD\", \"REVIEW\"]", false),
+        ("blocklist_kind(payer).startsWith(\"\")", false),
+        ("blocklist_kind(payer).contains(\"\")", false),
+        ("in_list(\"vip_payees\", blocklist_source(payer))", false),
+        ("present(blocklist_source(device))", false),
+        ("has(blocklist_kind(device))", false),
+        ("blocklist_kind(device) == null", true),
+        ("blocklist_source(device) != null", false),
+        ("size(blocklist_source(device)) == null", true),
+        ("lower(blocklist_action(device)) == null", true),
+        ("!(blocklist_action(device) == \"REVIEW\")", true),
+        ("blocklist_action(payer) == blocklist_action(device)", false),
+        // The listed payee, for contrast.
+        ("present(blocklist_source(payee))", true),
+        ("blocklist_source(payee) != \"internal\"", true),
+    ]);
+    // Without a blocklist, nothing is listed.
+    let (p, f) = (payment(), features());
+    assert!(!eval_in(
+        "present(blocklist_action(payee))",
+        &p,
+        &f,
+        &NoLists
+    ));
+}
+
+#[test]
+fn blocklist_entry_functions_read_the_engine_blocklist() {
+    use crate::engine::{Blocklist, ListEntry};
+    let entry = |kind, value: &str, action, expires_at_ms| ListEntry {
+        kind,
+        value: value.into(),
+        reason: "mule".into(),
+        action,
+        expires_at_ms,
+    };
+    let list = Blocklist::new(
+        3,
+        [
+            // Stored in its canonical spelling; the payee is "MULE9".
+            entry(ListKind::Ewallet, "mule-9", Decision::Review, None),
+            entry(ListKind::Device, "dev 1", Decision::Hold, Some(T0 + 1)),
+            entry(ListKind::Phone, "+84901234567", Decision::Hold, Some(T0)),
+        ],
+    );
+    let live = list.listed(ListKind::Ewallet, "MULE9", T0).expect("listed");
+    assert_eq!(
+        live,
+        ListedEntry {
+            kind: ListKind::Ewallet,
+            action: Decision::Review,
+            source: "",
+            reason: "mule",
+        }
+    );
+    let (p, f) = (payment(), features());
+    for (src, want) in [
+        ("blocklist_action(payee) == \"REVIEW\"", true),
+        ("blocklist_kind(payee) == \"ewallet\"", true),
+        // No source is stored yet: it reads as absent.
+        ("blocklist_source(payee) == null", true),
+        ("blocklist_action(device) == \"HOLD\"", true),
+        ("blocklist_kind(device) == \"device\"", true),
+        ("blocklisted(phone)", false),
+        ("blocklist_action(phone) == null", true),
+        ("blocklist_kind(payer) == null", true),
+    ] {
+        assert_eq!(eval_in(src, &p, &f, &list), want, "{src}");
+    }
+    // Rules and the engine's own list check agree on when an entry expires.
+    let phone = Blocklist::new(
+        1,
+        [entry(
+            ListKind::Phone,
+            "+84901234567",
+            Decision::Hold,
+            Some(T0),
+        )],
+    );
+    let c = compile("blocklist_action(phone) == \"HOLD\"", &env()).unwrap();
+    for now in [T0 - 1, T0, T0 + 1] {
+        let ctx = Ctx {
+            payment: &p,
+            features: &f,
+            blocklist: &phone,
+            now_ms: now,
+        };
+        let held = phone.check(&p, now).is_some();
+        assert_eq!(held, now < T0, "at {now}");
+        assert_eq!(c.eval(&ctx), held, "at {now}");
+        assert_eq!(phone.is_listed(ListKind::Phone, &p.phone, now), held);
+    }
+}
+
+#[test]
 fn features_read_are_listed_once_in_catalogue_order() {
     let c = compile(
         "payee.distinct_payers_10m >= 8 && payer.count_1m > 1 && payer.new_payee && payer.count_1m < 9",
@@ -725,7 +1029,14 @@ mod gen {
         "attributes.k2",
         "attributes.none",
     ];
+    const LIST_FNS: &[&str] = &["blocklist_action", "blocklist_kind", "blocklist_source"];
+    const ENTITIES: &[&str] = &["payee", "payer", "device", "phone", "ip"];
     const STR_LITS: &[&str] = &[
+        "\"HOLD\"",
+        "\"REVIEW\"",
+        "\"internal\"",
+        "\"ewallet\"",
+        "\"device\"",
         "\"VN\"",
         "\"vn\"",
         "\"MOBILE\"",
@@ -771,10 +1082,10 @@ mod gen {
 
         pub(super) fn string(&mut self, d: u32) -> String {
             if d == 0 || self.rng.gen_bool(0.4) {
-                return if self.rng.gen_bool(0.5) {
-                    self.pick(STR_LITS).into()
-                } else {
-                    self.pick(STR_FIELDS).into()
+                return match self.rng.gen_range(0..5) {
+                    0 | 1 => self.pick(STR_LITS).into(),
+                    2 | 3 => self.pick(STR_FIELDS).into(),
+                    _ => format!("{}({})", self.pick(LIST_FNS), self.pick(ENTITIES)),
                 };
             }
             let d = d - 1;
@@ -798,6 +1109,31 @@ mod gen {
             }
         }
 
+        /// A blocklist entry field against values it can take, so that
+        /// matches (not only absences) are common.
+        fn list_entry_test(&mut self) -> String {
+            let (f, values): (&str, &[&str]) = match self.rng.gen_range(0..3) {
+                0 => ("blocklist_action", &["\"HOLD\"", "\"REVIEW\""]),
+                1 => (
+                    "blocklist_kind",
+                    &["\"ewallet\"", "\"account\"", "\"device\"", "\"ip\""],
+                ),
+                _ => (
+                    "blocklist_source",
+                    &["\"internal\"", "\"national-scheme\"", "\"\""],
+                ),
+            };
+            let x = format!("{f}({})", self.pick(ENTITIES));
+            let v = self.pick(values);
+            match self.rng.gen_range(0..5) {
+                0 => format!("({x} == {v})"),
+                1 => format!("({x} != {v})"),
+                2 => format!("({x} in [{v}, \"x\"])"),
+                3 => format!("{x}.startsWith({v})"),
+                _ => format!("({v} == {x})"),
+            }
+        }
+
         pub(super) fn boolean(&mut self, d: u32) -> String {
             if d == 0 || self.rng.gen_bool(0.2) {
                 return match self.rng.gen_range(0..7) {
@@ -805,13 +1141,13 @@ mod gen {
                     1 => "false".into(),
                     2 => "round_amount".into(),
                     3 => "cross_border".into(),
-                    4 => format!("blocklisted({})", self.pick(&["payee", "device", "ip"])),
+                    4 => format!("blocklisted({})", self.pick(ENTITIES)),
                     _ => self.pick(BOOL_FEATURES).into(),
                 };
             }
             let d = d - 1;
             let cmp = ["<", "<=", ">", ">=", "==", "!="];
-            match self.rng.gen_range(0..18) {
+            match self.rng.gen_range(0..20) {
                 0 => format!("({} && {})", self.boolean(d), self.boolean(d)),
                 1 => format!("({} || {})", self.boolean(d), self.boolean(d)),
                 2 => format!("!{}", self.boolean(d)),
@@ -843,7 +1179,8 @@ mod gen {
                 14 => format!("ends_with({}, {})", self.string(d), self.string(d)),
                 15 => format!("contains({}, {})", self.string(d), self.string(d)),
                 16 => format!("({} ? {} : {})", self.boolean(d), self.boolean(d), self.boolean(d)),
-                _ => format!("has({})", self.value(d)),
+                17 => format!("has({})", self.value(d)),
+                _ => self.list_entry_test(),
             }
         }
     }
@@ -895,11 +1232,20 @@ fn random_case(seed: u64) -> (String, Env, Payment, FeatureVector, Listed) {
         f.set(feat, [f64::NAN, 0.0, 1.0][r.gen_range(0..3)]);
     }
     let mut listed = Listed::default();
-    if r.gen_bool(0.5) {
-        listed.0.insert((ListKind::Ewallet, "MULE9".into()));
-    }
-    if r.gen_bool(0.5) {
-        listed.0.insert((ListKind::Device, "DEV-1".into()));
+    for (kind, value) in [
+        (ListKind::Ewallet, "MULE9"),
+        (ListKind::Account, "PAYER1"),
+        (ListKind::Device, "DEV-1"),
+        (ListKind::Ip, "1.2.3.4"),
+    ] {
+        if r.gen_bool(0.6) {
+            let stub = Stub {
+                action: [Decision::Hold, Decision::Review][r.gen_range(0..2)],
+                source: ["internal", "national-scheme", ""][r.gen_range(0..3)],
+                expires_at_ms: [None, Some(T0), Some(T0 + 1)][r.gen_range(0..3)],
+            };
+            listed = listed.with(kind, value, stub);
+        }
     }
     (src, env, p, f, listed)
 }
