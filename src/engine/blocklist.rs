@@ -31,6 +31,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::decision::Decision;
+pub use crate::engine::rules::expr::ListedEntry;
 use crate::event::{AccountKind, Payment};
 
 /// What a list entry names.
@@ -639,6 +640,10 @@ pub struct ListHit {
     pub rule_id: Arc<str>,
     pub reason: Arc<str>,
     pub action: Decision,
+    /// Who listed it, and when (if the source said): for explanations and
+    /// audits, not for the decision.
+    pub source: Arc<str>,
+    pub added_at_ms: Option<i64>,
 }
 
 /// The list the engine reads: three immutable tables (see the module docs)
@@ -658,17 +663,6 @@ pub struct Blocklist {
     /// `fraudline_blocklist_lookups_total{kind}` / `..._hits_total{kind}`.
     lookups: [metrics::Counter; 6],
     hits: [metrics::Counter; 6],
-}
-
-/// What a rule may read of a live entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ListedEntry<'a> {
-    pub kind: ListKind,
-    pub action: Decision,
-    pub source: &'a str,
-    pub reason: &'a str,
-    /// When the source listed it, if it said.
-    pub added_at_ms: Option<i64>,
 }
 
 impl Blocklist {
@@ -830,7 +824,6 @@ impl Blocklist {
             action: action_of(m.state),
             source: t.sources.get(u32::from(m.source)),
             reason: t.reasons.get(m.reason),
-            added_at_ms: (m.added_at_ms != 0).then_some(m.added_at_ms),
         }
     }
 
@@ -926,6 +919,8 @@ impl Blocklist {
             rule_id: self.rule_ids[kind as usize].clone(),
             reason: t.reasons.arc(m.reason),
             action: action_of(m.state),
+            source: t.sources.arc(u32::from(m.source)),
+            added_at_ms: (m.added_at_ms != 0).then_some(m.added_at_ms),
         })
     }
 }
@@ -1006,32 +1001,18 @@ impl TopicState {
 }
 
 impl crate::engine::rules::expr::ListLookup for Blocklist {
-    /// `lookup`'s liveness test on the stored entry, read in place: the
-    /// reason is borrowed from the list's table (a `ListHit` holds clones,
-    /// which a borrow cannot outlive), so a rule's read of an entry hashes
-    /// once and clones no `Arc`. No source is stored yet: it reads as absent.
-    fn listed(
+    fn listed(&self, kind: ListKind, value: &str, now_ms: i64) -> Option<ListedEntry<'_>> {
+        self.lookup(kind, value, now_ms)
+    }
+
+    fn listed_at(
         &self,
         kind: ListKind,
+        bank: &str,
         value: &str,
         now_ms: i64,
-    ) -> Option<crate::engine::rules::expr::ListedEntry<'_>> {
-        if value.is_empty() || self.entries.is_empty() {
-            return None;
-        }
-        let s = self.entries.get(&self.key(kind, value))?;
-        if s.expires_at_ms != 0 && s.expires_at_ms <= now_ms {
-            return None;
-        }
-        Some(crate::engine::rules::expr::ListedEntry {
-            kind: s.kind,
-            action: s.action,
-            source: "",
-            reason: self
-                .reasons
-                .get(s.reason as usize)
-                .map_or("listed", |r| &**r),
-        })
+    ) -> Option<ListedEntry<'_>> {
+        self.lookup_in(kind, bank, value, now_ms)
     }
 }
 

@@ -190,6 +190,7 @@ reason = "Large payment to a payee listed for review"
             reason: "r".into(),
             action: Decision::Review,
             expires_at_ms: Some(T0),
+            ..ListEntry::default()
         }],
     ));
     let rule_hit = |v: &Verdict| {

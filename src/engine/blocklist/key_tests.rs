@@ -81,7 +81,6 @@ fn expired_entries_stop_matching_on_time_without_a_reload() {
             action: Decision::Review,
             source: "ops",
             reason: "stolen phone",
-            added_at_ms: Some(500),
         }
     );
     assert!(list.lookup(ListKind::Device, "dev-9", 1_000).is_none());
@@ -127,6 +126,14 @@ fn bank_qualified_accounts_match_only_at_their_bank() {
         .lookup_in(ListKind::Account, "TCB", "10002000", 0)
         .is_none());
     assert!(list.lookup(ListKind::Account, "10002000", 0).is_none());
+    // Rules see the same: `blocklisted(payee)` passes the payee's bank.
+    use crate::engine::rules::expr::ListLookup;
+    assert!(list
+        .listed_at(ListKind::Account, "VCB", "1000 2000", 0)
+        .is_some());
+    assert!(list
+        .listed_at(ListKind::Account, "TCB", "1000 2000", 0)
+        .is_none());
     // A bare entry matches whatever the bank.
     assert!(list
         .lookup_in(ListKind::Ewallet, "MOMO", "0912-345-678", 0)
@@ -158,6 +165,7 @@ fn a_payment_is_checked_on_payee_payer_device_phone_and_ip_strongest_first() {
         let list = Blocklist::with_country_code(1, "84", [entry(kind, value, Decision::Review)]);
         let hit = list.check(&p, 0).unwrap_or_else(|| panic!("{value}"));
         assert_eq!(&*hit.rule_id, rule);
+        assert_eq!((&*hit.source, hit.action), ("test", Decision::Review));
     }
     // The payee listed at another bank does not match.
     let other = Blocklist::new(1, [entry(ListKind::Ewallet, "TCB:22", Decision::Hold)]);

@@ -144,6 +144,17 @@ pub trait ListLookup {
     fn is_listed(&self, kind: ListKind, value: &str, now_ms: i64) -> bool {
         self.listed(kind, value, now_ms).is_some()
     }
+    /// [`ListLookup::listed`] for an account held at `bank`: a list that
+    /// keeps bank-qualified entries (`VCB:123`) checks those too.
+    fn listed_at(
+        &self,
+        kind: ListKind,
+        _bank: &str,
+        value: &str,
+        now_ms: i64,
+    ) -> Option<ListedEntry<'_>> {
+        self.listed(kind, value, now_ms)
+    }
 }
 
 /// A lookup that lists nothing: for tools and tests without a blocklist.
@@ -226,9 +237,9 @@ impl Entity {
         ("ip", Entity::Ip),
     ];
 
-    /// The list kind and raw value to look up for this payment; the value
-    /// is empty when the payment has none.
-    fn key(self, p: &Payment) -> (ListKind, &str) {
+    /// The list kind, bank code (accounts only) and raw value to look up
+    /// for this payment; the value is empty when the payment has none.
+    fn key(self, p: &Payment) -> (ListKind, &str, &str) {
         use crate::event::AccountKind;
         let account = |kind: AccountKind| match kind {
             AccountKind::Ewallet => ListKind::Ewallet,
@@ -236,26 +247,25 @@ impl Entity {
             AccountKind::Account | AccountKind::Unspecified => ListKind::Account,
         };
         match self {
-            Entity::Payee => (account(p.payee.kind), &p.payee.account),
-            Entity::Payer => (account(p.payer.kind), &p.payer.account),
-            Entity::Device => (ListKind::Device, &p.device_id),
-            Entity::Phone => (ListKind::Phone, &p.phone),
-            Entity::Ip => (ListKind::Ip, &p.ip),
+            Entity::Payee => (account(p.payee.kind), &p.payee.bank_code, &p.payee.account),
+            Entity::Payer => (account(p.payer.kind), &p.payer.bank_code, &p.payer.account),
+            Entity::Device => (ListKind::Device, "", &p.device_id),
+            Entity::Phone => (ListKind::Phone, "", &p.phone),
+            Entity::Ip => (ListKind::Ip, "", &p.ip),
         }
     }
 
     fn is_listed(self, ctx: &Ctx<'_>) -> bool {
-        let (kind, value) = self.key(ctx.payment);
-        !value.is_empty() && ctx.blocklist.is_listed(kind, value, ctx.now_ms)
+        self.listed(ctx).is_some()
     }
 
     /// The live entry for this payment's entity, borrowed from the list.
     fn listed<'a>(self, ctx: &Ctx<'a>) -> Option<ListedEntry<'a>> {
-        let (kind, value) = self.key(ctx.payment);
+        let (kind, bank, value) = self.key(ctx.payment);
         if value.is_empty() {
             return None;
         }
-        ctx.blocklist.listed(kind, value, ctx.now_ms)
+        ctx.blocklist.listed_at(kind, bank, value, ctx.now_ms)
     }
 }
 

@@ -916,6 +916,7 @@ fn blocklist_entry_functions_read_the_engine_blocklist() {
         reason: "mule".into(),
         action,
         expires_at_ms,
+        ..ListEntry::default()
     };
     let list = Blocklist::new(
         3,
