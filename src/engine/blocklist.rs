@@ -142,6 +142,20 @@ impl Default for ListEntry {
     }
 }
 
+impl EntryRef<'_> {
+    pub fn to_entry(&self) -> ListEntry {
+        ListEntry {
+            kind: self.kind,
+            value: self.value.to_string(),
+            reason: self.reason.to_string(),
+            source: self.source.to_string(),
+            action: self.action,
+            added_at_ms: self.added_at_ms,
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+}
+
 impl ListEntry {
     pub fn as_ref(&self) -> EntryRef<'_> {
         EntryRef {

@@ -409,17 +409,7 @@ pub fn parse(name: &str, bytes: &[u8], max_bad_lines: usize) -> Result<Loaded, B
         name,
         bytes,
         &mut bad,
-        table_sink(&mut b, 0, |e| {
-            entries.push(ListEntry {
-                kind: e.kind,
-                value: e.value.to_string(),
-                reason: e.reason.to_string(),
-                source: e.source.to_string(),
-                action: e.action,
-                added_at_ms: e.added_at_ms,
-                expires_at_ms: e.expires_at_ms,
-            })
-        }),
+        table_sink(&mut b, 0, |e| entries.push(e.to_entry())),
     )?;
     if bad.len() > max_bad_lines {
         return Err(BlocklistFileError::Refused(bad));
@@ -684,15 +674,7 @@ pub fn topic_update(
         expires_at_ms: (e.expires_at_ms > 0).then_some(e.expires_at_ms),
     };
     let entry = entry(&raw, topic, &mut DefaultReasons::default(), |e| {
-        Ok(ListEntry {
-            kind: e.kind,
-            value: e.value.to_string(),
-            reason: e.reason.to_string(),
-            source: e.source.to_string(),
-            action: e.action,
-            added_at_ms: e.added_at_ms,
-            expires_at_ms: e.expires_at_ms,
-        })
+        Ok(e.to_entry())
     })?;
     Ok((kind, v.to_string(), Some(entry)))
 }
