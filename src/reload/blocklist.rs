@@ -288,12 +288,14 @@ pub fn build(
     ))
 }
 
-fn stamps(files: &[std::path::PathBuf]) -> Vec<Option<(u64, std::time::SystemTime)>> {
+/// Size, modification time and file identity of each file (see
+/// [`super::file_id`]).
+fn stamps(files: &[std::path::PathBuf]) -> Vec<Option<(u64, std::time::SystemTime, u64)>> {
     files
         .iter()
         .map(|f| {
             let m = std::fs::metadata(f).ok()?;
-            Some((m.len(), m.modified().ok()?))
+            Some((m.len(), m.modified().ok()?, super::file_id(&m)))
         })
         .collect()
 }
@@ -419,8 +421,9 @@ pub fn watch_files(
     sources: std::sync::Arc<Sources>,
     every: std::time::Duration,
 ) -> tokio::task::JoinHandle<()> {
+    // Stamped before the task first runs, so a change in between is seen.
+    let mut last = stamps(&sources.files);
     tokio::spawn(async move {
-        let mut last = stamps(&sources.files);
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
@@ -446,7 +449,8 @@ pub fn topic_update(
     let key = std::str::from_utf8(key).map_err(|_| "key is not UTF-8".to_string())?;
     let (k, v) = key
         .split_once(':')
-        .ok_or_else(|| format!("key {key:?} is not kind:value"))?;
+        // The key may be a bare account or phone: never quote it in clear.
+        .ok_or_else(|| format!("key {:?} is not kind:value", crate::mask(key)))?;
     let kind = kind(k).ok_or_else(|| format!("unknown kind {k:?}"))?;
     let canonical = format!(
         "{}:{}",
