@@ -421,7 +421,7 @@ fn hadolint_accepts_the_dockerfile() {
     assert!(out.trim().is_empty(), "hadolint findings:\n{out}");
     let df = read("deploy/docker/Dockerfile");
     assert!(
-        df.contains("AS build") && df.contains("USER 65532"),
+        df.contains("AS build") && df.contains("USER 10001"),
         "multi-stage, non-root"
     );
 }

