@@ -1,6 +1,7 @@
 //! Operations checks against a real Kafka broker:
 //! - consumer lag per partition is the high watermark minus the consumer's
 //!   position, it follows new records, and revoked partitions drop out;
+//!   with transactions (exactly-once), it reaches 0 past commit markers;
 //! - a running fraudline exports lag for every partition it owns;
 //! - no account number or phone reaches fraudline's logs in clear, even at
 //!   debug level and through error texts that quote their input.
@@ -226,4 +227,59 @@ async fn a_running_fraudline_exports_lag_per_partition_and_never_logs_an_account
         log.contains("******5678") && log.contains("******4321"),
         "masked keys logged"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_reaches_zero_past_transaction_markers_for_a_read_committed_consumer() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let brokers = broker();
+    let t = create_topics(brokers, "laggtxn", 1).await;
+    let topic = t.payments.clone();
+    let b = brokers.to_string();
+    // Two committed transactions of 5 records: each ends in a commit
+    // marker, which takes an offset but is never delivered.
+    tokio::task::spawn_blocking(move || {
+        let p: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .set("transactional.id", unique("lagtxn"))
+            .create()
+            .unwrap();
+        p.init_transactions(Duration::from_secs(30)).unwrap();
+        for _ in 0..2 {
+            p.begin_transaction().unwrap();
+            for i in 0..5 {
+                p.send(BaseRecord::to(&topic).key("k").payload(&format!("{i}")))
+                    .map_err(|(e, _)| e)
+                    .unwrap();
+            }
+            p.commit_transaction(Duration::from_secs(30)).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", &t.group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&t.payments, 0, Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let mut read = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            m.unwrap();
+            read += 1;
+        } else if read == 10 {
+            break;
+        }
+    }
+    assert_eq!(read, 10);
+    let l = lags(&c, &t.payments);
+    assert_eq!(l[&0].1, 12, "10 records and 2 commit markers");
+    assert_eq!(l[&0].0, 0, "lag past the last marker: {:?}", l[&0]);
 }
