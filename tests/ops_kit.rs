@@ -198,7 +198,24 @@ fn dashboard_queries_name_only_exported_metrics() {
     ] {
         assert!(used.contains(must), "no dashboard panel queries {must}");
     }
-    // Importable as is: a datasource variable, no hard-wired datasource uid.
+    // Importable as is: unique panel ids, every panel placed on the 24-column
+    // grid, a datasource variable and no hard-wired datasource uid.
+    let mut ids = BTreeSet::new();
+    for p in d["panels"].as_array().unwrap() {
+        assert!(
+            ids.insert(p["id"].as_u64().expect("panel id")),
+            "duplicate id {}",
+            p["id"]
+        );
+        let g = &p["gridPos"];
+        let (x, w) = (g["x"].as_u64().unwrap(), g["w"].as_u64().unwrap());
+        assert!(
+            x + w <= 24 && g["h"].as_u64().unwrap() > 0,
+            "{}: gridPos {g}",
+            p["title"]
+        );
+        assert!(p["title"].as_str().is_some_and(|t| !t.is_empty()));
+    }
     let text = read("deploy/grafana/fraudline.json");
     assert!(text.contains("\"uid\": \"${datasource}\""));
     assert!(d["uid"].is_string() && d["title"] == "fraudline");
