@@ -1,6 +1,7 @@
 //! Generates the wire types from proto/ with prost. The .proto files are
 //! compiled by protox (pure Rust), so a fresh machine needs no protoc.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    git_hash();
     let files = [
         "proto/fraudline/v1/payment.proto",
         "proto/fraudline/v1/verdict.proto",
@@ -15,4 +16,40 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .btree_map(["."])
         .compile_fds(fds)?;
     Ok(())
+}
+
+/// `FRAUDLINE_GIT_HASH` for `fraudline_build_info{git_hash}`: the short hash
+/// of HEAD, "unknown" outside a git checkout (a source tarball, a Docker
+/// build context without .git). `FRAUDLINE_GIT_HASH` in the environment wins
+/// (the Dockerfile passes it as a build argument).
+fn git_hash() {
+    println!("cargo:rerun-if-env-changed=FRAUDLINE_GIT_HASH");
+    let from_env = std::env::var("FRAUDLINE_GIT_HASH")
+        .ok()
+        .filter(|h| !h.is_empty());
+    let hash = from_env.unwrap_or_else(|| {
+        // Rebuild when HEAD moves: a checkout (HEAD) or a commit (the
+        // branch's ref). Works in worktrees, where .git is a file.
+        let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+        for r in ["HEAD"].into_iter().chain(branch.as_deref()) {
+            if let Some(path) = git(&["rev-parse", "--git-path", r]) {
+                if std::path::Path::new(&path).exists() {
+                    println!("cargo:rerun-if-changed={path}");
+                }
+            }
+        }
+        git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".to_string())
+    });
+    println!("cargo:rustc-env=FRAUDLINE_GIT_HASH={hash}");
+}
+
+fn git(args: &[&str]) -> Option<String> {
+    std::process::Command::new("git")
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }

@@ -483,12 +483,14 @@ pub fn build_from(
     })
 }
 
-fn stamps(files: &[PathBuf]) -> Vec<Option<(u64, std::time::SystemTime)>> {
+/// Size, modification time and file identity of each file (see
+/// [`super::file_id`]).
+fn stamps(files: &[std::path::PathBuf]) -> Vec<Option<(u64, std::time::SystemTime, u64)>> {
     files
         .iter()
         .map(|f| {
             let m = std::fs::metadata(f).ok()?;
-            Some((m.len(), m.modified().ok()?))
+            Some((m.len(), m.modified().ok()?, super::file_id(&m)))
         })
         .collect()
 }
@@ -618,8 +620,9 @@ pub fn watch_files(
     sources: std::sync::Arc<Sources>,
     every: std::time::Duration,
 ) -> tokio::task::JoinHandle<()> {
+    // Stamped before the task first runs, so a change in between is seen.
+    let mut last = stamps(&sources.files);
     tokio::spawn(async move {
-        let mut last = stamps(&sources.files);
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
@@ -647,7 +650,8 @@ pub fn topic_update(
     // keep theirs in the value.
     let (k, v) = key
         .split_once(':')
-        .ok_or_else(|| format!("key {key:?} is not kind:value"))?;
+        // The key may be a bare account or phone: never quote it in clear.
+        .ok_or_else(|| format!("key {:?} is not kind:value", crate::mask(key)))?;
     let kind = ListKind::parse(k).ok_or_else(|| format!("unknown kind {k:?}"))?;
     if v.trim().is_empty() {
         return Err(format!("key {key:?} has an empty value"));
@@ -938,8 +942,8 @@ mod tests {
             "unknown kind \"planet\""
         );
         assert_eq!(
-            topic_update(b"nocolon", None, "bl").unwrap_err(),
-            "key \"nocolon\" is not kind:value"
+            topic_update(b"0912345678", None, "bl").unwrap_err(),
+            "key \"******5678\" is not kind:value"
         );
         let wrong = crate::proto::BlocklistEntry {
             kind: "phone".into(),

@@ -4,3 +4,19 @@
 //! swapped in whole.
 
 pub mod blocklist;
+
+/// The identity of a file (its inode on Unix, 0 elsewhere), for the file
+/// watchers: a file replaced by a new one (an editor's rename, a ConfigMap
+/// update) is seen even when size and modification time match.
+pub(crate) fn file_id(m: &std::fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        m.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = m;
+        0
+    }
+}

@@ -1,9 +1,8 @@
-//! The librdkafka client context: statistics become Prometheus gauges
-//! (consumer lag per partition), rebalances become log lines.
+//! The librdkafka client context: rebalances become log lines, and a
+//! revoked partition's consumer-lag series is dropped at once.
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::statistics::Statistics;
 use tracing::{info, warn};
 
 use crate::telemetry;
@@ -16,23 +15,6 @@ pub struct StreamContext {
 }
 
 impl ClientContext for StreamContext {
-    fn stats(&self, stats: Statistics) {
-        for (topic, t) in &stats.topics {
-            for (partition, p) in &t.partitions {
-                // -1 is librdkafka's internal "unassigned" partition.
-                if *partition < 0 || p.consumer_lag < 0 {
-                    continue;
-                }
-                metrics::gauge!(
-                    telemetry::CONSUMER_LAG,
-                    "topic" => topic.clone(),
-                    "partition" => partition.to_string()
-                )
-                .set(p.consumer_lag as f64);
-            }
-        }
-    }
-
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         // Broker down, connection refused: librdkafka retries by itself.
         warn!(error = %error, reason, "kafka client error");
@@ -55,7 +37,10 @@ impl ConsumerContext for StreamContext {
                 }
             }
             Rebalance::Revoke(tpl) => {
-                info!(partitions = ?partitions(tpl), "partitions revoked")
+                info!(partitions = ?partitions(tpl), "partitions revoked");
+                for e in tpl.elements() {
+                    telemetry::consumer_lag().remove(e.topic(), e.partition());
+                }
             }
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
         }

@@ -12,6 +12,7 @@
 pub mod at_least_once;
 mod context;
 pub mod exactly_once;
+pub mod lag;
 pub mod record;
 pub mod tracker;
 pub mod warmup;
@@ -115,13 +116,13 @@ pub async fn run(
 /// The consumer, shared with the warm-up task (which resumes partitions).
 type SharedConsumer = Arc<StreamConsumer<StreamContext>>;
 
-/// Aborts the warm-up task when the delivery loop returns, so the task's
-/// handle on the consumer goes with it and the group is left at once.
-struct WarmupGuard(Option<tokio::task::JoinHandle<()>>);
+/// Aborts the warm-up and lag tasks when the delivery loop returns, so their
+/// handles on the consumer go with them and the group is left at once.
+struct WarmupGuard(Vec<tokio::task::JoinHandle<()>>);
 
 impl Drop for WarmupGuard {
     fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
+        for task in self.0.drain(..) {
             task.abort();
         }
     }
@@ -162,7 +163,17 @@ fn clients(
             parts.ready.clone(),
         ))
     });
-    Ok((consumer, producer, WarmupGuard(warmup)))
+    let lag = (cfg.kafka.statistics_interval_ms > 0).then(|| {
+        lag::spawn(
+            consumer.clone(),
+            std::time::Duration::from_millis(cfg.kafka.statistics_interval_ms),
+        )
+    });
+    Ok((
+        consumer,
+        producer,
+        WarmupGuard(warmup.into_iter().chain(lag).collect()),
+    ))
 }
 
 /// The warm-up reader: same brokers and security settings, the group's id
@@ -193,16 +204,13 @@ fn subscribe(cfg: &Config, consumer: &StreamConsumer<StreamContext>) -> Result<(
         })
 }
 
-/// Settings shared by the consumer and the producer: brokers, statistics and
-/// the pass-through `kafka.librdkafka` table (TLS, SASL, ...).
+/// Settings shared by the consumer and the producer: brokers and the
+/// pass-through `kafka.librdkafka` table (TLS, SASL, ...). Consumer lag comes
+/// from positions and watermarks ([`lag`]), not librdkafka statistics.
 pub(crate) fn base_config(cfg: &Config) -> ClientConfig {
     let k = &cfg.kafka;
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.brokers)
-        .set(
-            "statistics.interval.ms",
-            k.statistics_interval_ms.to_string(),
-        )
         .set("client.id", format!("fraudline-{}", k.group_id));
     for (key, v) in &k.librdkafka {
         c.set(key, v);

@@ -5,6 +5,9 @@
 //! partition); never an account or event id. Per-event code uses the handles
 //! in [`Metrics`], registered once, so the hot path does no name lookup.
 
+mod lag;
+mod logs;
+
 use std::sync::OnceLock;
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram};
@@ -12,6 +15,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::engine::Decision;
 use crate::event::DecodeError;
+pub use lag::{consumer_lag, ConsumerLag};
+pub use logs::{mask_line, MaskingWriter, MIN_DIGITS};
 
 pub const EVENTS_CONSUMED: &str = "fraudline_events_consumed_total";
 pub const VERDICTS: &str = "fraudline_verdicts_total";
@@ -45,6 +50,95 @@ pub const FEATURE_EVICTIONS: &str = "fraudline_feature_evictions_total";
 pub const FEATURE_KEY_EVICTIONS: &str = "fraudline_feature_key_evictions_total";
 pub const FEATURE_SKETCHES: &str = "fraudline_feature_sketches_started_total";
 pub const FEATURE_SWEEP_DURATION: &str = "fraudline_feature_sweep_duration_seconds";
+
+/// What a metric is, for Prometheus's `# TYPE` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl MetricKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One exported metric: the catalogue entry that `describe()` registers,
+/// docs/METRICS.md lists, and the dashboard and alert rules are checked
+/// against (tests/ops_kit.rs).
+#[derive(Debug, Clone, Copy)]
+pub struct MetricSpec {
+    pub name: &'static str,
+    pub kind: MetricKind,
+    /// Label names; every value set is bounded (never an account or event id).
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+const fn spec(
+    name: &'static str,
+    kind: MetricKind,
+    labels: &'static [&'static str],
+    help: &'static str,
+) -> MetricSpec {
+    MetricSpec {
+        name,
+        kind,
+        labels,
+        help,
+    }
+}
+
+/// Every metric fraudline exports. The in-line API's metrics
+/// (`fraudline_inline_*`, `fraudline_audit_*`) are declared with that API.
+pub const CATALOGUE: &[MetricSpec] = {
+    use MetricKind::*;
+    &[
+        spec(EVENTS_CONSUMED, Counter, &[], "Input records read from the payments topic"),
+        spec(VERDICTS, Counter, &["decision"], "Verdicts produced, by decision (ALLOW, REVIEW, HOLD)"),
+        spec(DECODE_ERRORS, Counter, &["kind"], "Input records that failed to decode or validate, by kind"),
+        spec(DLQ_RECORDS, Counter, &["reason"], "Records written to the dead-letter topic, by reason"),
+        spec(ENGINE_LATENCY, Histogram, &[], "Time inside Engine::score per event"),
+        spec(END_TO_END_LATENCY, Histogram, &[], "Event time to verdict acknowledged by the broker (exactly-once: committed)"),
+        spec(CONSUMER_LAG, Gauge, &["topic", "partition"], "Messages behind the high watermark per assigned partition: high watermark minus the consumer's position (its committed offset before the first fetch)"),
+        spec(IN_FLIGHT, Gauge, &[], "Verdict and DLQ records sent but not yet acknowledged"),
+        spec(DELIVERY_RETRIES, Counter, &[], "Verdict or DLQ records re-sent after a failed delivery"),
+        spec(TRANSACTIONS, Counter, &["result"], "Kafka transactions, by result (exactly-once mode)"),
+        spec(RULE_HITS, Counter, &["rule_id", "mode"], "Rule hits, by rule id and mode (active, shadow, demoted: a rule its breaker holds in shadow)"),
+        spec(RULE_DEMOTIONS, Counter, &["rule_id"], "Rules demoted to shadow by their hit-rate breaker, by rule id"),
+        spec(RULE_DEMOTED, Gauge, &["rule_id"], "1 while a rule's breaker holds it in shadow (reset by a reload)"),
+        spec(RULES_RELOADS, Counter, &["result"], "Rule file load attempts, by result (ok, refused, unchanged)"),
+        spec(RULES_INFO, Gauge, &["version", "sha256"], "The active rule set: 1 for the active version and sha256, 0 for earlier ones"),
+        spec(BLOCKLIST_ENTRIES, Gauge, &["kind"], "Blocklist entries, by kind"),
+        spec(BLOCKLIST_LOOKUPS, Counter, &["kind"], "Blocklist lookups of payment identifiers, by kind (empty identifiers are not looked up)"),
+        spec(BLOCKLIST_HITS, Counter, &["kind"], "Blocklist hits, by kind"),
+        spec(BLOCKLIST_VERSION, Gauge, &[], "Version of the active blocklist (grows with every swap)"),
+        spec(BLOCKLIST_LOADED_AT, Gauge, &[], "Unix time of the last successful blocklist load"),
+        spec(BLOCKLIST_LOAD_FAILURES, Counter, &[], "Blocklist loads refused (the active list stayed)"),
+        spec(WARMUP_EVENTS, Counter, &[], "Events replayed into feature state by warm-ups"),
+        spec(WARMUP_DURATION, Gauge, &[], "Duration of the last warm-up"),
+        spec(FEATURE_LATE_EVENTS, Counter, &["handling"], "Events behind an entity's event-time watermark, by handling: in_window (counted at their own time) or by_arrival (beyond the lateness, counted at the watermark)"),
+        spec(FEATURE_DUPLICATES, Counter, &[], "Events whose event_id the payer had already seen within the dedup horizon; they changed no feature"),
+        spec(FEATURE_ENTITIES, Gauge, &["kind"], "Entities held in feature state, by kind (account; kit: devices, phones and IPs)"),
+        spec(FEATURE_EVICTIONS, Counter, &["kind", "reason"], "Entities dropped from feature state, by kind and reason (ttl: idle; cap: over the hard cap)"),
+        spec(FEATURE_KEY_EVICTIONS, Counter, &["set"], "Keys an entity had to forget early for lack of room, by set (payees, payers, accounts, events, devices_ips)"),
+        spec(FEATURE_SKETCHES, Counter, &[], "Distinct counters that outgrew their exact list and switched to a HyperLogLog estimate"),
+        spec(FEATURE_SWEEP_DURATION, Gauge, &[], "Duration of the last feature-state sweep (TTL and cap eviction)"),
+        spec(READY, Gauge, &[], "1 when the service is ready to take traffic"),
+        spec(BUILD_INFO, Gauge, &["version", "git_hash"], "Build information; the value is always 1"),
+    ]
+};
+
+/// The catalogue entry for `name`, if fraudline exports it.
+pub fn spec_of(name: &str) -> Option<&'static MetricSpec> {
+    CATALOGUE.iter().find(|m| m.name == name)
+}
 
 /// Engine time: a few hundred nanoseconds to a few milliseconds.
 const ENGINE_BUCKETS: &[f64] = &[
@@ -88,7 +182,12 @@ pub fn install() -> PrometheusHandle {
             };
             describe();
             spawn_upkeep(handle.clone());
-            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            metrics::gauge!(
+                BUILD_INFO,
+                "version" => env!("CARGO_PKG_VERSION"),
+                "git_hash" => env!("FRAUDLINE_GIT_HASH")
+            )
+            .set(1.0);
             handle
         })
         .clone()
@@ -109,124 +208,29 @@ fn spawn_upkeep(handle: PrometheusHandle) {
     }
 }
 
+/// The /metrics body: the recorder's series, then consumer lag (which is
+/// kept outside the recorder so that revoked partitions disappear).
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut out = handle.render();
+    consumer_lag().render_into(&mut out);
+    out
+}
+
 fn describe() {
-    describe_counter!(
-        EVENTS_CONSUMED,
-        "Input records read from the payments topic"
-    );
-    describe_counter!(VERDICTS, "Verdicts produced, by decision");
-    describe_counter!(
-        DECODE_ERRORS,
-        "Input records that failed to decode or validate, by kind"
-    );
-    describe_counter!(
-        DLQ_RECORDS,
-        "Records written to the dead-letter topic, by reason"
-    );
-    describe_histogram!(
-        ENGINE_LATENCY,
-        metrics::Unit::Seconds,
-        "Time inside Engine::score per event"
-    );
-    describe_histogram!(
-        END_TO_END_LATENCY,
-        metrics::Unit::Seconds,
-        "Event time to verdict acknowledged by the broker"
-    );
-    describe_gauge!(
-        CONSUMER_LAG,
-        "Consumer lag per partition, from librdkafka statistics"
-    );
-    describe_gauge!(
-        IN_FLIGHT,
-        "Verdict and DLQ records sent but not yet acknowledged"
-    );
-    describe_counter!(
-        DELIVERY_RETRIES,
-        "Verdict or DLQ records re-sent after a failed delivery"
-    );
-    describe_counter!(
-        TRANSACTIONS,
-        "Kafka transactions, by result (exactly-once mode)"
-    );
-    describe_counter!(
-        RULE_HITS,
-        "Rule hits, by rule id and mode (active, shadow, demoted: a rule its breaker holds in shadow)"
-    );
-    describe_gauge!(BLOCKLIST_ENTRIES, "Blocklist entries, by kind");
-    describe_counter!(
-        BLOCKLIST_LOOKUPS,
-        "Blocklist lookups of payment identifiers, by kind (empty identifiers are not looked up)"
-    );
-    describe_counter!(BLOCKLIST_HITS, "Blocklist hits, by kind");
-    describe_gauge!(
-        BLOCKLIST_VERSION,
-        "Version of the active blocklist (grows with every swap)"
-    );
-    describe_gauge!(
-        BLOCKLIST_LOADED_AT,
-        "Unix time of the last successful blocklist load"
-    );
-    describe_counter!(
-        BLOCKLIST_LOAD_FAILURES,
-        "Blocklist loads refused (the active list stayed)"
-    );
-    describe_counter!(
-        RULE_DEMOTIONS,
-        "Rules demoted to shadow by their hit-rate breaker, by rule id"
-    );
-    describe_gauge!(
-        RULE_DEMOTED,
-        "1 while a rule's breaker holds it in shadow (reset by a reload)"
-    );
-    describe_counter!(
-        RULES_RELOADS,
-        "Rule file load attempts, by result (ok, refused, unchanged)"
-    );
-    describe_gauge!(
-        RULES_INFO,
-        "The active rule set: always 1, labelled by version and sha256"
-    );
-    describe_counter!(
-        WARMUP_EVENTS,
-        "Events replayed into feature state by warm-ups"
-    );
-    describe_gauge!(
-        WARMUP_DURATION,
-        metrics::Unit::Seconds,
-        "Duration of the last warm-up"
-    );
-    describe_counter!(
-        FEATURE_LATE_EVENTS,
-        "Events behind an entity's event-time watermark, by entity and handling: in_window (counted at their own time) or by_arrival (beyond the lateness, counted at the watermark)"
-    );
-    describe_counter!(
-        FEATURE_DUPLICATES,
-        "Events whose event_id the payer had already seen within the dedup horizon; they changed no feature"
-    );
-    describe_gauge!(
-        FEATURE_ENTITIES,
-        "Entities held in feature state, by kind (account, device, phone, ip)"
-    );
-    describe_counter!(
-        FEATURE_EVICTIONS,
-        "Entities dropped from feature state, by kind and reason (ttl: idle; cap: over the hard cap)"
-    );
-    describe_counter!(
-        FEATURE_KEY_EVICTIONS,
-        "Keys an entity had to forget early for lack of room, by set (payees, payers, accounts, events, devices_ips)"
-    );
-    describe_counter!(
-        FEATURE_SKETCHES,
-        "Distinct counters that outgrew their exact list and switched to a HyperLogLog estimate"
-    );
-    describe_gauge!(
-        FEATURE_SWEEP_DURATION,
-        metrics::Unit::Seconds,
-        "Duration of the last feature-state sweep (TTL and cap eviction)"
-    );
-    describe_gauge!(READY, "1 when the service is ready to take traffic");
-    describe_gauge!(BUILD_INFO, "Build information; the value is always 1");
+    // Consumer lag is rendered by `lag`, with its own HELP and TYPE.
+    for m in CATALOGUE.iter().filter(|m| m.name != CONSUMER_LAG) {
+        let unit = m
+            .name
+            .ends_with("_seconds")
+            .then_some(metrics::Unit::Seconds);
+        match (m.kind, unit) {
+            (MetricKind::Counter, _) => describe_counter!(m.name, m.help),
+            (MetricKind::Gauge, Some(u)) => describe_gauge!(m.name, u, m.help),
+            (MetricKind::Gauge, None) => describe_gauge!(m.name, m.help),
+            (MetricKind::Histogram, Some(u)) => describe_histogram!(m.name, u, m.help),
+            (MetricKind::Histogram, None) => describe_histogram!(m.name, m.help),
+        }
+    }
 }
 
 /// Handles for the per-event metrics, registered once.
@@ -292,7 +296,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Sets up tracing: `RUST_LOG` (or `level`) filters, JSON or text to stderr.
+/// Sets up tracing: `RUST_LOG` (or `level`) filters, JSON or text to stderr,
+/// every line through [`mask_line`] (no account or phone in clear).
 pub fn init_tracing(format: LogFormat, level: &str) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
@@ -304,8 +309,8 @@ pub fn init_tracing(format: LogFormat, level: &str) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::stderr().is_terminal() && !json)
+        .with_writer(MaskingWriter::new(std::io::stderr, json));
     let _ = if json {
         builder.json().try_init()
     } else {

@@ -89,9 +89,13 @@ pub fn load_at_start(engine: &Engine, path: &Path) -> Result<(), LoadError> {
     Ok(())
 }
 
-fn stamp(path: &Path) -> Option<(u64, SystemTime)> {
+/// Size, modification time and file identity (following symlinks). The
+/// identity catches a file replaced within the filesystem's timestamp
+/// granularity, as a Kubernetes ConfigMap update does (new files behind a
+/// swapped `..data` symlink).
+fn stamp(path: &Path) -> Option<(u64, SystemTime, u64)> {
     let m = std::fs::metadata(path).ok()?;
-    Some((m.len(), m.modified().ok()?))
+    Some((m.len(), m.modified().ok()?, crate::reload::file_id(&m)))
 }
 
 /// Watches `path` every `every` and on SIGHUP until the task is aborted.
@@ -100,10 +104,11 @@ pub fn spawn_watcher(
     path: PathBuf,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
+    // Stamped before the task first runs, so a change in between is seen.
+    let mut last = stamp(&path);
     tokio::spawn(async move {
         #[cfg(unix)]
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let mut last = stamp(&path);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

