@@ -454,12 +454,43 @@ pub fn build(
     build_from(&contents, max_bad_lines, country_code)
 }
 
+/// Entries parsed before they are placed in the table together (see
+/// [`TableBuilder::place_batch`]).
+const BATCH: usize = 256;
+
+/// Where a parsed entry's value is, for the message of a conflict found
+/// when its batch is placed: a range of the file's bytes, or (a CSV field
+/// with an escaped quote) its own copy.
+enum ValueAt {
+    Bytes(usize, usize),
+    Owned(Box<str>),
+}
+
+impl ValueAt {
+    fn of(value: &str, bytes: &[u8]) -> ValueAt {
+        let start = (value.as_ptr() as usize).wrapping_sub(bytes.as_ptr() as usize);
+        if start <= bytes.len() && value.len() <= bytes.len() - start {
+            ValueAt::Bytes(start, value.len())
+        } else {
+            ValueAt::Owned(value.into())
+        }
+    }
+
+    fn get<'a>(&'a self, bytes: &'a [u8]) -> std::borrow::Cow<'a, str> {
+        match self {
+            ValueAt::Bytes(s, n) => String::from_utf8_lossy(bytes.get(*s..*s + *n).unwrap_or(&[])),
+            ValueAt::Owned(v) => Cow::Borrowed(v),
+        }
+    }
+}
+
 /// [`build`] over bytes already read: `(name, bytes)` per file.
 pub fn build_from(
     files: &[(String, Vec<u8>)],
     max_bad_lines: usize,
     country_code: &str,
 ) -> Result<Built, BlocklistFileError> {
+    use crate::engine::blocklist::Prepared;
     let lines: usize = files
         .iter()
         .map(|(_, b)| memchr::memchr_iter(b'\n', b).count())
@@ -467,10 +498,43 @@ pub fn build_from(
     let keyer = Keyer::new(country_code);
     let mut b = TableBuilder::new(keyer.clone(), lines);
     let mut skipped = Vec::new();
+    let mut batch: Vec<Prepared> = Vec::with_capacity(BATCH);
+    let mut values: Vec<ValueAt> = Vec::with_capacity(BATCH);
     for (i, (name, bytes)) in files.iter().enumerate() {
         let mut bad = Vec::new();
+        let mut conflicts = Vec::new();
         let file_no = u16::try_from(i).unwrap_or(u16::MAX - 1);
-        parse_with(name, bytes, &mut bad, table_sink(&mut b, file_no, |_| {}))?;
+        let mut flush =
+            |b: &mut TableBuilder, batch: &mut Vec<Prepared>, values: &mut Vec<ValueAt>| {
+                b.place_batch(batch, |i, c| {
+                    let (p, v) = (&batch[i], &values[i]);
+                    conflicts.push(BadLine {
+                        file: name.clone(),
+                        line: p.line() as usize,
+                        message: format!(
+                            "{} {:?} is listed again with action {} (line {} says {})",
+                            p.kind().as_str(),
+                            v.get(bytes),
+                            p.action().as_str(),
+                            c.first_line,
+                            c.first_action.as_str()
+                        ),
+                    });
+                });
+                batch.clear();
+                values.clear();
+            };
+        parse_with(name, bytes, &mut bad, |line, e| {
+            batch.push(b.prepare(&e, file_no, line));
+            values.push(ValueAt::of(e.value, bytes));
+            if batch.len() == BATCH {
+                flush(&mut b, &mut batch, &mut values);
+            }
+            Ok(())
+        })?;
+        flush(&mut b, &mut batch, &mut values);
+        bad.extend(conflicts);
+        bad.sort_by_key(|l| l.line);
         if bad.len() > max_bad_lines {
             return Err(BlocklistFileError::Refused(bad));
         }
@@ -909,6 +973,22 @@ mod tests {
         assert_eq!(
             list.lookup(ListKind::Ip, "1.1.1.1", 0).map(|e| e.action),
             Some(Decision::Review)
+        );
+        // A conflict found when a later batch is placed names both lines.
+        let mut text = String::from("kind,value,action\n\"12-34\",account,HOLD\n");
+        text = text.replace("\"12-34\",account", "account,\"12-34\"");
+        for i in 0..600 {
+            text.push_str(&format!("device,d{i},REVIEW\n"));
+        }
+        text.push_str("account,1234,REVIEW\nplanet,9,HOLD\n");
+        let refused = build_from(&[("d.csv".to_string(), text.into_bytes())], 0, "")
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "blocklist refused, 2 bad line(s):\n\
+             d.csv:603: account \"1234\" is listed again with action REVIEW (line 2 says HOLD)\n\
+             d.csv:604: unknown kind \"planet\""
         );
         let bad = ("c.csv".to_string(), b"kind,value\nplanet,1\n".to_vec());
         assert!(matches!(
