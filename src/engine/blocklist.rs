@@ -87,13 +87,6 @@ impl ListKind {
             .map(|(_, k)| *k)
     }
 
-    fn from_u8(k: u8) -> ListKind {
-        ListKind::ALL
-            .get(usize::from(k))
-            .copied()
-            .unwrap_or(ListKind::Account)
-    }
-
     pub(crate) fn for_account(kind: AccountKind) -> ListKind {
         match kind {
             AccountKind::Ewallet => ListKind::Ewallet,
@@ -177,10 +170,8 @@ impl ListEntry {
     }
 }
 
-/// What a table keeps of an entry besides its key: 24 bytes, plain old
-/// data so that it can live in a huge-page region (see [`Region`]).
-#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-#[repr(C)]
+/// What a table keeps of an entry besides its key: 24 bytes.
+#[derive(Debug, Clone, Copy)]
 struct Meta {
     /// 0: never.
     expires_at_ms: i64,
@@ -188,12 +179,21 @@ struct Meta {
     added_at_ms: i64,
     reason: u32,
     source: u16,
-    kind: u8,
+    kind: ListKind,
     /// [`STATE_REMOVED`] (a topic tombstone in a delta), or the action.
     state: u8,
 }
 
 const STATE_REMOVED: u8 = 0;
+
+const EMPTY_META: Meta = Meta {
+    expires_at_ms: 0,
+    added_at_ms: 0,
+    reason: 0,
+    source: 0,
+    kind: ListKind::Account,
+    state: STATE_REMOVED,
+};
 
 /// The "file number" of entries that always replace an earlier one for the
 /// same key (owned entry lists, topic records).
@@ -373,8 +373,8 @@ impl Strings {
 /// An immutable hash table of entries; see the module docs.
 #[derive(Debug)]
 pub struct Table {
-    keys: Region<u64>,
-    meta: Region<Meta>,
+    keys: Box<[u64]>,
+    meta: Box<[Meta]>,
     len: usize,
     /// Live entries (not tombstones) per kind.
     counts: [usize; 6],
@@ -396,7 +396,7 @@ pub struct Prepared {
 
 impl Prepared {
     pub fn kind(&self) -> ListKind {
-        ListKind::from_u8(self.meta.kind)
+        self.meta.kind
     }
 
     pub fn action(&self) -> Decision {
@@ -422,7 +422,7 @@ pub struct TableBuilder {
     keyer: Keyer,
     t: Table,
     /// Per slot: file number << 32 | line, while building (dropped after).
-    origin: Region<u64>,
+    origin: Vec<u64>,
     /// What the batch pre-reads load, kept so the loads are not elided.
     touched: u64,
 }
@@ -443,11 +443,11 @@ impl TableBuilder {
         TableBuilder {
             keyer,
             t: Table {
-                keys: Region::zeroed(cap),
-                meta: Region::zeroed(cap),
+                keys: vec![0u64; cap].into_boxed_slice(),
+                meta: vec![EMPTY_META; cap].into_boxed_slice(),
                 ..Table::empty()
             },
-            origin: Region::zeroed(cap),
+            origin: vec![0u64; cap],
             touched: 0,
         }
     }
@@ -466,9 +466,10 @@ impl TableBuilder {
 
     fn grow(&mut self) {
         let cap = self.t.keys.len() * 2;
-        let old_keys = std::mem::replace(&mut self.t.keys, Region::zeroed(cap));
-        let old_meta = std::mem::replace(&mut self.t.meta, Region::zeroed(cap));
-        let old_origin = std::mem::replace(&mut self.origin, Region::zeroed(cap));
+        let old_keys = std::mem::replace(&mut self.t.keys, vec![0u64; cap].into_boxed_slice());
+        let old_meta =
+            std::mem::replace(&mut self.t.meta, vec![EMPTY_META; cap].into_boxed_slice());
+        let old_origin = std::mem::replace(&mut self.origin, vec![0u64; cap]);
         for (i, k) in old_keys.iter().enumerate() {
             if *k != 0 {
                 let mut s = home(*k, cap);
@@ -539,7 +540,7 @@ impl TableBuilder {
                 added_at_ms: e.added_at_ms.unwrap_or(0),
                 reason: self.t.reasons.intern(e.reason),
                 source: u16::try_from(self.t.sources.intern(e.source)).unwrap_or(u16::MAX),
-                kind: e.kind as u8,
+                kind: e.kind,
                 state: action.map(state_of).unwrap_or(STATE_REMOVED),
             },
             origin: (u64::from(file) << 32) | u64::from(line),
@@ -635,8 +636,8 @@ impl TableBuilder {
 impl Table {
     pub fn empty() -> Table {
         Table {
-            keys: Region::zeroed(0),
-            meta: Region::zeroed(0),
+            keys: Box::new([]),
+            meta: Box::new([]),
             len: 0,
             counts: [0; 6],
             qualified: [false; 6],
@@ -913,7 +914,7 @@ impl Blocklist {
 
     fn entry_of<'a>(t: &'a Table, m: &Meta) -> ListedEntry<'a> {
         ListedEntry {
-            kind: ListKind::from_u8(m.kind),
+            kind: m.kind,
             action: action_of(m.state),
             source: t.sources.get(u32::from(m.source)),
             reason: t.reasons.get(m.reason),
@@ -1108,9 +1109,6 @@ impl crate::engine::rules::expr::ListLookup for Blocklist {
         self.lookup_in(kind, bank, value, now_ms)
     }
 }
-
-mod region;
-use region::Region;
 
 #[cfg(test)]
 mod key_tests;
