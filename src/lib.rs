@@ -37,6 +37,10 @@ pub mod tools;
 pub mod proto {
     #![allow(missing_docs, unreachable_pub, clippy::all)]
     include!(concat!(env!("OUT_DIR"), "/fraudline.v1.rs"));
+
+    /// The encoded descriptor set of every .proto file, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/fraudline_descriptor.bin"));
 }
 
 /// Masks an identifier (account, phone, card) for logs: keeps the last four
