@@ -366,6 +366,9 @@ async fn http_bad_input_is_a_problem_object_naming_the_field() {
     let s = Server::start("max_request_bytes = 4096\n").await;
     let url = s.url();
     for (name, change, field) in bad_cases() {
+        if name == "bad channel" {
+            continue; // JSON names enums; "unknown channel name" below covers it
+        }
         let mut e = payment().to_wire();
         change(&mut e);
         let body = serde_json::to_string(&fraudline::event::JsonEvent::from_wire(&e)).unwrap();

@@ -53,6 +53,29 @@ const FINGERPRINT: ahash::RandomState = ahash::RandomState::with_seeds(
     0x6361_6368_652d_7631,
 );
 
+/// The event's protobuf bytes (for the audit record) and a fingerprint that
+/// a retry must match. The fingerprint takes the location to 1e-7 degree
+/// (about 1 cm): a JSON text does not always carry a float back to the same
+/// last bit, and the same payment sent as JSON and as protobuf must match.
+fn fingerprint(wire: &mut crate::proto::PaymentEvent) -> (u64, Vec<u8>) {
+    use std::hash::{BuildHasher, Hasher};
+    let geo = wire.geo.take();
+    let without_geo = wire.encode_to_vec();
+    let mut h = FINGERPRINT.build_hasher();
+    h.write(&without_geo);
+    if let Some(g) = geo {
+        h.write_i64((g.lat * 1e7).round() as i64);
+        h.write_i64((g.lon * 1e7).round() as i64);
+    }
+    wire.geo = geo;
+    let bytes = if geo.is_some() {
+        wire.encode_to_vec()
+    } else {
+        without_geo
+    };
+    (h.finish(), bytes)
+}
+
 pub struct Scorer {
     engine: Arc<Engine>,
     limits: Limits,
@@ -104,14 +127,13 @@ impl Scorer {
     /// is the caller's deadline (None: the configured default).
     pub async fn score(
         &self,
-        wire: crate::proto::PaymentEvent,
+        mut wire: crate::proto::PaymentEvent,
         started: Instant,
         budget: Option<Duration>,
         m: &InlineMetrics,
     ) -> Result<Answer, ScoreError> {
         let now = crate::now_ms();
-        let event_bytes = wire.encode_to_vec();
-        let fingerprint = FINGERPRINT.hash_one(&event_bytes);
+        let (fingerprint, event_bytes) = fingerprint(&mut wire);
         let payment = event::validate(wire, &self.limits, now)?;
         if let Some(first) = self.recent.get(&payment.event_id) {
             return self.replay(first, fingerprint, m);
