@@ -257,7 +257,9 @@ async fn http_scores_the_kafka_json_event_on_the_same_engine() {
 }
 
 /// Each case: a change to a valid event, and the field the error must name.
-fn bad_cases() -> Vec<(&'static str, Box<dyn Fn(&mut PaymentEvent)>, &'static str)> {
+type Change = Box<dyn Fn(&mut PaymentEvent)>;
+
+fn bad_cases() -> Vec<(&'static str, Change, &'static str)> {
     vec![
         ("no event_id", Box::new(|e| e.event_id.clear()), "event_id"),
         (

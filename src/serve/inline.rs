@@ -108,7 +108,7 @@ pub async fn start(
                 tracing::warn!(error = %e, "in-line gRPC server stopped");
             }
         }));
-        tracing::info!(addr = %bound, tls = tls.is_some(), mtls = i.tls_client_ca.len() > 0, "in-line gRPC API: fraudline.v1.Scoring/Score, health, reflection");
+        tracing::info!(addr = %bound, tls = tls.is_some(), mtls = !i.tls_client_ca.is_empty(), "in-line gRPC API: fraudline.v1.Scoring/Score, health, reflection");
         grpc_addr = Some(bound);
         health = Some(reporter);
     }
