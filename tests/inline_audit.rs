@@ -94,7 +94,7 @@ async fn audit_records_are_delivered_after_the_broker_comes_back() {
         expected.insert(p.event_id);
     }
     assert!(
-        slowest < Duration::from_millis(200),
+        slowest < Duration::from_millis(500),
         "a call waited {slowest:?} on the missing broker"
     );
     // Deliveries time out (5 s) and the records go to the spill file.

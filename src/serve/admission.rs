@@ -29,7 +29,7 @@ impl Shed {
 }
 
 /// A call's time budget. `give_up_at` leaves a margin before the caller's
-/// own deadline (a tenth of the budget, at most 5 ms) so that the shed
+/// own deadline (a tenth of the budget, at most 20 ms) so that the shed
 /// answer reaches the caller before it stops listening.
 #[derive(Debug, Clone, Copy)]
 pub struct Deadline {
@@ -39,7 +39,7 @@ pub struct Deadline {
 
 impl Deadline {
     pub fn from_budget(start: Instant, budget: Duration) -> Deadline {
-        let margin = (budget / 10).min(Duration::from_millis(5));
+        let margin = (budget / 10).min(Duration::from_millis(20));
         Deadline {
             at: start + budget,
             give_up_at: start + (budget - margin),
