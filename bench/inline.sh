@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # In-line API latency at fixed request rates, from real external load tools on
-# 127.0.0.1: ghz (gRPC) and vegeta (HTTP, open loop). Each rate runs twice:
+# 127.0.0.1: ghz (gRPC, schema from server reflection) and vegeta (HTTP, open loop). Each rate runs twice:
 # against fraudline scoring with the default rule pack ("engine"), and against
 # the same server answering a constant ALLOW without calling the engine
 # (inline.constant_verdict = true: the framework's floor). Every request is a
@@ -97,15 +97,41 @@ print(f"{p(0.50):.3f} {p(0.99):.3f} {p(0.999):.3f} {err} {len(lat)}")
 '
 }
 
+# The server's own view: fraudline_inline_request_duration_seconds buckets for
+# one protocol, as "le count" lines.
+buckets() { # $1 = protocol
+  curl -s "http://127.0.0.1:$metrics_port/metrics" \
+    | sed -n "s/^fraudline_inline_request_duration_seconds_bucket{protocol=\"$1\",le=\"\([^\"]*\)\"} \([0-9]*\)$/\1 \2/p"
+}
+
+# The bucket bound (ms) under which 99 % of the calls between two bucket
+# snapshots finished, inside the server: "<= X".
+server_p99() { # $1 = before file, $2 = after file
+  python3 - "$1" "$2" <<'PY'
+import sys
+def load(f):
+    return {le: int(c) for le, c in (l.split() for l in open(f) if l.strip())}
+a, b = load(sys.argv[1]), load(sys.argv[2])
+rows = sorted(((float("inf") if le == "+Inf" else float(le)), b[le] - a.get(le, 0)) for le in b)
+total = rows[-1][1] if rows else 0
+for le, c in rows:
+    if total and c >= 0.99 * total:
+        print("<=%g" % (le * 1000) if le != float("inf") else ">1000")
+        break
+else:
+    print("n/a")
+PY
+}
+
 run_grpc() { # $1 = rate, $2 = tag
   local n=$(( $1 * SECS ))
-  ghz --insecure --proto proto/fraudline/v1/scoring.proto --import-paths proto \
+  ghz --insecure \
       --call fraudline.v1.Scoring/Score --rps "$1" -n "$n" -c 64 --connections 4 \
       --format json --output "$work/ghz.json" \
       -d "{\"event_id\":\"g-$2-{{.RequestNumber}}\",\"event_time_ms\":$now_ms,
            \"payer\":{\"account\":\"{{randomInt 1000000 1100000}}\",\"bank_code\":\"MBB\",\"kind\":\"ACCOUNT_KIND_ACCOUNT\"},
            \"payee\":{\"account\":\"{{randomInt 1000000 1100000}}\",\"bank_code\":\"TPB\",\"kind\":\"ACCOUNT_KIND_ACCOUNT\"},
-           \"amount_minor\":{{randomInt 10000 5000000}},\"currency\":\"VND\",\"channel\":\"CHANNEL_MOBILE\",
+           \"amount_minor\":\"{{randomInt 10000 5000000}}\",\"currency\":\"VND\",\"channel\":\"CHANNEL_MOBILE\",
            \"payment_type\":\"PAYMENT_TYPE_TRANSFER\",\"device_id\":\"dev-{{randomInt 0 100000}}\",
            \"ip\":\"10.1.2.3\",\"phone\":\"+84900001234\",\"country\":\"VN\"}" \
       "127.0.0.1:$grpc_port" >/dev/null 2>"$work/ghz.err" || true
@@ -130,16 +156,20 @@ echo "## In-line API latency at fixed rates"
 echo
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p')) shared by the server and the load tool; ${SECS} s per rate; latencies in ms as the load tool measures them (client send to response read)."
 echo
-echo "| protocol | rate /s | engine p50 | engine p99 | engine p99.9 | floor p50 | floor p99 | floor p99.9 | errors (engine/floor) |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-declare -A res
+echo "| protocol | rate /s | engine p50 | engine p99 | engine p99.9 | floor p50 | floor p99 | floor p99.9 | server-side p99, engine / floor | errors (engine/floor) |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+declare -A res srv
 for mode in false true; do
   start_server "$mode"
   # Warm-up: connections, allocator, feature maps.
   run_grpc 1000 "warm-$mode" >/dev/null
   for rate in $RATES; do
-    res["grpc,$rate,$mode"]="$(run_grpc "$rate" "$rate-$mode")"
-    res["http,$rate,$mode"]="$(run_http "$rate" "$rate-$mode")"
+    for proto in grpc http; do
+      buckets "$proto" > "$work/before"
+      res["$proto,$rate,$mode"]="$(run_$proto "$rate" "$rate-$mode")"
+      buckets "$proto" > "$work/after"
+      srv["$proto,$rate,$mode"]="$(server_p99 "$work/before" "$work/after")"
+    done
   done
   stop_server
 done
@@ -148,11 +178,12 @@ for proto in grpc http; do
   for rate in $RATES; do
     read -r ep50 ep99 ep999 eerr eok <<<"${res[$proto,$rate,false]}"
     read -r fp50 fp99 fp999 ferr fok <<<"${res[$proto,$rate,true]}"
-    echo "| $proto | $rate | $ep50 | $ep99 | $ep999 | $fp50 | $fp99 | $fp999 | $eerr/$ferr |"
+    echo "| $proto | $rate | $ep50 | $ep99 | $ep999 | $fp50 | $fp99 | $fp999 | ${srv[$proto,$rate,false]} / ${srv[$proto,$rate,true]} | $eerr/$ferr |"
     if python3 -c "import sys; sys.exit(0 if float('$ep99') < 1.0 and int('$eerr') == 0 else 1)"; then
       if [ "$proto" = grpc ]; then best_grpc=$rate; else best_http=$rate; fi
     fi
   done
 done
 echo
-echo "Highest tested rate with engine p99 under 1 ms: gRPC ${best_grpc}/s, HTTP ${best_http}/s."
+echo "Highest tested rate with engine p99 under 1 ms at the load tool: gRPC ${best_grpc}/s, HTTP ${best_http}/s (0: none)."
+echo "Server-side p99: the fraudline_inline_request_duration_seconds bucket bound (ms) holding 99 % of the calls (request decoded to response ready, inside the server)."
