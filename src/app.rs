@@ -29,10 +29,33 @@ pub enum AppError {
     Rules(#[from] crate::engine::rules::file::LoadError),
     #[error(transparent)]
     Blocklist(#[from] crate::reload::blocklist::BlocklistFileError),
+    #[error(transparent)]
+    Serve(#[from] serve::ServeError),
+}
+
+/// The addresses the service listens on (useful with port 0).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bound {
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub http: Option<std::net::SocketAddr>,
+    /// The in-line gRPC API.
+    pub grpc: Option<std::net::SocketAddr>,
+    /// The in-line HTTP API.
+    pub inline_http: Option<std::net::SocketAddr>,
 }
 
 /// Runs the service until `shutdown` resolves and the stream has drained.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
+    run_with(cfg, shutdown, None).await
+}
+
+/// [`run`], reporting the bound addresses on `bound` once every listener is
+/// up and the rules and blocklist are loaded.
+pub async fn run_with(
+    cfg: Config,
+    shutdown: impl Future<Output = ()> + Send,
+    bound: Option<tokio::sync::oneshot::Sender<Bound>>,
+) -> Result<(), AppError> {
     let handle = telemetry::install();
     let metrics = Metrics::new();
     metrics.register_zeroes();
@@ -53,6 +76,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send) -> Resu
     };
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_http_tx, mut stop_http_rx) = watch::channel(false);
+    let mut addrs = Bound::default();
     let http = match cfg.http_listen() {
         Some(addr) => {
             let state = HttpState {
@@ -65,18 +89,57 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send) -> Resu
             .await
             .map_err(|source| AppError::Listen { addr, source })?;
             info!(addr = %bound, "serving /metrics, /healthz, /readyz");
+            addrs.http = Some(bound);
             Some(task)
         }
         None => None,
     };
     let list = start_blocklist(&cfg, &engine).await?;
-    let parts = StreamParts {
-        engine,
-        metrics,
-        ready,
-        applied: Default::default(),
+    // One stop signal for the in-line API, fired by `shutdown` (or by the
+    // stream ending on its own).
+    let (stop_inline, stop_inline_rx) = watch::channel(false);
+    let inline = if cfg.inline.enabled {
+        let servers = serve::inline::start(&cfg, engine.clone(), stop_inline_rx).await?;
+        addrs.grpc = servers.grpc_addr;
+        addrs.inline_http = servers.http_addr;
+        Some(servers)
+    } else {
+        None
     };
-    let result = stream::run(&cfg, parts, shutdown).await;
+    if let Some(tx) = bound {
+        let _ = tx.send(addrs);
+    }
+    let signal = {
+        let (stop, ready, inline) = (&stop_inline, ready.clone(), inline.as_ref());
+        async move {
+            shutdown.await;
+            info!("shutting down: not ready, draining in-flight calls");
+            ready.store(false, std::sync::atomic::Ordering::SeqCst);
+            if let Some(i) = inline {
+                i.draining().await;
+            }
+            let _ = stop.send(true);
+        }
+    };
+    let result = if cfg.stream_enabled() {
+        let parts = StreamParts {
+            engine,
+            metrics,
+            ready: ready.clone(),
+            applied: Default::default(),
+        };
+        stream::run(&cfg, parts, signal).await
+    } else {
+        // In-line only: rules and blocklist are loaded; there is no warm-up.
+        ready.store(true, std::sync::atomic::Ordering::SeqCst);
+        info!("in-line only (kafka.payments_topic is empty): ready");
+        signal.await;
+        Ok(())
+    };
+    let _ = stop_inline.send(true);
+    if let Some(i) = inline {
+        i.finish().await;
+    }
     list.stop().await;
     if let Some(w) = watcher {
         w.abort();

@@ -50,6 +50,45 @@ pub struct Config {
     pub rules: RulesSection,
     pub blocklist: BlocklistSection,
     pub log: LogConfig,
+    pub inline: InlineSection,
+}
+
+/// What the in-line API answers when it sheds a call (overload or deadline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverloadPolicy {
+    /// ALLOW: the payment goes through unscored.
+    FailOpen,
+    /// HOLD: the payment waits for a person.
+    FailClosed,
+}
+
+/// `[inline]`: the in-line scoring API (gRPC and HTTP) for payment switches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InlineSection {
+    pub enabled: bool,
+    pub grpc_listen: String,
+    pub http_listen: String,
+    pub max_concurrency: usize,
+    pub max_queue: usize,
+    pub default_budget_ms: u64,
+    pub overload_policy: OverloadPolicy,
+    pub idempotency_capacity: usize,
+    pub max_request_bytes: usize,
+    pub tls_cert: String,
+    pub tls_key: String,
+    pub tls_client_ca: String,
+    pub bearer_tokens_file: String,
+    pub audit: bool,
+    pub audit_buffer: usize,
+    pub audit_spill_dir: String,
+    pub audit_spill_max_bytes: u64,
+    pub drain_timeout_ms: u64,
+    /// Testing only: hold each admitted call this long before scoring.
+    pub debug_hold_ms: u64,
+    /// Benchmark only: answer a constant ALLOW without calling the engine.
+    pub constant_verdict: bool,
 }
 
 /// `[blocklist]`: list files (the compacted-topic source is to come).
@@ -291,13 +330,18 @@ impl Config {
         }
         for (key, v) in [
             ("kafka.group_id", &k.group_id),
-            ("kafka.payments_topic", &k.payments_topic),
             ("kafka.verdicts_topic", &k.verdicts_topic),
             ("kafka.dlq_topic", &k.dlq_topic),
         ] {
             if v.trim().is_empty() {
                 e.push(format!("{key}: must not be empty"));
             }
+        }
+        if k.payments_topic.trim().is_empty() && !self.inline.enabled {
+            e.push(
+                "kafka.payments_topic: must not be empty (empty means in-line only, which needs inline.enabled = true)"
+                    .into(),
+            );
         }
         if k.payments_topic == k.verdicts_topic || k.payments_topic == k.dlq_topic {
             e.push(
@@ -445,6 +489,7 @@ impl Config {
         if f.sweep_interval_s == 0 {
             e.push("features.sweep_interval_s: must be at least 1".into());
         }
+        self.validate_inline(&mut e);
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             e.push(format!(
                 "log.level: {:?} is not a valid filter",
@@ -456,6 +501,99 @@ impl Config {
         } else {
             Err(ConfigError::Invalid(e))
         }
+    }
+
+    fn validate_inline(&self, e: &mut Vec<String>) {
+        let i = &self.inline;
+        if !i.enabled {
+            return;
+        }
+        for (key, v) in [
+            ("inline.grpc_listen", &i.grpc_listen),
+            ("inline.http_listen", &i.http_listen),
+        ] {
+            if !v.is_empty() && v.parse::<SocketAddr>().is_err() {
+                e.push(format!(
+                    "{key}: {v:?} is not an address like 0.0.0.0:50051 (or \"\" for off)"
+                ));
+            }
+        }
+        if i.grpc_listen.is_empty() && i.http_listen.is_empty() {
+            e.push("inline.grpc_listen / inline.http_listen: at least one is needed when inline.enabled = true".into());
+        }
+        if !i.http_listen.is_empty()
+            && i.http_listen == self.http.listen
+            && !i.http_listen.ends_with(":0")
+        {
+            e.push(format!(
+                "inline.http_listen: {:?} is also http.listen (the metrics port); use another port",
+                i.http_listen
+            ));
+        }
+        if !(1..=100_000).contains(&i.max_concurrency) {
+            e.push(format!(
+                "inline.max_concurrency: {} is outside 1..=100000",
+                i.max_concurrency
+            ));
+        }
+        if i.max_queue > 1_000_000 {
+            e.push(format!("inline.max_queue: {} is over 1000000", i.max_queue));
+        }
+        if !(1..=60_000).contains(&i.default_budget_ms) {
+            e.push(format!(
+                "inline.default_budget_ms: {} is outside 1..=60000",
+                i.default_budget_ms
+            ));
+        }
+        if i.idempotency_capacity > 100_000_000 {
+            e.push(format!(
+                "inline.idempotency_capacity: {} is over 100000000",
+                i.idempotency_capacity
+            ));
+        }
+        if !(256..=16 * 1024 * 1024).contains(&i.max_request_bytes) {
+            e.push(format!(
+                "inline.max_request_bytes: {} is outside 256..=16777216",
+                i.max_request_bytes
+            ));
+        }
+        if i.tls_cert.is_empty() != i.tls_key.is_empty() {
+            e.push("inline.tls_cert / inline.tls_key: set both or neither".into());
+        }
+        if !i.tls_client_ca.is_empty() && i.tls_cert.is_empty() {
+            e.push(
+                "inline.tls_client_ca: needs inline.tls_cert and inline.tls_key (mTLS is TLS)"
+                    .into(),
+            );
+        }
+        for (key, f) in [
+            ("inline.tls_cert", &i.tls_cert),
+            ("inline.tls_key", &i.tls_key),
+            ("inline.tls_client_ca", &i.tls_client_ca),
+            ("inline.bearer_tokens_file", &i.bearer_tokens_file),
+        ] {
+            if !f.is_empty() && !Path::new(f).is_file() {
+                e.push(format!("{key}: {f:?} is not a readable file"));
+            }
+        }
+        if i.audit {
+            if i.audit_buffer == 0 {
+                e.push("inline.audit_buffer: must be at least 1".into());
+            }
+            if i.audit_spill_dir.trim().is_empty() {
+                e.push(
+                    "inline.audit_spill_dir: must name a directory when inline.audit = true".into(),
+                );
+            }
+        }
+        if i.drain_timeout_ms == 0 {
+            e.push("inline.drain_timeout_ms: must be at least 1".into());
+        }
+    }
+
+    /// Whether the Kafka payments stream runs (false: in-line only).
+    pub fn stream_enabled(&self) -> bool {
+        !self.kafka.payments_topic.trim().is_empty()
     }
 
     pub fn limits(&self) -> Limits {
@@ -582,6 +720,56 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("maybe-once"), "{err}");
+    }
+
+    #[test]
+    fn inline_defaults_env_and_validation() {
+        let c = Config::from_parts(None, None, env(&[])).unwrap();
+        assert!(!c.inline.enabled);
+        assert_eq!(c.inline.overload_policy, OverloadPolicy::FailClosed);
+        let c = Config::from_parts(
+            Some("[kafka]\npayments_topic = \"\"\n"),
+            None,
+            env(&[
+                ("FRAUDLINE_INLINE__ENABLED", "true"),
+                ("FRAUDLINE_INLINE__OVERLOAD_POLICY", "fail-open"),
+                ("FRAUDLINE_INLINE__MAX_CONCURRENCY", "7"),
+            ]),
+        )
+        .unwrap();
+        assert!(!c.stream_enabled());
+        assert_eq!(c.inline.overload_policy, OverloadPolicy::FailOpen);
+        assert_eq!(c.inline.max_concurrency, 7);
+        // In-line only needs the in-line API on.
+        let err = Config::from_parts(Some("[kafka]\npayments_topic = \"\"\n"), None, env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.payments_topic"), "{err}");
+        let file = "[inline]\nenabled = true\ngrpc_listen = \"x\"\nmax_concurrency = 0\n\
+                    default_budget_ms = 0\ntls_key = \"/nonexistent\"\noverload_policy = \"fail-closed\"\n";
+        let ConfigError::Invalid(list) =
+            Config::from_parts(Some(file), None, env(&[])).unwrap_err()
+        else {
+            panic!("expected Invalid")
+        };
+        let all = list.join("\n");
+        for key in [
+            "inline.grpc_listen",
+            "inline.max_concurrency",
+            "inline.default_budget_ms",
+            "inline.tls_cert / inline.tls_key",
+            "inline.tls_key:",
+        ] {
+            assert!(all.contains(key), "{key} missing from:\n{all}");
+        }
+        let err = Config::from_parts(
+            Some("[inline]\noverload_policy = \"fail-sideways\"\n"),
+            None,
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("fail-sideways"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! payments topic ──► decode ──► features ──► rules ──► blocklist ──► verdict ──► verdicts topic
 //! (protobuf/JSON)      │          (state)      │          (lists)        │
 //!       malformed ─────┴──► DLQ topic          │                         └──► metrics
+//! in-line gRPC / HTTP ──► auth ──► decode ──► recent-verdict cache ──► admission (or DEGRADED)
+//!                                                   ──► same Engine ──► response (+ audit to verdicts topic)
 //! demo / score / gen ───────────────────────► same Engine
 //! ```
 //!
@@ -15,7 +17,8 @@
 //! | score | [`engine`] | [`engine::Engine::score`], the one hot path: features, rules, blocklist, decision |
 //! | Kafka in/out | [`stream`] | consumer group, verdict producer, DLQ, offsets, transactions |
 //! | HTTP | [`serve`] | `/metrics`, `/healthz`, `/readyz` |
-//! | wiring | [`app`] | builds the Engine, runs the stream, drains on shutdown |
+//! | in-line API | [`serve::inline`], [`serve::scorer`] | gRPC `fraudline.v1.Scoring/Score` (+ health, reflection) and HTTP `POST /v1/score`: auth, idempotency, admission and shedding, audit |
+//! | wiring | [`app`] | builds the Engine, runs the stream and/or the in-line API, drains on shutdown |
 //! | config | [`config`] | one TOML file + `FRAUDLINE_*` env overrides |
 //! | metrics | [`telemetry`] | every metric name, tracing set-up |
 //! | analyst tools | [`tools`] | synthetic traffic generator, demo |
@@ -37,6 +40,10 @@ pub mod tools;
 pub mod proto {
     #![allow(missing_docs, unreachable_pub, clippy::all)]
     include!(concat!(env!("OUT_DIR"), "/fraudline.v1.rs"));
+
+    /// The encoded descriptor set of every .proto file, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/fraudline_descriptor.bin"));
 }
 
 /// Masks an identifier (account, phone, card) for logs: keeps the last four

@@ -18,28 +18,6 @@ use std::process::Command;
 
 use fraudline::telemetry::{MetricKind, CATALOGUE};
 
-/// Metrics of the in-line API (issue 6), declared on its branch. The
-/// dashboard, the alerts and docs/METRICS.md use them already.
-/// LEAD: remove this list when merging issue 6 (its metrics then come from
-/// the catalogue, and this check covers them like any other).
-const PENDING_INLINE_METRICS: &[(&str, MetricKind)] = &[
-    ("fraudline_inline_requests_total", MetricKind::Counter),
-    (
-        "fraudline_inline_request_duration_seconds",
-        MetricKind::Histogram,
-    ),
-    ("fraudline_inline_in_flight", MetricKind::Gauge),
-    ("fraudline_inline_shed_total", MetricKind::Counter),
-    (
-        "fraudline_inline_idempotent_replays_total",
-        MetricKind::Counter,
-    ),
-    ("fraudline_audit_backlog_records", MetricKind::Gauge),
-    ("fraudline_audit_spilled_records_total", MetricKind::Counter),
-    ("fraudline_audit_dropped_records_total", MetricKind::Counter),
-    ("fraudline_audit_sent_records_total", MetricKind::Counter),
-];
-
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -48,18 +26,9 @@ fn read(rel: &str) -> String {
     std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
-/// Every exported base name with its kind: the catalogue, plus the pending
-/// in-line metrics (only `fraudline_inline_*` / `fraudline_audit_*`).
+/// Every exported base name with its kind: the catalogue.
 fn exported() -> BTreeMap<&'static str, MetricKind> {
-    let mut m: BTreeMap<_, _> = CATALOGUE.iter().map(|s| (s.name, s.kind)).collect();
-    for (name, kind) in PENDING_INLINE_METRICS {
-        assert!(
-            name.starts_with("fraudline_inline_") || name.starts_with("fraudline_audit_"),
-            "{name}: only in-line API metrics may be pending"
-        );
-        m.entry(*name).or_insert(*kind);
-    }
-    m
+    CATALOGUE.iter().map(|s| (s.name, s.kind)).collect()
 }
 
 /// Resolves a series name as PromQL sees it: a counter or gauge by its name,
@@ -338,19 +307,9 @@ fn docs_metrics_table_matches_the_catalogue() {
             }
         }
     }
-    for (name, (kind, _)) in &docs {
-        let in_code = CATALOGUE.iter().any(|m| m.name == name);
-        let pending = PENDING_INLINE_METRICS
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, k)| k.as_str());
-        if !in_code && pending.is_none() {
+    for name in docs.keys() {
+        if !CATALOGUE.iter().any(|m| m.name == name) {
             bad.push(format!("{name} is documented but not exported"));
-        }
-        if let Some(k) = pending.filter(|_| !in_code) {
-            if k != kind {
-                bad.push(format!("{name}: docs say {kind}, the in-line API {k}"));
-            }
         }
     }
     assert!(

@@ -121,6 +121,21 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// The input field at fault, when one field is (for API error replies).
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            DecodeError::MissingField(f)
+            | DecodeError::FieldTooLong { field: f, .. }
+            | DecodeError::InvalidField { field: f, .. } => Some(f),
+            DecodeError::InvalidAmount { .. } => Some("amount_minor"),
+            DecodeError::UnknownCurrency(_) => Some("currency"),
+            DecodeError::FutureTimestamp { .. } | DecodeError::TimestampTooOld(_) => {
+                Some("event_time_ms")
+            }
+            _ => None,
+        }
+    }
+
     /// A stable, low-cardinality code: the metric label and DLQ header value.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -195,6 +210,16 @@ pub fn decode(
     limits: &Limits,
     now_ms: i64,
 ) -> Result<Payment, DecodeError> {
+    validate(decode_wire(bytes, format, limits)?, limits, now_ms)
+}
+
+/// The first half of [`decode`]: bytes to the wire event, not yet validated
+/// (the in-line API keeps the wire form for idempotency and audit).
+pub fn decode_wire(
+    bytes: &[u8],
+    format: Option<Format>,
+    limits: &Limits,
+) -> Result<crate::proto::PaymentEvent, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
@@ -221,7 +246,7 @@ pub fn decode(
             ev.into_wire()?
         }
     };
-    validate(wire, limits, now_ms)
+    Ok(wire)
 }
 
 /// Checks a wire event and turns it into a [`Payment`].

@@ -1,6 +1,27 @@
 //! The service's HTTP endpoints: `/metrics` (Prometheus text), `/healthz`
 //! (the process is alive) and `/readyz` (it is consuming and may take
-//! traffic; false while starting and while draining).
+//! traffic; false while starting and while draining); and the in-line
+//! scoring API for payment switches (`[inline]`):
+//!
+//! | file | what it owns |
+//! | --- | --- |
+//! | [`inline`] | starts the gRPC and HTTP listeners on one [`scorer::Scorer`], drains them |
+//! | [`scorer`] | validate, replay, admit or shed, score, remember, audit: the one code path |
+//! | [`grpc`] | `fraudline.v1.Scoring/Score`, health, reflection |
+//! | [`http_api`] | `POST /v1/score`, RFC 9457 problems |
+//! | [`admission`] | bounded concurrency and queue, deadlines, shedding |
+//! | [`idempotency`] | the bounded recent-verdict cache |
+//! | [`audit`] | in-line verdicts to the verdicts topic, with a spill file |
+//! | [`auth`] | bearer tokens, TLS and mTLS (rustls) |
+
+pub mod admission;
+pub mod audit;
+pub mod auth;
+pub mod grpc;
+pub mod http_api;
+pub mod idempotency;
+pub mod inline;
+pub mod scorer;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +33,22 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
+
+/// Why the in-line API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
+    #[error("gRPC server set-up: {0}")]
+    Grpc(String),
+}
 
 #[derive(Clone)]
 pub struct HttpState {

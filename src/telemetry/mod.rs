@@ -50,6 +50,35 @@ pub const FEATURE_EVICTIONS: &str = "fraudline_feature_evictions_total";
 pub const FEATURE_KEY_EVICTIONS: &str = "fraudline_feature_key_evictions_total";
 pub const FEATURE_SKETCHES: &str = "fraudline_feature_sketches_started_total";
 pub const FEATURE_SWEEP_DURATION: &str = "fraudline_feature_sweep_duration_seconds";
+pub const INLINE_REQUESTS: &str = "fraudline_inline_requests_total";
+pub const INLINE_DURATION: &str = "fraudline_inline_request_duration_seconds";
+pub const INLINE_IN_FLIGHT: &str = "fraudline_inline_in_flight";
+pub const INLINE_SHED: &str = "fraudline_inline_shed_total";
+pub const INLINE_REPLAYS: &str = "fraudline_inline_idempotent_replays_total";
+pub const AUDIT_BACKLOG: &str = "fraudline_audit_backlog_records";
+pub const AUDIT_SPILLED: &str = "fraudline_audit_spilled_records_total";
+pub const AUDIT_DROPPED: &str = "fraudline_audit_dropped_records_total";
+pub const AUDIT_SENT: &str = "fraudline_audit_sent_records_total";
+
+/// In-line request time, arrival to response written: tens of microseconds
+/// to the largest budgets.
+const INLINE_BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_2, 0.000_3, 0.000_5, 0.000_75, 0.001, 0.002, 0.005, 0.01,
+    0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// The `code` label values of `fraudline_inline_requests_total`: gRPC code
+/// names, and HTTP status codes (a fixed set: the API answers no others).
+pub const INLINE_GRPC_CODES: &[&str] = &[
+    "OK",
+    "INVALID_ARGUMENT",
+    "UNAUTHENTICATED",
+    "ALREADY_EXISTS",
+    "UNAVAILABLE",
+    "RESOURCE_EXHAUSTED",
+    "INTERNAL",
+];
+pub const INLINE_HTTP_CODES: &[&str] = &["200", "400", "401", "409", "413", "415", "503", "500"];
 
 /// What a metric is, for Prometheus's `# TYPE` line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,8 +124,7 @@ const fn spec(
     }
 }
 
-/// Every metric fraudline exports. The in-line API's metrics
-/// (`fraudline_inline_*`, `fraudline_audit_*`) are declared with that API.
+/// Every metric fraudline exports.
 pub const CATALOGUE: &[MetricSpec] = {
     use MetricKind::*;
     &[
@@ -132,6 +160,15 @@ pub const CATALOGUE: &[MetricSpec] = {
         spec(FEATURE_SWEEP_DURATION, Gauge, &[], "Duration of the last feature-state sweep (TTL and cap eviction)"),
         spec(READY, Gauge, &[], "1 when the service is ready to take traffic"),
         spec(BUILD_INFO, Gauge, &["version", "git_hash"], "Build information; the value is always 1"),
+        spec(INLINE_REQUESTS, Counter, &["protocol", "code"], "In-line scoring calls answered, by protocol (grpc, http) and code (gRPC code name or HTTP status)"),
+        spec(INLINE_DURATION, Histogram, &["protocol"], "In-line call time inside the server, request decoded to response ready, by protocol"),
+        spec(INLINE_IN_FLIGHT, Gauge, &["protocol"], "In-line calls in progress, by protocol"),
+        spec(INLINE_SHED, Counter, &["protocol", "reason"], "In-line calls answered with the overload policy (reason DEGRADED), by protocol and reason (overload: bounds full; deadline: the budget ran out while queued)"),
+        spec(INLINE_REPLAYS, Counter, &["protocol"], "In-line calls answered from the recent-verdict cache (a retry of an event_id), by protocol"),
+        spec(AUDIT_BACKLOG, Gauge, &[], "In-line verdict audit records not yet acknowledged by Kafka (in memory and spilled)"),
+        spec(AUDIT_SPILLED, Counter, &[], "In-line verdict audit records written to the local spill file (Kafka slow or away)"),
+        spec(AUDIT_DROPPED, Counter, &[], "In-line verdict audit records dropped because the spill bound was hit"),
+        spec(AUDIT_SENT, Counter, &[], "In-line verdict audit records acknowledged by Kafka"),
     ]
 };
 
@@ -173,6 +210,9 @@ pub fn install() -> PrometheusHandle {
                 .set_buckets_for_metric(Matcher::Full(ENGINE_LATENCY.into()), ENGINE_BUCKETS)
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(END_TO_END_LATENCY.into()), E2E_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(INLINE_DURATION.into()), INLINE_BUCKETS)
                 });
             let handle = match builder.and_then(|b| b.install_recorder()) {
                 Ok(h) => h,
@@ -282,6 +322,94 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// Handles for the in-line API metrics of one protocol, registered once.
+#[derive(Clone)]
+pub struct InlineMetrics {
+    codes: &'static [&'static str],
+    requests: Vec<Counter>,
+    pub duration: Histogram,
+    pub in_flight: Gauge,
+    pub shed_overload: Counter,
+    pub shed_deadline: Counter,
+    pub replays: Counter,
+}
+
+impl InlineMetrics {
+    /// `protocol` is "grpc" or "http".
+    pub fn new(protocol: &'static str) -> InlineMetrics {
+        let codes = if protocol == "grpc" {
+            INLINE_GRPC_CODES
+        } else {
+            INLINE_HTTP_CODES
+        };
+        InlineMetrics {
+            codes,
+            requests: codes
+                .iter()
+                .map(|c| metrics::counter!(INLINE_REQUESTS, "protocol" => protocol, "code" => *c))
+                .collect(),
+            duration: metrics::histogram!(INLINE_DURATION, "protocol" => protocol),
+            in_flight: metrics::gauge!(INLINE_IN_FLIGHT, "protocol" => protocol),
+            shed_overload: metrics::counter!(INLINE_SHED, "protocol" => protocol, "reason" => "overload"),
+            shed_deadline: metrics::counter!(INLINE_SHED, "protocol" => protocol, "reason" => "deadline"),
+            replays: metrics::counter!(INLINE_REPLAYS, "protocol" => protocol),
+        }
+    }
+
+    /// Counts one answered call; `code` is one of this protocol's codes
+    /// (anything else counts under the last, INTERNAL / 500).
+    pub fn request(&self, code: &str) {
+        let i = self
+            .codes
+            .iter()
+            .position(|c| *c == code)
+            .unwrap_or(self.codes.len() - 1);
+        self.requests[i].increment(1);
+    }
+
+    /// Registers zero-valued series for every code and shed reason.
+    pub fn register_zeroes(&self) {
+        for c in &self.requests {
+            c.increment(0);
+        }
+        self.shed_overload.increment(0);
+        self.shed_deadline.increment(0);
+        self.replays.increment(0);
+        self.in_flight.set(0.0);
+    }
+}
+
+/// Handles for the audit metrics, registered once.
+#[derive(Clone)]
+pub struct AuditMetrics {
+    pub backlog: Gauge,
+    pub spilled: Counter,
+    pub dropped: Counter,
+    pub sent: Counter,
+}
+
+impl AuditMetrics {
+    pub fn new() -> AuditMetrics {
+        let m = AuditMetrics {
+            backlog: metrics::gauge!(AUDIT_BACKLOG),
+            spilled: metrics::counter!(AUDIT_SPILLED),
+            dropped: metrics::counter!(AUDIT_DROPPED),
+            sent: metrics::counter!(AUDIT_SENT),
+        };
+        m.spilled.increment(0);
+        m.dropped.increment(0);
+        m.sent.increment(0);
+        m.backlog.set(0.0);
+        m
+    }
+}
+
+impl Default for AuditMetrics {
+    fn default() -> Self {
+        AuditMetrics::new()
     }
 }
 

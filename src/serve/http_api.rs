@@ -1,0 +1,274 @@
+//! `POST /v1/score`: the in-line API over HTTP/JSON. The body is the same
+//! JSON as a Kafka JSON event; the answer is the verdict as JSON, or an
+//! RFC 9457 problem object (`application/problem+json`) with a stable `code`
+//! and, for input errors, the `field` at fault.
+//!
+//! Headers in: `authorization: Bearer <token>` (when tokens are configured),
+//! `x-fraudline-timeout-ms` (the caller's budget). Headers out:
+//! `fraudline-replay: true` (a retry answered from the cache),
+//! `fraudline-degraded: overload|deadline` (the overload policy's answer).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use tokio::sync::watch;
+
+use super::auth::Tokens;
+use super::scorer::{Outcome, ScoreError, Scorer};
+use crate::event::{self, DecodeError, Format};
+use crate::telemetry::InlineMetrics;
+
+/// The budget header: milliseconds the caller will wait.
+pub const TIMEOUT_HEADER: &str = "x-fraudline-timeout-ms";
+
+#[derive(Clone)]
+struct Api {
+    scorer: Arc<Scorer>,
+    tokens: Option<Arc<Tokens>>,
+    metrics: InlineMetrics,
+}
+
+pub fn router(scorer: Arc<Scorer>, tokens: Option<Arc<Tokens>>) -> Router {
+    let metrics = InlineMetrics::new("http");
+    metrics.register_zeroes();
+    Router::new()
+        .route("/v1/score", post(score))
+        .fallback(|| async {
+            problem(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint; the in-line API is POST /v1/score",
+                None,
+            )
+        })
+        .with_state(Api {
+            scorer,
+            tokens,
+            metrics,
+        })
+}
+
+/// An RFC 9457 problem response.
+fn problem(status: StatusCode, code: &str, detail: &str, field: Option<&str>) -> Response {
+    let mut body = serde_json::json!({
+        "type": format!("urn:fraudline:problem:{code}"),
+        "title": status.canonical_reason().unwrap_or("error"),
+        "status": status.as_u16(),
+        "code": code,
+        "detail": detail,
+    });
+    if let Some(f) = field {
+        body["field"] = f.into();
+    }
+    let mut r = (status, body.to_string()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    r
+}
+
+struct InFlight<'a>(&'a InlineMetrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.decrement(1.0);
+    }
+}
+
+async fn score(State(api): State<Api>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let m = &api.metrics;
+    m.in_flight.increment(1.0);
+    let _in_flight = InFlight(m);
+    let r = handle(&api, &headers, body, started).await;
+    m.request(r.status().as_str());
+    m.duration.record(started.elapsed().as_secs_f64());
+    r
+}
+
+fn decode_problem(e: &DecodeError) -> Response {
+    let status = match e {
+        DecodeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    problem(status, e.kind(), &e.to_string(), e.field())
+}
+
+async fn handle(api: &Api, headers: &HeaderMap, body: Body, started: Instant) -> Response {
+    if let Some(t) = &api.tokens {
+        if !t.allows(
+            headers
+                .get(header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes),
+        ) {
+            let mut r = problem(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "a valid bearer token is required (authorization: Bearer <token>)",
+                None,
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let json = ct
+            .to_str()
+            .ok()
+            .and_then(Format::from_content_type)
+            .is_some_and(|f| f == Format::Json);
+        if !json {
+            return problem(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be JSON (content-type: application/json)",
+                Some("content-type"),
+            );
+        }
+    }
+    let budget = match headers.get(TIMEOUT_HEADER) {
+        None => None,
+        Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+            Some(ms) if ms <= 600_000 => Some(Duration::from_millis(ms)),
+            _ => return problem(
+                StatusCode::BAD_REQUEST,
+                "invalid_timeout",
+                "x-fraudline-timeout-ms must be an integer number of milliseconds, at most 600000",
+                Some(TIMEOUT_HEADER),
+            ),
+        },
+    };
+    let limits = *api.scorer.limits();
+    let bytes = match axum::body::to_bytes(body, limits.max_message_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                &format!(
+                    "the body is over the {}-byte limit",
+                    limits.max_message_bytes
+                ),
+                None,
+            )
+        }
+    };
+    let wire = match event::decode_wire(&bytes, Some(Format::Json), &limits) {
+        Ok(w) => w,
+        Err(e) => return decode_problem(&e),
+    };
+    match api.scorer.score(wire, started, budget, &api.metrics).await {
+        Ok(a) => {
+            let body = api.scorer.json(&a.decided).to_string();
+            let mut r = (StatusCode::OK, body).into_response();
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            match a.outcome {
+                Outcome::Scored => {}
+                Outcome::Replay => {
+                    h.insert("fraudline-replay", HeaderValue::from_static("true"));
+                }
+                Outcome::Degraded(shed) => {
+                    h.insert(
+                        "fraudline-degraded",
+                        HeaderValue::from_static(shed.as_str()),
+                    );
+                }
+            }
+            r
+        }
+        Err(ScoreError::Invalid(e)) => decode_problem(&e),
+        Err(e @ ScoreError::Reused(_)) => problem(
+            StatusCode::CONFLICT,
+            "event_id_reused",
+            &e.to_string(),
+            Some("event_id"),
+        ),
+    }
+}
+
+/// Serves `router` on `listener` (TLS when `tls` is given) until `stop`
+/// turns true, then stops accepting and lets in-flight calls finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::service::TowerToHyperService;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let http = Arc::new(http);
+    loop {
+        let (tcp, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "in-line HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let svc = TowerToHyperService::new(router.clone());
+        let http = http.clone();
+        match &acceptor {
+            None => {
+                let conn = http
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let tls = match tokio::time::timeout(
+                        Duration::from_secs(10),
+                        acceptor.accept(tcp),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "in-line HTTP TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let conn = http
+                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                        .into_owned();
+                    let _ = watcher.watch(conn).await;
+                });
+            }
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-line HTTP: calls still open after the drain timeout");
+    }
+}
