@@ -12,8 +12,8 @@
 //! - reload: `Engine::score` with the default rule pack, timed one call at a
 //!   time for 4 s with the 10 M list in place, then again while a second
 //!   thread reloads the 10 M file through `Sources::reload_files` (read,
-//!   validate, build aside, swap, free the old table): the two latency
-//!   histograms side by side.
+//!   validate, build aside, swap, free the old table), flat out and then
+//!   paced to `reload_duty_cycle = 0.25`: the latency histograms side by side.
 //!
 //! Run: `cargo bench --bench blocklist` (about 3 minutes; ~1.5 GB of RAM and
 //! ~600 MB of /tmp).
@@ -190,7 +190,8 @@ fn histogram(ns: &[u32]) -> [usize; 10] {
     h
 }
 
-/// Engine p99 with the 10 M list in place, and while it is reloaded.
+/// Engine p99 with the 10 M list in place, and while it is reloaded: flat
+/// out, then paced to the default `reload_duty_cycle` of 0.25.
 fn reload_under_load(path: &std::path::Path) {
     let mut events = Generator::new(GenConfig {
         seed: 11,
@@ -203,19 +204,12 @@ fn reload_under_load(path: &std::path::Path) {
     let engine = Arc::new(Engine::new(EngineConfig::default()));
     let pack = fraudline::engine::rules::file::default_pack().expect("default pack");
     engine.set_rules(pack.rules);
-    let sources = Arc::new(source::Sources::new(
-        engine.clone(),
-        vec![path.to_path_buf()],
-        0,
-        "84".into(),
-    ));
-    sources.reload_files().expect("first load");
     for p in &warm {
         engine.score(p);
     }
     let mut i = 0;
     let mut run = |until: &dyn Fn(usize) -> bool| {
-        let mut ns = Vec::with_capacity(4_000_000);
+        let mut ns = Vec::with_capacity(8_000_000);
         while !until(ns.len()) {
             i = (i + 1) % set.len();
             let t = Instant::now();
@@ -224,26 +218,39 @@ fn reload_under_load(path: &std::path::Path) {
         }
         ns
     };
-    let t0 = Instant::now();
-    let mut before = run(&|_| t0.elapsed() >= Duration::from_secs(4));
-    let done = Arc::new(AtomicBool::new(false));
-    let (s, d) = (sources.clone(), done.clone());
-    let reload_started = Instant::now();
-    let reloader = std::thread::spawn(move || {
-        s.reload_files().expect("reload");
-        d.store(true, Ordering::SeqCst);
-    });
-    let mut during = run(&|_| done.load(Ordering::SeqCst));
-    let reload_took = reload_started.elapsed();
-    let _ = reloader.join();
-    assert_eq!(engine.blocklist().version(), 2);
-    let (hb, hd) = (histogram(&before), histogram(&during));
-    let (qb, qd) = (quantiles(&mut before), quantiles(&mut during));
-    println!(
-        "engine score (default rules, 10 M list), one thread scoring, the other reloading the list ({:.1} s):",
-        reload_took.as_secs_f64()
-    );
-    println!("  {:>12} {:>12} {:>12}", "latency", "before", "during");
+    let mut phases: Vec<(String, Vec<u32>)> = Vec::new();
+    for duty in [1.0, 0.25] {
+        let sources = Arc::new(
+            source::Sources::new(engine.clone(), vec![path.to_path_buf()], 0, "84".into())
+                .with_reload_duty(duty),
+        );
+        sources.reload_files().expect("first load");
+        let t0 = Instant::now();
+        let before = run(&|_| t0.elapsed() >= Duration::from_secs(4));
+        let done = Arc::new(AtomicBool::new(false));
+        let (s, d) = (sources.clone(), done.clone());
+        let reload_started = Instant::now();
+        let reloader = std::thread::spawn(move || {
+            s.reload_files().expect("reload");
+            d.store(true, Ordering::SeqCst);
+        });
+        let during = run(&|_| done.load(Ordering::SeqCst));
+        let took = reload_started.elapsed();
+        let _ = reloader.join();
+        assert_eq!(engine.blocklist().version(), 2);
+        phases.push((format!("before (duty {duty})"), before));
+        phases.push((
+            format!("reload, duty {duty}: {:.1} s", took.as_secs_f64()),
+            during,
+        ));
+    }
+    println!("engine score (default rules, 10 M list), one thread scoring, the other reloading the list:");
+    print!("  {:>12}", "latency");
+    for (name, _) in &phases {
+        print!(" {name:>26}");
+    }
+    println!();
+    let hs: Vec<[usize; 10]> = phases.iter().map(|(_, ns)| histogram(ns)).collect();
     let mut lo = 0;
     for (k, e) in EDGES.iter().enumerate() {
         let label = if *e == u32::MAX {
@@ -251,14 +258,31 @@ fn reload_under_load(path: &std::path::Path) {
         } else {
             format!("<= {} us", e / 1000)
         };
-        println!("  {:>12} {:>12} {:>12}", label, hb[k], hd[k]);
+        print!("  {label:>12}");
+        for h in &hs {
+            print!(" {:>26}", h[k]);
+        }
+        println!();
         lo = *e;
     }
-    println!(
-        "  p50 / p99 / p99.9 / max: before {} / {} / {} / {} ns ({} calls); during {} / {} / {} / {} ns ({} calls); p99 ratio {:.2}",
-        qb[0], qb[1], qb[2], qb[3], before.len(), qd[0], qd[1], qd[2], qd[3], during.len(),
-        f64::from(qd[1]) / f64::from(qb[1].max(1))
-    );
+    let qs: Vec<[u32; 4]> = phases.iter_mut().map(|(_, ns)| quantiles(ns)).collect();
+    for ((name, ns), q) in phases.iter().zip(&qs) {
+        println!(
+            "  {name}: p50 {} / p99 {} / p99.9 {} / max {} ns ({} calls)",
+            q[0],
+            q[1],
+            q[2],
+            q[3],
+            ns.len()
+        );
+    }
+    for k in [0, 1] {
+        println!(
+            "  p99 during / before, {}: {:.2}",
+            phases[2 * k + 1].0,
+            f64::from(qs[2 * k + 1][1]) / f64::from(qs[2 * k][1].max(1))
+        );
+    }
 }
 
 criterion_group! {

@@ -181,12 +181,15 @@ async fn start_blocklist(cfg: &Config, engine: &Arc<Engine>) -> Result<ListSourc
             topic: None,
         });
     }
-    let sources = Arc::new(bl::Sources::new(
-        engine.clone(),
-        b.files.iter().map(Into::into).collect(),
-        b.max_bad_lines,
-        b.country_code.clone(),
-    ));
+    let sources = Arc::new(
+        bl::Sources::new(
+            engine.clone(),
+            b.files.iter().map(Into::into).collect(),
+            b.max_bad_lines,
+            b.country_code.clone(),
+        )
+        .with_reload_duty(b.reload_duty_cycle),
+    );
     sources.reload_files()?;
     let files = (!b.files.is_empty()).then(|| {
         bl::watch_files(

@@ -91,7 +91,7 @@ pub struct InlineSection {
     pub constant_verdict: bool,
 }
 
-/// `[blocklist]`: list files (the compacted-topic source is to come).
+/// `[blocklist]`: list files and the compacted list topic.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlocklistSection {
@@ -101,6 +101,7 @@ pub struct BlocklistSection {
     pub max_bad_lines: usize,
     pub country_code: String,
     pub watch_interval_ms: u64,
+    pub reload_duty_cycle: f64,
 }
 
 /// `[rules]`: the analyst rule file.
@@ -483,6 +484,12 @@ impl Config {
         if self.blocklist.watch_interval_ms < 100 {
             e.push("blocklist.watch_interval_ms: must be at least 100".into());
         }
+        let d = self.blocklist.reload_duty_cycle;
+        if !(d > 0.0 && d <= 1.0) {
+            e.push(format!(
+                "blocklist.reload_duty_cycle: {d} is not in (0, 1]: the share of one core a file reload may use"
+            ));
+        }
         if self.rules.watch_interval_ms < 100 {
             e.push("rules.watch_interval_ms: must be at least 100".into());
         }
@@ -691,6 +698,22 @@ mod tests {
                 .map(String::as_str),
             Some("SSL")
         );
+    }
+
+    #[test]
+    fn a_reload_duty_cycle_outside_0_to_1_is_refused_by_name() {
+        let c = Config::from_parts(None, None, env(&[])).unwrap();
+        assert_eq!(c.blocklist.reload_duty_cycle, 0.25);
+        for bad in ["0", "1.5", "-1"] {
+            let err = Config::from_parts(
+                None,
+                None,
+                env(&[("FRAUDLINE_BLOCKLIST__RELOAD_DUTY_CYCLE", bad)]),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("blocklist.reload_duty_cycle"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -47,19 +47,7 @@ impl Server {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let cfg = Config::from_parts(Some(&toml), Some("test.toml"), env).unwrap();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let (bound_tx, bound_rx) = oneshot::channel();
-        let task = tokio::spawn(app::run_with(
-            cfg,
-            async move {
-                let _ = stop_rx.await;
-            },
-            Some(bound_tx),
-        ));
-        let bound = tokio::time::timeout(Duration::from_secs(30), bound_rx)
-            .await
-            .expect("server starts within 30 s")
-            .expect("server reports its addresses");
+        let (bound, stop_tx, task) = common::start_in_process(cfg).await;
         Server {
             bound,
             stop: Some(stop_tx),

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::*;
-use fraudline::app;
+
 use fraudline::config::Config;
 use fraudline::tools::gen::{GenConfig, Generator};
 
@@ -41,16 +41,7 @@ async fn audit_records_are_delivered_after_the_broker_comes_back() {
         dir.path().display()
     );
     let cfg = Config::from_parts(Some(&toml), None, Vec::new()).unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(app::run_with(
-        cfg,
-        async move {
-            let _ = stop_rx.await;
-        },
-        Some(bound_tx),
-    ));
-    let bound = bound_rx.await.unwrap();
+    let (bound, stop_tx, server) = start_in_process(cfg).await;
     let url = format!("http://{}/v1/score", bound.inline_http.unwrap());
     let metrics_url = format!("http://{}/metrics", bound.http.unwrap());
     let mut grpc = fraudline::proto::scoring_client::ScoringClient::connect(format!(

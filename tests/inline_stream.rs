@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use fraudline::app;
+
 use fraudline::config::Config;
 use fraudline::tools::gen::{GenConfig, Generator};
 
@@ -30,16 +30,7 @@ async fn stream_and_inline_run_together() {
         dir.path().display()
     );
     let cfg = Config::from_parts(Some(&toml), None, Vec::new()).unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(app::run_with(
-        cfg,
-        async move {
-            let _ = stop_rx.await;
-        },
-        Some(bound_tx),
-    ));
-    let bound = bound_rx.await.unwrap();
+    let (bound, stop_tx, server) = start_in_process(cfg).await;
     let mut verdicts = Reader::new(brokers, &t.verdicts, false);
     assert!(
         verdicts.poll_until(Duration::from_secs(120), |r| r.len() >= produced.len()),

@@ -447,11 +447,75 @@ pub fn build(
     max_bad_lines: usize,
     country_code: &str,
 ) -> Result<Built, BlocklistFileError> {
+    build_paced(files, max_bad_lines, country_code, 1.0)
+}
+
+/// [`build`] using at most `duty` (0 < duty <= 1) of one core: it works in
+/// slices of a few milliseconds and sleeps between them. A reload that runs
+/// flat out fills the shared cache and memory bus with its writes and
+/// slows the scoring threads; paced, it takes longer and they barely notice.
+pub fn build_paced(
+    files: &[PathBuf],
+    max_bad_lines: usize,
+    country_code: &str,
+    duty: f64,
+) -> Result<Built, BlocklistFileError> {
+    let mut pace = Pace::new(duty);
     let mut contents = Vec::with_capacity(files.len());
     for f in files {
-        contents.push((f.display().to_string(), read(f)?));
+        contents.push((f.display().to_string(), read_paced(f, &mut pace)?));
     }
-    build_from(&contents, max_bad_lines, country_code)
+    build_with(&contents, max_bad_lines, country_code, &mut pace)
+}
+
+/// Work slices and the sleeps between them (see [`build_paced`]).
+struct Pace {
+    duty: f64,
+    slice: std::time::Instant,
+}
+
+impl Pace {
+    const SLICE: std::time::Duration = std::time::Duration::from_millis(2);
+
+    fn new(duty: f64) -> Pace {
+        Pace {
+            duty: duty.clamp(0.01, 1.0),
+            slice: std::time::Instant::now(),
+        }
+    }
+
+    /// Called between small units of work: sleeps once a slice is used up.
+    fn tick(&mut self) {
+        if self.duty >= 1.0 {
+            return;
+        }
+        let worked = self.slice.elapsed();
+        if worked >= Self::SLICE {
+            std::thread::sleep(worked.mul_f64((1.0 - self.duty) / self.duty));
+            self.slice = std::time::Instant::now();
+        }
+    }
+}
+
+/// Reads a file in 4 MiB chunks, pacing between them.
+fn read_paced(path: &Path, pace: &mut Pace) -> Result<Vec<u8>, BlocklistFileError> {
+    use std::io::Read as _;
+    let io = |source| BlocklistFileError::Io {
+        file: path.display().to_string(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let len = f.metadata().map(|m| m.len() as usize).unwrap_or(0);
+    let mut out = Vec::with_capacity(len + 1);
+    let mut chunk = vec![0u8; 4 << 20];
+    loop {
+        let n = f.read(&mut chunk).map_err(io)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&chunk[..n]);
+        pace.tick();
+    }
 }
 
 /// Entries parsed before they are placed in the table together (see
@@ -489,6 +553,15 @@ pub fn build_from(
     files: &[(String, Vec<u8>)],
     max_bad_lines: usize,
     country_code: &str,
+) -> Result<Built, BlocklistFileError> {
+    build_with(files, max_bad_lines, country_code, &mut Pace::new(1.0))
+}
+
+fn build_with(
+    files: &[(String, Vec<u8>)],
+    max_bad_lines: usize,
+    country_code: &str,
+    pace: &mut Pace,
 ) -> Result<Built, BlocklistFileError> {
     use crate::engine::blocklist::Prepared;
     let lines: usize = files
@@ -529,6 +602,7 @@ pub fn build_from(
             values.push(ValueAt::of(e.value, bytes));
             if batch.len() == BATCH {
                 flush(&mut b, &mut batch, &mut values);
+                pace.tick();
             }
             Ok(())
         })?;
@@ -576,6 +650,9 @@ pub struct Sources {
     country_code: String,
     state: Mutex<State>,
     version: AtomicU64,
+    /// Share of a core a file reload may use (the first load: all of it).
+    reload_duty: f64,
+    files_loaded: std::sync::atomic::AtomicBool,
 }
 
 impl Sources {
@@ -596,14 +673,25 @@ impl Sources {
                 topic: TopicState::new(keyer),
             }),
             version: AtomicU64::new(0),
+            reload_duty: 1.0,
+            files_loaded: Default::default(),
         }
+    }
+
+    /// Paces file reloads after the first to `duty` of one core (see
+    /// [`build_paced`]).
+    pub fn with_reload_duty(mut self, duty: f64) -> Sources {
+        self.reload_duty = duty;
+        self
     }
 
     /// Reads the files; on success swaps the new file table in. A refused
     /// file leaves the active list in place.
     pub fn reload_files(&self) -> Result<(), BlocklistFileError> {
         let started = std::time::Instant::now();
-        let built = match build(&self.files, self.max_bad_lines, &self.country_code) {
+        let first = !self.files_loaded.load(Ordering::SeqCst);
+        let duty = if first { 1.0 } else { self.reload_duty };
+        let built = match build_paced(&self.files, self.max_bad_lines, &self.country_code, duty) {
             Ok(b) => b,
             Err(e) => {
                 metrics::counter!(crate::telemetry::BLOCKLIST_LOAD_FAILURES).increment(1);
@@ -619,6 +707,7 @@ impl Sources {
                 return Ok(());
             };
             let old = std::mem::replace(&mut st.files, Arc::new(built.table));
+            self.files_loaded.store(true, Ordering::SeqCst);
             self.publish(&st, "files", started);
             old
         };
@@ -1034,5 +1123,28 @@ mod tests {
                 .unwrap_err()
                 .contains("is not the key's")
         );
+    }
+
+    #[test]
+    fn a_paced_build_reads_the_same_list() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("l.csv");
+        let mut text = String::from("kind,value,action\n");
+        for i in 0..50_000 {
+            text.push_str(&format!("device,d-{i},{}\n", ["HOLD", "REVIEW"][i % 2]));
+        }
+        std::fs::write(&path, text).expect("write");
+        let files = [path];
+        let flat = build(&files, 0, "").expect("flat out");
+        let paced = build_paced(&files, 0, "", 0.2).expect("paced");
+        assert_eq!(flat.table.count(ListKind::Device), 50_000);
+        assert_eq!(paced.table.count(ListKind::Device), 50_000);
+        let (a, b) = (flat.into_list(1), paced.into_list(1));
+        for v in ["d-0", "d-1", "d-49999"] {
+            assert_eq!(
+                a.lookup(ListKind::Device, v, 0).map(|e| e.action),
+                b.lookup(ListKind::Device, v, 0).map(|e| e.action)
+            );
+        }
     }
 }

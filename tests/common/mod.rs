@@ -456,3 +456,30 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 }
 
 pub fn _unused(_: &Path) {}
+
+/// fraudline started in this process by `app::run_with`: its bound addresses,
+/// the sender that stops it, and its task.
+pub type InProcess = (
+    fraudline::app::Bound,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), fraudline::app::AppError>>,
+);
+
+/// Starts fraudline in this process and waits (up to 30 s) for the
+/// addresses it bound.
+pub async fn start_in_process(cfg: fraudline::config::Config) -> InProcess {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(fraudline::app::run_with(
+        cfg,
+        async move {
+            let _ = stop_rx.await;
+        },
+        Some(bound_tx),
+    ));
+    let bound = tokio::time::timeout(Duration::from_secs(30), bound_rx)
+        .await
+        .expect("server starts within 30 s")
+        .expect("server reports its addresses");
+    (bound, stop_tx, task)
+}
