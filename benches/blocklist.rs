@@ -13,7 +13,7 @@
 //!   time for 4 s with the 10 M list in place, then again while a second
 //!   thread reloads the 10 M file through `Sources::reload_files` (read,
 //!   validate, build aside, swap, free the old table), flat out and then
-//!   paced to `reload_duty_cycle = 0.25`: the latency histograms side by side.
+//!   paced to `reload_duty_cycle = 0.1`: the latency histograms side by side.
 //!
 //! Run: `cargo bench --bench blocklist` (about 3 minutes; ~1.5 GB of RAM and
 //! ~600 MB of /tmp).
@@ -191,7 +191,7 @@ fn histogram(ns: &[u32]) -> [usize; 10] {
 }
 
 /// Engine p99 with the 10 M list in place, and while it is reloaded: flat
-/// out, then paced to the default `reload_duty_cycle` of 0.25.
+/// out, then paced to the default `reload_duty_cycle` of 0.1.
 fn reload_under_load(path: &std::path::Path) {
     let mut events = Generator::new(GenConfig {
         seed: 11,
@@ -209,7 +209,7 @@ fn reload_under_load(path: &std::path::Path) {
     }
     let mut i = 0;
     let mut run = |until: &dyn Fn(usize) -> bool| {
-        let mut ns = Vec::with_capacity(8_000_000);
+        let mut ns = Vec::with_capacity(16_000_000);
         while !until(ns.len()) {
             i = (i + 1) % set.len();
             let t = Instant::now();
@@ -219,7 +219,7 @@ fn reload_under_load(path: &std::path::Path) {
         ns
     };
     let mut phases: Vec<(String, Vec<u32>)> = Vec::new();
-    for duty in [1.0, 0.25] {
+    for duty in [1.0, 0.1] {
         let sources = Arc::new(
             source::Sources::new(engine.clone(), vec![path.to_path_buf()], 0, "84".into())
                 .with_reload_duty(duty),

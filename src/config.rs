@@ -703,7 +703,7 @@ mod tests {
     #[test]
     fn a_reload_duty_cycle_outside_0_to_1_is_refused_by_name() {
         let c = Config::from_parts(None, None, env(&[])).unwrap();
-        assert_eq!(c.blocklist.reload_duty_cycle, 0.25);
+        assert_eq!(c.blocklist.reload_duty_cycle, 0.1);
         for bad in ["0", "1.5", "-1"] {
             let err = Config::from_parts(
                 None,
