@@ -12,6 +12,8 @@
 //! FRAUDLINE_REQUIRE_TOOLS=1 (set by .ci/run, which installs them with
 //! deploy/ci/install-tools.sh): then a missing tool fails the test.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -319,26 +321,6 @@ fn docs_metrics_table_matches_the_catalogue() {
     );
 }
 
-/// A tool on PATH, or None with a loud message (a failure when
-/// FRAUDLINE_REQUIRE_TOOLS=1).
-fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(name))
-            .find(|f| f.is_file())
-    });
-    if found.is_none() {
-        let msg = format!(
-            "{name} is not installed: check SKIPPED (deploy/ci/install-tools.sh installs it)"
-        );
-        if std::env::var("FRAUDLINE_REQUIRE_TOOLS").as_deref() == Ok("1") {
-            panic!("{msg}; FRAUDLINE_REQUIRE_TOOLS=1");
-        }
-        eprintln!("\n!!!!!!!! {msg}\n");
-    }
-    found
-}
-
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     let text = format!(
@@ -352,7 +334,7 @@ fn run_ok(cmd: &mut Command) -> String {
 
 #[test]
 fn promtool_accepts_the_alert_rules_and_scrape_configs() {
-    let Some(promtool) = tool("promtool") else {
+    let Some(promtool) = common::tool("promtool") else {
         return;
     };
     let dir = repo().join("deploy/prometheus");
@@ -390,7 +372,7 @@ fn promtool_accepts_the_alert_rules_and_scrape_configs() {
 
 #[test]
 fn hadolint_accepts_the_dockerfile() {
-    let Some(hadolint) = tool("hadolint") else {
+    let Some(hadolint) = common::tool("hadolint") else {
         return;
     };
     let out = run_ok(Command::new(hadolint).arg(repo().join("deploy/docker/Dockerfile")));
@@ -419,7 +401,7 @@ fn manifests() -> Vec<PathBuf> {
 fn kubernetes_manifests_validate_against_the_schemas() {
     let files = manifests();
     assert!(files.len() >= 6, "{files:?}");
-    let Some(kv) = tool("kubernetes-validate") else {
+    let Some(kv) = common::tool("kubernetes-validate") else {
         return;
     };
     let out = run_ok(Command::new(kv).arg("--strict").args(&files));

@@ -10,6 +10,8 @@
 //! Skips with a loud message when prometheus/promtool are not installed,
 //! unless FRAUDLINE_REQUIRE_TOOLS=1 (.ci/run installs them and sets it).
 
+mod common;
+
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,25 +19,6 @@ use std::time::{Duration, Instant};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(name))
-            .find(|f| f.is_file())
-    });
-    if found.is_none() {
-        let msg = format!(
-            "{name} is not installed: the Prometheus test is SKIPPED \
-             (deploy/ci/install-tools.sh installs Debian's prometheus package)"
-        );
-        if std::env::var("FRAUDLINE_REQUIRE_TOOLS").as_deref() == Ok("1") {
-            panic!("{msg}; FRAUDLINE_REQUIRE_TOOLS=1");
-        }
-        eprintln!("\n!!!!!!!! {msg}\n");
-    }
-    found
 }
 
 /// Kills the child (and waits for it) however the test ends.
@@ -131,7 +114,8 @@ fn start_demo(dir: &Path) -> (Proc, String) {
 
 #[test]
 fn prometheus_scrapes_fraudline_and_answers_promql_for_events_and_latency() {
-    let (Some(prometheus), Some(promtool)) = (tool("prometheus"), tool("promtool")) else {
+    let (Some(prometheus), Some(promtool)) = (common::tool("prometheus"), common::tool("promtool"))
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -483,3 +483,23 @@ pub async fn start_in_process(cfg: fraudline::config::Config) -> InProcess {
         .expect("server reports its addresses");
     (bound, stop_tx, task)
 }
+
+/// A tool on PATH, or None with a loud message (a failure when
+/// FRAUDLINE_REQUIRE_TOOLS=1).
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|f| f.is_file())
+    });
+    if found.is_none() {
+        let msg = format!(
+            "{name} is not installed: check SKIPPED (deploy/ci/install-tools.sh installs it)"
+        );
+        if std::env::var("FRAUDLINE_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!("{msg}; FRAUDLINE_REQUIRE_TOOLS=1");
+        }
+        eprintln!("\n!!!!!!!! {msg}\n");
+    }
+    found
+}
