@@ -16,6 +16,11 @@ use crate::engine::{EngineConfig, Thresholds};
 use crate::event::Limits;
 use crate::telemetry::LogFormat;
 
+/// Room for a dead letter's fields other than key and payload: error text
+/// (bounded by [`crate::stream::record::MAX_ERROR_BYTES`]), source
+/// coordinates, hash, headers and Kafka's own record overhead.
+pub const DEAD_LETTER_ENVELOPE: usize = 16 * 1024;
+
 /// The defaults, with comments: the reference for every key.
 pub const DEFAULTS: &str = include_str!("../deploy/config/fraudline.toml");
 
@@ -133,6 +138,9 @@ pub struct KafkaConfig {
     pub statistics_interval_ms: u64,
     pub warmup_lookback_ms: u64,
     pub warmup_timeout_ms: u64,
+    pub max_record_bytes: usize,
+    pub dlq_max_payload_bytes: usize,
+    pub produce_max_attempts: u32,
     pub librdkafka: BTreeMap<String, String>,
     pub consumer: BTreeMap<String, String>,
     pub producer: BTreeMap<String, String>,
@@ -152,6 +160,7 @@ pub struct LimitsConfig {
     pub max_field_bytes: usize,
     pub max_attributes: usize,
     pub max_amount_minor: i64,
+    pub max_key_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -395,6 +404,39 @@ impl Config {
         if l.max_amount_minor <= 0 {
             e.push("limits.max_amount_minor: must be positive".into());
         }
+        if l.max_key_bytes == 0 {
+            e.push("limits.max_key_bytes: must be positive".into());
+        }
+        // A dead letter carries at most the key and dlq_max_payload_bytes of
+        // the value plus a bounded envelope; it must always fit the producer.
+        let dead_letter_max = k.dlq_max_payload_bytes + l.max_key_bytes + DEAD_LETTER_ENVELOPE;
+        if dead_letter_max > k.max_record_bytes {
+            e.push(format!(
+                "kafka.dlq_max_payload_bytes: {} + limits.max_key_bytes {} + {DEAD_LETTER_ENVELOPE} bytes of envelope exceed kafka.max_record_bytes {} (a dead letter could not be produced)",
+                k.dlq_max_payload_bytes, l.max_key_bytes, k.max_record_bytes
+            ));
+        }
+        if k.max_record_bytes < 16 * 1024 {
+            e.push(format!(
+                "kafka.max_record_bytes: {} is under 16384",
+                k.max_record_bytes
+            ));
+        }
+        if k.produce_max_attempts == 0 {
+            e.push("kafka.produce_max_attempts: must be at least 1".into());
+        }
+        for section in ["librdkafka", "producer"] {
+            let table = if section == "producer" {
+                &k.producer
+            } else {
+                &k.librdkafka
+            };
+            if table.contains_key("message.max.bytes") {
+                e.push(format!(
+                    "kafka.{section}.message.max.bytes: set kafka.max_record_bytes instead (it is checked against the dead-letter bound)"
+                ));
+            }
+        }
         let en = &self.engine;
         if en.review_threshold <= 0 {
             e.push("engine.review_threshold: must be positive".into());
@@ -611,6 +653,7 @@ impl Config {
             max_field_bytes: l.max_field_bytes,
             max_attributes: l.max_attributes,
             max_amount_minor: l.max_amount_minor,
+            max_key_bytes: l.max_key_bytes,
         }
     }
 

@@ -65,6 +65,9 @@ pub struct Limits {
     pub max_attributes: usize,
     /// Largest amount in minor units (absurd amounts are input errors).
     pub max_amount_minor: i64,
+    /// Longest accepted record key, in bytes (the key is copied to the
+    /// verdict, so an unbounded one could make the verdict unproducible).
+    pub max_key_bytes: usize,
 }
 
 impl Default for Limits {
@@ -75,6 +78,7 @@ impl Default for Limits {
             max_field_bytes: 256,
             max_attributes: 64,
             max_amount_minor: 1_000_000_000_000_000,
+            max_key_bytes: 1024,
         }
     }
 }
@@ -118,6 +122,13 @@ pub enum DecodeError {
     },
     #[error("field `{field}`: {why}")]
     InvalidField { field: &'static str, why: String },
+    #[error("record key is {size} bytes, over the {limit}-byte limit")]
+    KeyTooLarge { size: usize, limit: usize },
+    /// Not a decoding fault: the verdict of a valid record could not be
+    /// produced (e.g. the broker refuses its size), so a minimal dead letter
+    /// stands in for it.
+    #[error("the verdict could not be produced: {0}")]
+    Unproducible(String),
 }
 
 impl DecodeError {
@@ -151,6 +162,8 @@ impl DecodeError {
             DecodeError::TimestampTooOld(_) => "invalid_timestamp",
             DecodeError::FieldTooLong { .. } => "field_too_long",
             DecodeError::InvalidField { .. } => "invalid_field",
+            DecodeError::KeyTooLarge { .. } => "key_too_large",
+            DecodeError::Unproducible(_) => "unproducible",
         }
     }
 
@@ -168,6 +181,8 @@ impl DecodeError {
         "invalid_timestamp",
         "field_too_long",
         "invalid_field",
+        "key_too_large",
+        "unproducible",
     ];
 }
 

@@ -326,6 +326,8 @@ fn every_kind_is_listed_for_metrics() {
             field: "x",
             why: String::new(),
         },
+        DecodeError::KeyTooLarge { size: 2, limit: 1 },
+        DecodeError::Unproducible(String::new()),
     ];
     for e in &errors {
         assert!(

@@ -1,8 +1,11 @@
 //! At-least-once: verdicts are enqueued in consumption order, their
 //! acknowledgements tracked per input partition, and an offset is stored for
-//! (auto-)commit only when everything before it is acknowledged. A failed
-//! delivery is re-sent, never skipped, so nothing is lost; a crash can repeat
-//! verdicts, which carry the same event_id.
+//! (auto-)commit only when everything before it is acknowledged. A delivery
+//! that fails for a passing reason (broker away, timeout) is re-sent; a
+//! record the broker refuses for good (too large, invalid) is replaced by a
+//! minimal dead letter ([`super::record::last_resort`]) so that no record
+//! can stop the stream; a crash can repeat verdicts, which carry the same
+//! event_id. Every wait also watches the shutdown signal.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,28 +20,79 @@ use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use tracing::{info, warn};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
 
+use super::record::{last_resort, Source};
 use super::tracker::OffsetTracker;
 use super::{
     clients, process, subscribe, Outcome, ProcessOptions, StreamContext, StreamError, StreamParts,
 };
 use crate::config::Config;
+use crate::telemetry;
 
 /// One output record waiting for its acknowledgement. It keeps its bytes so
 /// that a failed delivery can be re-sent as it was.
 struct Pending {
     partition: i32,
     offset: i64,
-    to_dlq: bool,
+    /// The dead-letter kind, for a DLQ record (counted once acknowledged).
+    dlq_kind: Option<&'static str>,
     key: Vec<u8>,
     payload: Vec<u8>,
     headers: OwnedHeaders,
     /// Event time of a verdict, for the end-to-end latency histogram.
     event_time_ms: Option<i64>,
+    /// Failed attempts that were not a broker outage.
+    attempts: u32,
+    /// Already the minimal dead letter: if this fails for good too, the
+    /// record is logged and counted, and the stream moves on.
+    last_resort: bool,
+    /// Already re-sent alone after the broker refused its batch.
+    alone: bool,
 }
 
 type Acked = Pin<Box<dyn Future<Output = (Pending, Option<OwnedDeliveryResult>)> + Send>>;
+
+/// How a produce error is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The broker will never take this record (too large, invalid): replace
+    /// it by its last resort at once.
+    Permanent,
+    /// The broker is away or slow: wait and re-send, for as long as it takes.
+    Outage,
+    /// Anything else: re-send up to `kafka.produce_max_attempts` times.
+    Other,
+}
+
+/// Classifies a produce or delivery error.
+pub(crate) fn classify(e: &KafkaError) -> Failure {
+    use RDKafkaErrorCode as C;
+    let code = match e {
+        KafkaError::MessageProduction(c) => *c,
+        _ => return Failure::Other,
+    };
+    match code {
+        C::MessageSizeTooLarge
+        | C::InvalidMessageSize
+        | C::InvalidMessage
+        | C::InvalidRecord
+        | C::InvalidArgument
+        | C::InvalidTopic => Failure::Permanent,
+        C::MessageTimedOut
+        | C::QueueFull
+        | C::BrokerTransportFailure
+        | C::AllBrokersDown
+        | C::NotEnoughReplicas
+        | C::NotEnoughReplicasAfterAppend
+        | C::LeaderNotAvailable
+        | C::NotLeaderForPartition
+        | C::RequestTimedOut
+        | C::NetworkException => Failure::Outage,
+        _ => Failure::Other,
+    }
+}
 
 struct Loop<'a> {
     cfg: &'a Config,
@@ -47,6 +101,8 @@ struct Loop<'a> {
     producer: FutureProducer<StreamContext>,
     tracker: OffsetTracker,
     inflight: FuturesUnordered<Acked>,
+    stop: watch::Receiver<bool>,
+    opts: ProcessOptions,
 }
 
 pub async fn run(
@@ -54,8 +110,14 @@ pub async fn run(
     parts: &StreamParts,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StreamError> {
-    let (consumer, producer, _warmup) = clients(cfg, parts)?;
+    let super::Clients {
+        consumer,
+        producer,
+        tasks: _tasks,
+        opts,
+    } = clients(cfg, parts).await?;
     subscribe(cfg, &consumer)?;
+    let (stop_tx, stop) = watch::channel(false);
     let mut l = Loop {
         cfg,
         parts,
@@ -63,6 +125,8 @@ pub async fn run(
         producer,
         tracker: OffsetTracker::default(),
         inflight: FuturesUnordered::new(),
+        stop,
+        opts,
     };
     parts.ready.store(true, Ordering::SeqCst);
     info!(
@@ -70,44 +134,77 @@ pub async fn run(
         group = %cfg.kafka.group_id,
         "stream started (at-least-once)"
     );
-    let opts = ProcessOptions::from_config(cfg);
-    let max_in_flight = cfg.kafka.max_in_flight;
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            Some((p, r)) = l.inflight.next(), if !l.inflight.is_empty() => l.on_ack(p, r).await?,
-            msg = l.consumer.recv(), if l.inflight.len() < max_in_flight => match msg {
-                Ok(m) => {
-                    parts.metrics.events_consumed.increment(1);
-                    let (partition, offset) = (m.partition(), m.offset());
-                    parts.applied.note(partition, offset);
-                    let pending = match process(&m, &parts.engine, &opts, &parts.metrics) {
-                        Outcome::Verdict { key, payload, headers, event_time_ms, .. } => Pending {
-                            partition, offset, to_dlq: false, key, payload, headers,
-                            event_time_ms: Some(event_time_ms),
-                        },
-                        Outcome::Dead { key, payload, headers, .. } => Pending {
-                            partition, offset, to_dlq: true, key, payload, headers,
-                            event_time_ms: None,
-                        },
-                    };
-                    drop(m);
-                    l.tracker.start(partition, offset);
-                    l.send(pending).await;
-                }
-                Err(e) => {
-                    warn!(error = %e, "consume error; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
+    // The shutdown signal is forwarded to a watch that every wait inside the
+    // loop also selects on, so no retry or full queue can hold a SIGTERM.
+    let forward = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        r = l.consume() => r?,
+        () = forward => {}
     }
     l.drain().await
 }
 
 impl Loop<'_> {
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Sleeps `d`, or less if shutdown comes first; returns whether it did.
+    async fn pause(&mut self, d: Duration) -> bool {
+        if self.stopping() {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(d) => false,
+            _ = self.stop.changed() => true,
+        }
+    }
+
+    /// Consumes until shutdown.
+    async fn consume(&mut self) -> Result<(), StreamError> {
+        let opts = self.opts;
+        let max_in_flight = self.cfg.kafka.max_in_flight;
+        let parts = self.parts;
+        let mut stop = self.stop.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => return Ok(()),
+                Some((p, r)) = self.inflight.next(), if !self.inflight.is_empty() => self.on_ack(p, r).await?,
+                msg = self.consumer.recv(), if self.inflight.len() < max_in_flight => match msg {
+                    Ok(m) => {
+                        parts.metrics.events_consumed.increment(1);
+                        let (partition, offset) = (m.partition(), m.offset());
+                        parts.applied.note(partition, offset);
+                        let pending = match process(&m, &parts.engine, &opts, &parts.metrics) {
+                            Outcome::Verdict { key, payload, headers, event_time_ms, .. } => Pending {
+                                partition, offset, dlq_kind: None, key, payload, headers,
+                                event_time_ms: Some(event_time_ms), attempts: 0, last_resort: false, alone: false,
+                            },
+                            Outcome::Dead { key, payload, headers, kind } => Pending {
+                                partition, offset, dlq_kind: Some(kind), key, payload, headers,
+                                event_time_ms: None, attempts: 0, last_resort: false, alone: false,
+                            },
+                        };
+                        drop(m);
+                        self.tracker.start(partition, offset);
+                        self.send(pending).await;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "consume error; retrying");
+                        if self.pause(Duration::from_millis(100)).await {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn topic(&self, to_dlq: bool) -> &str {
         if to_dlq {
             &self.cfg.kafka.dlq_topic
@@ -116,37 +213,141 @@ impl Loop<'_> {
         }
     }
 
+    /// Replaces `p` by its last resort: a minimal dead letter naming its
+    /// source and why its own record could not be produced.
+    fn to_last_resort(&self, p: Pending, why: &KafkaError) -> Pending {
+        let source = Source {
+            topic: &self.cfg.kafka.payments_topic,
+            partition: p.partition,
+            offset: p.offset,
+        };
+        warn!(
+            partition = p.partition,
+            offset = p.offset,
+            error = %why,
+            "record cannot be produced; replacing it by a minimal dead letter"
+        );
+        metrics::counter!(telemetry::LAST_RESORT, "outcome" => "replaced").increment(1);
+        let Outcome::Dead {
+            key,
+            payload,
+            headers,
+            kind,
+        } = last_resort(
+            &source,
+            &p.key,
+            &why.to_string(),
+            self.cfg.limits.max_key_bytes,
+        )
+        else {
+            unreachable!("last_resort makes a dead letter")
+        };
+        Pending {
+            dlq_kind: Some(kind),
+            key,
+            payload,
+            headers,
+            event_time_ms: None,
+            attempts: 0,
+            last_resort: true,
+            alone: false,
+            ..p
+        }
+    }
+
+    /// Gives up on `p`: even its last resort cannot be produced. Logged with
+    /// its coordinates and counted; its offset is released so the partition
+    /// moves on.
+    fn abandon(&mut self, p: Pending, why: &KafkaError) {
+        error!(
+            topic = %self.cfg.kafka.payments_topic,
+            partition = p.partition,
+            offset = p.offset,
+            error = %why,
+            "even a minimal dead letter cannot be produced for this record; it is skipped (see fraudline_dlq_last_resort_total{{outcome=\"unwritable\"}})"
+        );
+        metrics::counter!(telemetry::LAST_RESORT, "outcome" => "unwritable").increment(1);
+        self.finished(p.partition, p.offset);
+    }
+
+    /// What to do after a failed attempt: `Some(p)` to send again (maybe as
+    /// its last resort), `None` when the record was abandoned.
+    fn after_failure(&mut self, mut p: Pending, e: &KafkaError) -> Option<Pending> {
+        let kind = classify(e);
+        if kind != Failure::Outage {
+            p.attempts += 1;
+        }
+        let give_up =
+            kind == Failure::Permanent || p.attempts >= self.cfg.kafka.produce_max_attempts;
+        match (give_up, p.last_resort) {
+            (false, _) => Some(p),
+            (true, false) => Some(self.to_last_resort(p, e)),
+            (true, true) => {
+                self.abandon(p, e);
+                None
+            }
+        }
+    }
+
     /// Enqueues a record with librdkafka now (keeping consumption order),
-    /// waiting only while its queue is full.
-    async fn send(&mut self, p: Pending) {
+    /// waiting only while its queue is full or the broker is away; returns
+    /// early on shutdown (the record's offset is then never committed, so it
+    /// is read again by the next owner).
+    async fn send(&mut self, mut p: Pending) {
         let future = loop {
-            let record = FutureRecord::to(self.topic(p.to_dlq))
+            let record = FutureRecord::to(self.topic(p.dlq_kind.is_some()))
                 .key(&p.key)
                 .payload(&p.payload)
                 .headers(p.headers.clone());
             match self.producer.send_result(record) {
-                Ok(f) => break Some(f),
+                Ok(f) => break f,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    if self.pause(Duration::from_millis(1)).await {
+                        return;
+                    }
                 }
                 Err((e, _)) => {
-                    warn!(error = %e, "cannot enqueue record; retrying");
-                    self.parts.metrics.delivery_retries.increment(1);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
                     if self.producer.client().fatal_error().is_some() {
-                        break None;
+                        // on_ack reports the fatal error and stops the stream.
+                        break_fatal(&mut self.inflight, p);
+                        return;
+                    }
+                    warn!(error = %e, "cannot enqueue record");
+                    self.parts.metrics.delivery_retries.increment(1);
+                    p = match self.after_failure(p, &e) {
+                        Some(p) => p,
+                        None => return,
+                    };
+                    if classify(&e) != Failure::Permanent
+                        && self.pause(Duration::from_millis(100)).await
+                    {
+                        return;
                     }
                 }
             }
         };
-        self.inflight.push(Box::pin(async move {
-            let r = match future {
-                Some(f) => f.await.ok(),
-                None => None,
-            };
-            (p, r)
-        }));
+        self.inflight
+            .push(Box::pin(async move { (p, future.await.ok()) }));
         self.parts.metrics.in_flight.set(self.inflight.len() as f64);
+    }
+
+    /// Records that everything for `partition`/`offset` is done and stores
+    /// the partition's committable offset if it moved.
+    fn finished(&mut self, partition: i32, offset: i64) {
+        if let Some(next) = self.tracker.finish(partition, offset) {
+            // Fails only when the partition was revoked meanwhile; the
+            // new owner re-reads from the last commit (at-least-once).
+            // `store_offsets` stores the offset as given: the next one
+            // to read. (`store_offset` would add one itself.)
+            let mut tpl = TopicPartitionList::new();
+            let topic = &self.cfg.kafka.payments_topic;
+            let stored = tpl
+                .add_partition_offset(topic, partition, Offset::Offset(next))
+                .and_then(|()| self.consumer.store_offsets(&tpl));
+            if let Err(e) = stored {
+                tracing::debug!(error = %e, partition, "offset not stored");
+            }
+        }
     }
 
     async fn on_ack(
@@ -160,20 +361,11 @@ impl Loop<'_> {
                     let e2e = (crate::now_ms() - t).max(0) as f64 / 1000.0;
                     self.parts.metrics.end_to_end_latency.record(e2e);
                 }
-                if let Some(next) = self.tracker.finish(p.partition, p.offset) {
-                    // Fails only when the partition was revoked meanwhile; the
-                    // new owner re-reads from the last commit (at-least-once).
-                    // `store_offsets` stores the offset as given: the next one
-                    // to read. (`store_offset` would add one itself.)
-                    let mut tpl = TopicPartitionList::new();
-                    let topic = &self.cfg.kafka.payments_topic;
-                    let stored = tpl
-                        .add_partition_offset(topic, p.partition, Offset::Offset(next))
-                        .and_then(|()| self.consumer.store_offsets(&tpl));
-                    if let Err(e) = stored {
-                        tracing::debug!(error = %e, partition = p.partition, "offset not stored");
-                    }
+                if let Some(kind) = p.dlq_kind {
+                    // Counted once delivered: outcomes, not attempts.
+                    self.parts.metrics.dlq(kind);
                 }
+                self.finished(p.partition, p.offset);
                 self.parts.metrics.in_flight.set(self.inflight.len() as f64);
                 Ok(())
             }
@@ -181,25 +373,68 @@ impl Loop<'_> {
                 if let Some((_, msg)) = self.producer.client().fatal_error() {
                     return Err(StreamError::FatalProducer(msg));
                 }
-                let error = match other {
-                    Some(Err((e, _))) => e.to_string(),
-                    _ => "delivery cancelled".to_string(),
+                let e = match other {
+                    Some(Err((e, _))) => e,
+                    _ => KafkaError::Canceled,
                 };
                 warn!(
-                    error = %error,
+                    error = %e,
                     partition = p.partition,
                     offset = p.offset,
-                    "delivery failed; re-sending"
+                    "delivery failed"
                 );
                 self.parts.metrics.delivery_retries.increment(1);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                self.send(p).await;
+                if self.stopping() {
+                    // Not re-sent: its offset stays uncommitted and the
+                    // record is read again after the restart.
+                    return Ok(());
+                }
+                let permanent = classify(&e) == Failure::Permanent;
+                if permanent && !p.alone {
+                    // The broker refuses a whole batch: the record may be
+                    // innocent. Sent again alone, it either goes through or
+                    // is the one at fault.
+                    return self.send_alone(p).await;
+                }
+                if let Some(p) = self.after_failure(p, &e) {
+                    if !permanent && self.pause(Duration::from_millis(50)).await {
+                        return Ok(());
+                    }
+                    self.send(p).await;
+                }
                 Ok(())
             }
         }
     }
 
-    /// Waits for every record in flight, then commits the final offsets.
+    /// Sends `p` and waits for its acknowledgement before anything else is
+    /// sent, so that its batch holds it alone.
+    async fn send_alone(&mut self, mut p: Pending) -> Result<(), StreamError> {
+        p.alone = true;
+        let record = FutureRecord::to(self.topic(p.dlq_kind.is_some()))
+            .key(&p.key)
+            .payload(&p.payload)
+            .headers(p.headers.clone());
+        let r = match self.producer.send_result(record) {
+            Ok(f) => f.await.ok(),
+            Err((e, _)) => Some(Err((
+                e,
+                rdkafka::message::OwnedMessage::new(
+                    None,
+                    None,
+                    String::new(),
+                    rdkafka::Timestamp::NotAvailable,
+                    0,
+                    0,
+                    None,
+                ),
+            ))),
+        };
+        Box::pin(self.on_ack(p, r)).await
+    }
+
+    /// Waits for every record in flight (failed ones are not re-sent: their
+    /// offsets stay uncommitted), then commits the final offsets.
     async fn drain(mut self) -> Result<(), StreamError> {
         info!(
             in_flight = self.inflight.len(),
@@ -208,13 +443,27 @@ impl Loop<'_> {
         while let Some((p, r)) = self.inflight.next().await {
             self.on_ack(p, r).await?;
         }
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+        let consumer = self.consumer.clone();
+        let producer = self.producer.clone();
+        let committed = tokio::task::spawn_blocking(move || {
+            let r = consumer.commit_consumer_state(CommitMode::Sync);
+            let _ = producer.flush(Timeout::After(Duration::from_secs(10)));
+            r
+        })
+        .await
+        .unwrap_or(Err(KafkaError::Canceled));
+        match committed {
             Ok(()) => {}
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => return Err(StreamError::Commit(e)),
         }
-        let _ = self.producer.flush(Timeout::After(Duration::from_secs(10)));
         info!(committed = ?self.tracker.committable().collect::<Vec<_>>(), "drained and committed");
         Ok(())
     }
+}
+
+/// Puts a record whose producer died into flight as a failed delivery, so
+/// that [`Loop::on_ack`] reports the fatal error.
+fn break_fatal(inflight: &mut FuturesUnordered<Acked>, p: Pending) {
+    inflight.push(Box::pin(async move { (p, None) }));
 }

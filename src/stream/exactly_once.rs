@@ -4,25 +4,47 @@
 //! across a crash: the next instance with the same `transactional_id` fences
 //! the old one and aborts its open transaction, and consumption resumes from
 //! the offsets committed with the last good transaction.
+//!
+//! No record can make the loop abort for ever. A record librdkafka refuses
+//! at once (too large) is replaced inside the transaction by a minimal dead
+//! letter. A record the broker refuses later fails the commit: the
+//! transaction is aborted, the culprit found from its delivery report and
+//! marked, and on the re-read it is replaced by its minimal dead letter (or,
+//! if that failed too, skipped with a log line and a count). When an abort
+//! names no culprit, the aborted range is re-read one event per transaction,
+//! which isolates any record that fails again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use tracing::{info, warn};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
 
+use super::at_least_once::{classify, Failure};
+use super::record::{last_resort, Source};
 use super::{
-    clients, process, subscribe, Outcome, ProcessOptions, StreamContext, StreamError, StreamParts,
+    clients, process, subscribe, Outcome, ProcessOptions, SharedConsumer, StreamContext,
+    StreamError, StreamParts,
 };
 use crate::config::Config;
 use crate::telemetry;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A record sent in the open transaction, kept until it commits so that a
+/// failed commit can name the record that caused it.
+struct Sent {
+    partition: i32,
+    offset: i64,
+    last_resort: bool,
+    delivery: DeliveryFuture,
+}
 
 struct Txn {
     open: bool,
@@ -33,6 +55,51 @@ struct Txn {
     /// Event times of the verdicts in this transaction (end-to-end latency
     /// is measured when the transaction commits: that is when readers see them).
     event_times: Vec<i64>,
+    /// Dead-letter kinds in this transaction, counted when it commits.
+    dlq_kinds: Vec<&'static str>,
+    sent: Vec<Sent>,
+}
+
+impl Txn {
+    fn reset(&mut self) {
+        self.open = false;
+        self.events = 0;
+        self.offsets.clear();
+        self.event_times.clear();
+        self.dlq_kinds.clear();
+        self.sent.clear();
+    }
+}
+
+/// Records isolated after an abort, by (partition, offset).
+#[derive(Default)]
+struct Isolation {
+    /// Replace by the minimal dead letter when read again.
+    replace: HashSet<(i32, i64)>,
+    /// Even the minimal dead letter failed: skip (logged and counted).
+    skip: HashSet<(i32, i64)>,
+    /// After an abort with no culprit: until these offsets are passed,
+    /// commit after every event.
+    careful_until: HashMap<i32, i64>,
+}
+
+impl Isolation {
+    fn careful(&self, partition: i32, offset: i64) -> bool {
+        self.careful_until
+            .get(&partition)
+            .is_some_and(|end| offset < *end)
+    }
+}
+
+struct Loop<'a> {
+    cfg: &'a Config,
+    parts: &'a StreamParts,
+    consumer: SharedConsumer,
+    producer: FutureProducer<StreamContext>,
+    txn: Txn,
+    isolation: Isolation,
+    stop: watch::Receiver<bool>,
+    opts: ProcessOptions,
 }
 
 pub async fn run(
@@ -40,7 +107,12 @@ pub async fn run(
     parts: &StreamParts,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StreamError> {
-    let (consumer, producer, _warmup) = clients(cfg, parts)?;
+    let super::Clients {
+        consumer,
+        producer,
+        tasks: _tasks,
+        opts,
+    } = clients(cfg, parts).await?;
     {
         let p = producer.clone();
         blocking(move || p.init_transactions(TXN_TIMEOUT))
@@ -57,82 +129,399 @@ pub async fn run(
         transactional_id = %cfg.kafka.transactional_id,
         "stream started (exactly-once)"
     );
-
-    let opts = ProcessOptions::from_config(cfg);
-    let interval = Duration::from_millis(cfg.kafka.commit_interval_ms);
-    let mut ticker = tokio::time::interval(interval.min(Duration::from_millis(50)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut txn = Txn {
-        open: false,
-        started: Instant::now(),
-        events: 0,
-        offsets: HashMap::new(),
-        event_times: Vec::new(),
+    let (stop_tx, stop) = watch::channel(false);
+    let mut l = Loop {
+        cfg,
+        parts,
+        consumer,
+        producer,
+        txn: Txn {
+            open: false,
+            started: Instant::now(),
+            events: 0,
+            offsets: HashMap::new(),
+            event_times: Vec::new(),
+            dlq_kinds: Vec::new(),
+            sent: Vec::new(),
+        },
+        isolation: Isolation::default(),
+        stop,
+        opts,
     };
-    tokio::pin!(shutdown);
-    loop {
+    let forward = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        r = l.consume() => r?,
+        () = forward => {}
+    }
+    info!("draining: committing the open transaction");
+    if l.txn.open {
+        l.commit().await?;
+    }
+    info!("drained and committed");
+    Ok(())
+}
+
+impl Loop<'_> {
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    async fn pause(&mut self, d: Duration) -> bool {
+        if self.stopping() {
+            return true;
+        }
         tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            _ = ticker.tick() => {
-                if txn.open && txn.started.elapsed() >= interval {
-                    commit(cfg, parts, &consumer, &producer, &mut txn).await?;
-                }
-            }
-            msg = consumer.recv() => match msg {
-                Ok(m) => {
-                    parts.metrics.events_consumed.increment(1);
-                    if !txn.open {
-                        producer.begin_transaction().map_err(|source| StreamError::Transaction { step: "begin", source })?;
-                        txn.open = true;
-                        txn.started = Instant::now();
+            _ = tokio::time::sleep(d) => false,
+            _ = self.stop.changed() => true,
+        }
+    }
+
+    async fn consume(&mut self) -> Result<(), StreamError> {
+        let opts = self.opts;
+        let interval = Duration::from_millis(self.cfg.kafka.commit_interval_ms);
+        let mut ticker = tokio::time::interval(interval.min(Duration::from_millis(50)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stop = self.stop.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => return Ok(()),
+                _ = ticker.tick() => {
+                    if self.txn.open && self.txn.started.elapsed() >= interval {
+                        self.commit().await?;
                     }
-                    let (partition, offset) = (m.partition(), m.offset());
-                    parts.applied.note(partition, offset);
-                    let (topic, key, payload, headers, event_time) = match process(&m, &parts.engine, &opts, &parts.metrics) {
-                        Outcome::Verdict { key, payload, headers, event_time_ms, .. } =>
-                            (&cfg.kafka.verdicts_topic, key, payload, headers, Some(event_time_ms)),
-                        Outcome::Dead { key, payload, headers, .. } =>
-                            (&cfg.kafka.dlq_topic, key, payload, headers, None),
-                    };
-                    drop(m);
-                    loop {
-                        let record = FutureRecord::to(topic).key(&key).payload(&payload).headers(headers.clone());
-                        match producer.send_result(record) {
-                            // Delivery is confirmed by commit_transaction, which
-                            // flushes: the per-record future is not needed.
-                            Ok(_) => break,
-                            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                                tokio::time::sleep(Duration::from_millis(1)).await;
-                            }
-                            Err((e, _)) => {
-                                warn!(error = %e, "cannot enqueue record in transaction; aborting it");
-                                abort(parts, &consumer, &producer, &mut txn).await?;
-                                break;
+                }
+                msg = self.consumer.recv() => match msg {
+                    Ok(m) => {
+                        self.parts.metrics.events_consumed.increment(1);
+                        if !self.txn.open {
+                            self.producer.begin_transaction().map_err(|source| StreamError::Transaction { step: "begin", source })?;
+                            self.txn.open = true;
+                            self.txn.started = Instant::now();
+                        }
+                        let (partition, offset) = (m.partition(), m.offset());
+                        self.parts.applied.note(partition, offset);
+                        let at = (partition, offset);
+                        let outcome = if self.isolation.skip.contains(&at) {
+                            None
+                        } else if self.isolation.replace.contains(&at) {
+                            let source = Source { topic: m.topic(), partition, offset };
+                            Some(last_resort(&source, m.key().unwrap_or_default(),
+                                "the broker refused this record's output in an earlier transaction",
+                                self.cfg.limits.max_key_bytes))
+                        } else {
+                            Some(process(&m, &self.parts.engine, &opts, &self.parts.metrics))
+                        };
+                        drop(m);
+                        if let Some(outcome) = outcome {
+                            let isolated = self.isolation.replace.contains(&at);
+                            self.produce(partition, offset, outcome, isolated).await;
+                        } else {
+                            error!(partition, offset, "record skipped: neither its output nor its minimal dead letter could be produced");
+                            metrics::counter!(telemetry::LAST_RESORT, "outcome" => "unwritable").increment(1);
+                        }
+                        if self.txn.open {
+                            self.txn.offsets.insert(partition, offset + 1);
+                            self.txn.events += 1;
+                            if self.txn.events >= self.cfg.kafka.commit_max_events
+                                || self.isolation.careful(partition, offset)
+                            {
+                                self.commit().await?;
                             }
                         }
                     }
-                    if txn.open {
-                        txn.offsets.insert(partition, offset + 1);
-                        txn.events += 1;
-                        if let Some(t) = event_time { txn.event_times.push(t); }
-                        if txn.events >= cfg.kafka.commit_max_events {
-                            commit(cfg, parts, &consumer, &producer, &mut txn).await?;
+                    Err(e) => {
+                        warn!(error = %e, "consume error; retrying");
+                        if self.pause(Duration::from_millis(100)).await {
+                            return Ok(());
                         }
                     }
-                }
-                Err(e) => {
-                    warn!(error = %e, "consume error; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
     }
-    info!("draining: committing the open transaction");
-    if txn.open {
-        commit(cfg, parts, &consumer, &producer, &mut txn).await?;
+
+    /// Sends one output record in the open transaction. A record librdkafka
+    /// refuses for good is replaced by its minimal dead letter; if that is
+    /// refused too, the record is skipped (logged and counted).
+    async fn produce(&mut self, partition: i32, offset: i64, outcome: Outcome, isolated: bool) {
+        let (mut topic, mut key, mut payload, mut headers, mut event_time, mut kind) =
+            split(self.cfg, outcome);
+        let mut last = isolated;
+        let mut attempts = 0;
+        loop {
+            let record = FutureRecord::to(topic)
+                .key(&key)
+                .payload(&payload)
+                .headers(headers.clone());
+            match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    self.txn.sent.push(Sent {
+                        partition,
+                        offset,
+                        last_resort: last,
+                        delivery,
+                    });
+                    if let Some(t) = event_time {
+                        self.txn.event_times.push(t);
+                    }
+                    if let Some(k) = kind {
+                        self.txn.dlq_kinds.push(k);
+                    }
+                    return;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    if self.pause(Duration::from_millis(1)).await {
+                        return;
+                    }
+                }
+                Err((e, _)) => {
+                    let class = classify(&e);
+                    if class != Failure::Outage {
+                        attempts += 1;
+                    }
+                    let give_up = class == Failure::Permanent
+                        || attempts >= self.cfg.kafka.produce_max_attempts;
+                    if give_up && last {
+                        error!(partition, offset, error = %e, "even a minimal dead letter cannot be produced for this record; it is skipped");
+                        metrics::counter!(telemetry::LAST_RESORT, "outcome" => "unwritable")
+                            .increment(1);
+                        return;
+                    }
+                    if give_up {
+                        warn!(partition, offset, error = %e, "record cannot be produced; replacing it by a minimal dead letter");
+                        metrics::counter!(telemetry::LAST_RESORT, "outcome" => "replaced")
+                            .increment(1);
+                        let source = Source {
+                            topic: &self.cfg.kafka.payments_topic,
+                            partition,
+                            offset,
+                        };
+                        let o = last_resort(
+                            &source,
+                            &key,
+                            &e.to_string(),
+                            self.cfg.limits.max_key_bytes,
+                        );
+                        (topic, key, payload, headers, event_time, kind) = split(self.cfg, o);
+                        last = true;
+                        attempts = 0;
+                        continue;
+                    }
+                    warn!(error = %e, "cannot enqueue record in transaction; retrying");
+                    if self.pause(Duration::from_millis(100)).await {
+                        return;
+                    }
+                }
+            }
+        }
     }
-    info!("drained and committed");
+
+    /// Sends the offsets into the transaction and commits it. A retriable
+    /// failure is retried; one that needs an abort aborts and rewinds the
+    /// consumer, so the same events are processed again in a new transaction.
+    async fn commit(&mut self) -> Result<(), StreamError> {
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in &self.txn.offsets {
+            if let Err(e) =
+                tpl.add_partition_offset(&self.cfg.kafka.payments_topic, *p, Offset::Offset(*o))
+            {
+                warn!(error = %e, "bad offset in transaction");
+            }
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Some(cgm) = self.consumer.group_metadata() else {
+                warn!("no consumer group metadata; aborting the transaction");
+                return self.abort().await;
+            };
+            let p = self.producer.clone();
+            let tpl2 = tpl.clone();
+            let r = blocking(move || {
+                p.send_offsets_to_transaction(&tpl2, &cgm, TXN_TIMEOUT)?;
+                p.commit_transaction(TXN_TIMEOUT)
+            })
+            .await;
+            match r {
+                Ok(()) => {
+                    metrics::counter!(telemetry::TRANSACTIONS, "result" => "committed")
+                        .increment(1);
+                    let now = crate::now_ms();
+                    for t in self.txn.event_times.drain(..) {
+                        self.parts
+                            .metrics
+                            .end_to_end_latency
+                            .record((now - t).max(0) as f64 / 1000.0);
+                    }
+                    for k in self.txn.dlq_kinds.drain(..) {
+                        self.parts.metrics.dlq(k);
+                    }
+                    self.txn.reset();
+                    return Ok(());
+                }
+                Err(e) => {
+                    let (retriable, needs_abort, fatal) = match &e {
+                        KafkaError::Transaction(t) => {
+                            (t.is_retriable(), t.txn_requires_abort(), t.is_fatal())
+                        }
+                        _ => (true, false, false),
+                    };
+                    if fatal {
+                        return Err(StreamError::Transaction {
+                            step: "commit",
+                            source: e,
+                        });
+                    }
+                    if needs_abort || !retriable || attempt >= 10 {
+                        warn!(error = %e, "transaction commit failed; aborting and re-processing");
+                        return self.abort().await;
+                    }
+                    warn!(error = %e, attempt, "transaction commit failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// Aborts the open transaction, marks the records that caused it, and
+    /// seeks every partition it touched back to its committed offset.
+    async fn abort(&mut self) -> Result<(), StreamError> {
+        let p = self.producer.clone();
+        blocking(move || p.abort_transaction(TXN_TIMEOUT))
+            .await
+            .map_err(|source| StreamError::Transaction {
+                step: "abort",
+                source,
+            })?;
+        metrics::counter!(telemetry::TRANSACTIONS, "result" => "aborted").increment(1);
+        let sent = std::mem::take(&mut self.txn.sent);
+        let touched: Vec<(i32, i64)> = self.txn.offsets.iter().map(|(p, o)| (*p, *o)).collect();
+        self.txn.reset();
+        self.find_culprits(sent, &touched).await;
+        let topic = self.cfg.kafka.payments_topic.clone();
+        let consumer = self.consumer.clone();
+        let partitions: Vec<i32> = touched.iter().map(|(p, _)| *p).collect();
+        let rewound =
+            tokio::task::spawn_blocking(move || rewind(&consumer, &topic, &partitions)).await;
+        match rewound {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "rewind after abort failed"),
+            Err(e) => warn!(error = %e, "rewind after abort failed"),
+        }
+        Ok(())
+    }
+
+    /// Reads the aborted transaction's delivery reports: a record the broker
+    /// refused for good is replaced by its minimal dead letter when read
+    /// again (or skipped if it already was that). With no culprit, the
+    /// aborted range is re-read one event per transaction.
+    async fn find_culprits(&mut self, sent: Vec<Sent>, touched: &[(i32, i64)]) {
+        let mut culprits = Vec::new();
+        let reports = futures::future::join_all(sent.into_iter().map(|s| async move {
+            let r = tokio::time::timeout(Duration::from_secs(5), s.delivery).await;
+            (s.partition, s.offset, s.last_resort, r)
+        }))
+        .await;
+        for (partition, offset, last, r) in reports {
+            let Ok(Ok(Err((e, _)))) = r else { continue };
+            if classify(&e) != Failure::Permanent {
+                continue;
+            }
+            warn!(partition, offset, error = %e, "the broker refused this record's output");
+            culprits.push((partition, offset, last));
+        }
+        // A broker refuses a whole batch: with several records refused, the
+        // innocent cannot be told from the guilty, so the range is re-read
+        // one event per transaction, where a refusal names one record.
+        if let [(partition, offset, last)] = culprits[..] {
+            warn!(
+                partition,
+                offset, "isolating the record that failed the transaction"
+            );
+            if last {
+                self.isolation.skip.insert((partition, offset));
+            } else {
+                self.isolation.replace.insert((partition, offset));
+            }
+        } else {
+            for (partition, next) in touched {
+                let end = self.isolation.careful_until.entry(*partition).or_insert(0);
+                *end = (*end).max(*next);
+            }
+        }
+    }
+}
+
+/// The fields of an outcome as the loop sends them.
+type Parts<'c> = (
+    &'c str,
+    Vec<u8>,
+    Vec<u8>,
+    rdkafka::message::OwnedHeaders,
+    Option<i64>,
+    Option<&'static str>,
+);
+
+fn split(cfg: &Config, o: Outcome) -> Parts<'_> {
+    match o {
+        Outcome::Verdict {
+            key,
+            payload,
+            headers,
+            event_time_ms,
+            ..
+        } => (
+            &cfg.kafka.verdicts_topic,
+            key,
+            payload,
+            headers,
+            Some(event_time_ms),
+            None,
+        ),
+        Outcome::Dead {
+            key,
+            payload,
+            headers,
+            kind,
+        } => (
+            &cfg.kafka.dlq_topic,
+            key,
+            payload,
+            headers,
+            None,
+            Some(kind),
+        ),
+    }
+}
+
+/// Seeks `partitions` (those still assigned) back to their committed
+/// offsets. Blocking.
+fn rewind(consumer: &SharedConsumer, topic: &str, partitions: &[i32]) -> Result<(), KafkaError> {
+    let assignment = consumer.assignment()?;
+    let mut tpl = TopicPartitionList::new();
+    for e in assignment.elements() {
+        if partitions.contains(&e.partition()) {
+            tpl.add_partition(e.topic(), e.partition());
+        }
+    }
+    if tpl.count() == 0 {
+        return Ok(());
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+    let mut seek = TopicPartitionList::new();
+    for e in committed.elements() {
+        let to = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        seek.add_partition_offset(topic, e.partition(), to)?;
+    }
+    consumer.seek_partitions(seek, Duration::from_secs(10))?;
     Ok(())
 }
 
@@ -146,124 +535,4 @@ async fn blocking<T: Send + 'static>(
             Err(KafkaError::Canceled).inspect_err(|_| warn!(error = %e, "blocking task failed"))
         }
     }
-}
-
-/// Sends the offsets into the transaction and commits it. A retriable
-/// failure is retried; one that needs an abort aborts and rewinds the
-/// consumer, so the same events are processed again in a new transaction.
-async fn commit(
-    cfg: &Config,
-    parts: &StreamParts,
-    consumer: &StreamConsumer<StreamContext>,
-    producer: &FutureProducer<StreamContext>,
-    txn: &mut Txn,
-) -> Result<(), StreamError> {
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in &txn.offsets {
-        if let Err(e) = tpl.add_partition_offset(&cfg.kafka.payments_topic, *p, Offset::Offset(*o))
-        {
-            warn!(error = %e, "bad offset in transaction");
-        }
-    }
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let Some(cgm) = consumer.group_metadata() else {
-            warn!("no consumer group metadata; aborting the transaction");
-            return abort(parts, consumer, producer, txn).await;
-        };
-        let p = producer.clone();
-        let tpl2 = tpl.clone();
-        let r = blocking(move || {
-            p.send_offsets_to_transaction(&tpl2, &cgm, TXN_TIMEOUT)?;
-            p.commit_transaction(TXN_TIMEOUT)
-        })
-        .await;
-        match r {
-            Ok(()) => {
-                metrics::counter!(telemetry::TRANSACTIONS, "result" => "committed").increment(1);
-                let now = crate::now_ms();
-                for t in txn.event_times.drain(..) {
-                    parts
-                        .metrics
-                        .end_to_end_latency
-                        .record((now - t).max(0) as f64 / 1000.0);
-                }
-                txn.open = false;
-                txn.events = 0;
-                txn.offsets.clear();
-                return Ok(());
-            }
-            Err(e) => {
-                let (retriable, needs_abort, fatal) = match &e {
-                    KafkaError::Transaction(t) => {
-                        (t.is_retriable(), t.txn_requires_abort(), t.is_fatal())
-                    }
-                    _ => (true, false, false),
-                };
-                if fatal {
-                    return Err(StreamError::Transaction {
-                        step: "commit",
-                        source: e,
-                    });
-                }
-                if needs_abort || !retriable || attempt >= 10 {
-                    warn!(error = %e, "transaction commit failed; aborting and re-processing");
-                    return abort(parts, consumer, producer, txn).await;
-                }
-                warn!(error = %e, attempt, "transaction commit failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-}
-
-/// Aborts the open transaction and seeks every partition it touched back to
-/// its committed offset.
-async fn abort(
-    parts: &StreamParts,
-    consumer: &StreamConsumer<StreamContext>,
-    producer: &FutureProducer<StreamContext>,
-    txn: &mut Txn,
-) -> Result<(), StreamError> {
-    let p = producer.clone();
-    blocking(move || p.abort_transaction(TXN_TIMEOUT))
-        .await
-        .map_err(|source| StreamError::Transaction {
-            step: "abort",
-            source,
-        })?;
-    metrics::counter!(telemetry::TRANSACTIONS, "result" => "aborted").increment(1);
-    let _ = parts;
-    txn.open = false;
-    txn.events = 0;
-    txn.event_times.clear();
-    let touched: Vec<i32> = txn.offsets.drain().map(|(p, _)| p).collect();
-    if let Ok(assignment) = consumer.assignment() {
-        let mut tpl = TopicPartitionList::new();
-        for e in assignment.elements() {
-            if touched.contains(&e.partition()) {
-                tpl.add_partition(e.topic(), e.partition());
-            }
-        }
-        if tpl.count() > 0 {
-            match consumer.committed_offsets(tpl, Duration::from_secs(10)) {
-                Ok(committed) => {
-                    let mut seek = TopicPartitionList::new();
-                    for e in committed.elements() {
-                        let to = match e.offset() {
-                            Offset::Offset(o) => Offset::Offset(o),
-                            _ => Offset::Beginning,
-                        };
-                        let _ = seek.add_partition_offset(e.topic(), e.partition(), to);
-                    }
-                    if let Err(e) = consumer.seek_partitions(seek, Duration::from_secs(10)) {
-                        warn!(error = %e, "seek after abort failed");
-                    }
-                }
-                Err(e) => warn!(error = %e, "cannot read committed offsets after abort"),
-            }
-        }
-    }
-    Ok(())
 }

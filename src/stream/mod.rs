@@ -51,13 +51,18 @@ pub enum StreamError {
     FatalProducer(String),
     #[error("offset commit failed: {0}")]
     Commit(KafkaError),
+    #[error("the output topics take records of at most {limit} bytes, but a dead letter needs up to {needed} (limits.max_key_bytes plus envelope): raise the topics' max.message.bytes or lower limits.max_key_bytes")]
+    RecordLimit { limit: usize, needed: usize },
 }
 
 impl StreamError {
     /// Whether restarting the process could help (always true for Kafka
     /// errors; false for configuration mistakes).
     pub fn is_config(&self) -> bool {
-        matches!(self, StreamError::Client { .. })
+        matches!(
+            self,
+            StreamError::Client { .. } | StreamError::RecordLimit { .. }
+        )
     }
 }
 
@@ -128,13 +133,89 @@ impl Drop for WarmupGuard {
     }
 }
 
+/// The largest record the output topics take: the smallest of
+/// `kafka.max_record_bytes` and the verdicts and DLQ topics'
+/// `max.message.bytes` (read from the broker). The producer is set to it, so
+/// that librdkafka refuses an oversize record itself at enqueue (naming that
+/// record) and never builds a batch the broker would refuse as a whole,
+/// which would fail every record in it.
+pub async fn output_record_limit(cfg: &Config) -> usize {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let configured = cfg.kafka.max_record_bytes;
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = match base_config(cfg).create()
+    {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the output topics' size limits; using kafka.max_record_bytes");
+            return configured;
+        }
+    };
+    let topics = [
+        ResourceSpecifier::Topic(&cfg.kafka.verdicts_topic),
+        ResourceSpecifier::Topic(&cfg.kafka.dlq_topic),
+    ];
+    let opts = AdminOptions::new().request_timeout(Some(std::time::Duration::from_secs(10)));
+    let mut limit = configured;
+    match admin.describe_configs(topics.iter(), &opts).await {
+        Ok(results) => {
+            for r in results.into_iter().flatten() {
+                let topic_limit = r
+                    .get("max.message.bytes")
+                    .and_then(|e| e.value.as_deref())
+                    .and_then(|v| v.parse::<usize>().ok());
+                if let Some(t) = topic_limit {
+                    if t < limit {
+                        tracing::info!(
+                            resource = ?r.specifier,
+                            max_message_bytes = t,
+                            "an output topic takes smaller records than kafka.max_record_bytes; producing to its limit"
+                        );
+                        limit = t;
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the output topics' size limits; using kafka.max_record_bytes")
+        }
+    }
+    limit
+}
+
+/// The process options under the output record limit: the dead-letter
+/// payload bound shrinks to fit it (a dead letter must always be
+/// producible), or the start is refused if not even an empty one fits.
+fn options_for(cfg: &Config, limit: usize) -> Result<ProcessOptions, StreamError> {
+    let mut opts = ProcessOptions::from_config(cfg);
+    let needed = cfg.limits.max_key_bytes + crate::config::DEAD_LETTER_ENVELOPE;
+    if limit <= needed {
+        return Err(StreamError::RecordLimit { limit, needed });
+    }
+    if opts.dlq_max_payload_bytes > limit - needed {
+        tracing::warn!(
+            configured = opts.dlq_max_payload_bytes,
+            used = limit - needed,
+            "kafka.dlq_max_payload_bytes lowered to fit the output topics' record limit"
+        );
+        opts.dlq_max_payload_bytes = limit - needed;
+    }
+    Ok(opts)
+}
+
+/// The stream's clients and the options they run with.
+struct Clients {
+    consumer: SharedConsumer,
+    producer: FutureProducer<StreamContext>,
+    tasks: WarmupGuard,
+    opts: ProcessOptions,
+}
+
 /// Creates the consumer and the producer; a bad pass-through setting is
 /// refused here with librdkafka's message naming the property. With warm-up
 /// on, also starts the warm-up task (stopped when the guard drops).
-fn clients(
-    cfg: &Config,
-    parts: &StreamParts,
-) -> Result<(SharedConsumer, FutureProducer<StreamContext>, WarmupGuard), StreamError> {
+async fn clients(cfg: &Config, parts: &StreamParts) -> Result<Clients, StreamError> {
+    let limit = output_record_limit(cfg).await;
+    let opts = options_for(cfg, limit)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let warm = cfg.kafka.warmup_lookback_ms > 0;
     let ctx = StreamContext {
@@ -148,6 +229,7 @@ fn clients(
             source,
         })?;
     let producer = producer_config(cfg)
+        .set("message.max.bytes", limit.to_string())
         .create_with_context(StreamContext::default())
         .map_err(|source| StreamError::Client {
             client: "producer",
@@ -169,11 +251,12 @@ fn clients(
             std::time::Duration::from_millis(cfg.kafka.statistics_interval_ms),
         )
     });
-    Ok((
+    Ok(Clients {
         consumer,
         producer,
-        WarmupGuard(warmup.into_iter().chain(lag).collect()),
-    ))
+        tasks: WarmupGuard(warmup.into_iter().chain(lag).collect()),
+        opts,
+    })
 }
 
 /// The warm-up reader: same brokers and security settings, the group's id
@@ -252,6 +335,7 @@ pub fn producer_config(cfg: &Config) -> ClientConfig {
     let mut c = base_config(cfg);
     c.set("enable.idempotence", "true")
         .set("acks", "all")
+        .set("message.max.bytes", k.max_record_bytes.to_string())
         .set("linger.ms", k.linger_ms.to_string())
         .set("message.timeout.ms", k.message_timeout_ms.to_string())
         .set(

@@ -15,6 +15,12 @@ pub const HDR_SOURCE_TOPIC: &str = "fraudline.source.topic";
 pub const HDR_SOURCE_PARTITION: &str = "fraudline.source.partition";
 pub const HDR_SOURCE_OFFSET: &str = "fraudline.source.offset";
 pub const HDR_DECISION: &str = "fraudline.decision";
+pub const HDR_PAYLOAD_BYTES: &str = "fraudline.payload.bytes";
+pub const HDR_PAYLOAD_SHA256: &str = "fraudline.payload.sha256";
+pub const HDR_TRUNCATED: &str = "fraudline.payload.truncated";
+
+/// Longest error text a dead letter carries (the header and the field).
+pub const MAX_ERROR_BYTES: usize = 2048;
 
 /// What to produce for one input record.
 pub enum Outcome {
@@ -39,6 +45,8 @@ pub struct ProcessOptions {
     pub limits: Limits,
     /// Put the feature values into each verdict.
     pub explain: bool,
+    /// At most this many bytes of a refused value go into its dead letter.
+    pub dlq_max_payload_bytes: usize,
 }
 
 impl ProcessOptions {
@@ -46,6 +54,7 @@ impl ProcessOptions {
         ProcessOptions {
             limits: cfg.limits(),
             explain: cfg.engine.explain_in_verdicts,
+            dlq_max_payload_bytes: cfg.kafka.dlq_max_payload_bytes,
         }
     }
 }
@@ -70,6 +79,14 @@ pub fn process(
 ) -> Outcome {
     let now = crate::now_ms();
     let bytes = msg.payload().unwrap_or(&[]);
+    let key_len = msg.key().map_or(0, <[u8]>::len);
+    if key_len > opts.limits.max_key_bytes {
+        let e = DecodeError::KeyTooLarge {
+            size: key_len,
+            limit: opts.limits.max_key_bytes,
+        };
+        return dead_letter(msg, bytes, &e, now, opts, metrics);
+    }
     match event::decode(bytes, content_type(msg), &opts.limits, now) {
         Ok(p) => {
             let started = std::time::Instant::now();
@@ -112,7 +129,7 @@ pub fn process(
                 decision: v.decision,
             }
         }
-        Err(e) => dead_letter(msg, bytes, &e, now, metrics),
+        Err(e) => dead_letter(msg, bytes, &e, now, opts, metrics),
     }
 }
 
@@ -121,11 +138,10 @@ fn dead_letter(
     bytes: &[u8],
     e: &DecodeError,
     now: i64,
+    opts: &ProcessOptions,
     metrics: &Metrics,
 ) -> Outcome {
     metrics.decode_error(e);
-    metrics.dlq(e.kind());
-    let error = e.to_string();
     tracing::debug!(
         topic = msg.topic(),
         partition = msg.partition(),
@@ -133,20 +149,92 @@ fn dead_letter(
         kind = e.kind(),
         "record refused, sent to the dead-letter topic"
     );
-    let key = msg.key().map(<[u8]>::to_vec).unwrap_or_default();
+    let source = Source {
+        topic: msg.topic(),
+        partition: msg.partition(),
+        offset: msg.offset(),
+    };
+    let key = msg.key().unwrap_or_default();
+    bounded_dead_letter(
+        &source,
+        key,
+        bytes,
+        e,
+        now,
+        opts.dlq_max_payload_bytes,
+        opts.limits.max_key_bytes,
+    )
+}
+
+/// Where an input record came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The last resort for a record whose own output cannot be produced (the
+/// broker refuses it for good): a dead letter with the source coordinates
+/// and the error, without the value. Small by construction, so it can be
+/// produced whenever the broker can take anything at all.
+pub fn last_resort(source: &Source<'_>, key: &[u8], error: &str, max_key_bytes: usize) -> Outcome {
+    let e = DecodeError::Unproducible(error.to_string());
+    bounded_dead_letter(source, key, &[], &e, crate::now_ms(), 0, max_key_bytes)
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a char
+/// boundary.
+fn cut_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A dead letter whose size is bounded whatever the input: the value is cut
+/// to `max_payload` bytes and the key to `max_key` bytes; the original
+/// value's length and SHA-256 travel in the record and its headers, so the
+/// original can be found in the source topic.
+fn bounded_dead_letter(
+    source: &Source<'_>,
+    key: &[u8],
+    bytes: &[u8],
+    e: &DecodeError,
+    now: i64,
+    max_payload: usize,
+    max_key: usize,
+) -> Outcome {
+    use sha2::Digest as _;
+    let full = e.to_string();
+    let error = cut_str(&full, MAX_ERROR_BYTES);
+    let payload = &bytes[..bytes.len().min(max_payload)];
+    let whole_key = key.len();
+    let key = &key[..key.len().min(max_key)];
+    let truncated = payload.len() < bytes.len() || key.len() < whole_key;
+    let sha = sha2::Sha256::digest(bytes);
+    let sha_hex = hex(&sha);
     let dl = crate::proto::DeadLetter {
         error_kind: e.kind().to_string(),
-        error: error.clone(),
-        source_topic: msg.topic().to_string(),
-        source_partition: msg.partition(),
-        source_offset: msg.offset(),
-        key: key.clone(),
-        payload: bytes.to_vec(),
+        error: error.to_string(),
+        source_topic: cut_str(source.topic, 256).to_string(),
+        source_partition: source.partition,
+        source_offset: source.offset,
+        key: key.to_vec(),
+        payload: payload.to_vec(),
         received_at_ms: now,
+        payload_bytes: bytes.len() as i64,
+        payload_sha256: sha.to_vec(),
+        truncated,
     };
-    let partition = msg.partition().to_string();
-    let offset = msg.offset().to_string();
-    let headers = OwnedHeaders::new_with_capacity(6)
+    let partition = source.partition.to_string();
+    let offset = source.offset.to_string();
+    let original = bytes.len().to_string();
+    let headers = OwnedHeaders::new_with_capacity(9)
         .insert(Header {
             key: HDR_CONTENT_TYPE,
             value: Some("application/x-protobuf; messageType=fraudline.v1.DeadLetter"),
@@ -157,11 +245,11 @@ fn dead_letter(
         })
         .insert(Header {
             key: HDR_ERROR,
-            value: Some(error.as_str()),
+            value: Some(error),
         })
         .insert(Header {
             key: HDR_SOURCE_TOPIC,
-            value: Some(msg.topic()),
+            value: Some(dl.source_topic.as_str()),
         })
         .insert(Header {
             key: HDR_SOURCE_PARTITION,
@@ -170,11 +258,32 @@ fn dead_letter(
         .insert(Header {
             key: HDR_SOURCE_OFFSET,
             value: Some(offset.as_str()),
+        })
+        .insert(Header {
+            key: HDR_PAYLOAD_BYTES,
+            value: Some(original.as_str()),
+        })
+        .insert(Header {
+            key: HDR_PAYLOAD_SHA256,
+            value: Some(sha_hex.as_str()),
+        })
+        .insert(Header {
+            key: HDR_TRUNCATED,
+            value: Some(if truncated { "true" } else { "false" }),
         });
     Outcome::Dead {
-        key,
+        key: key.to_vec(),
         payload: dl.encode_to_vec(),
         headers,
         kind: e.kind(),
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
 }

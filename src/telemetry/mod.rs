@@ -22,6 +22,7 @@ pub const EVENTS_CONSUMED: &str = "fraudline_events_consumed_total";
 pub const VERDICTS: &str = "fraudline_verdicts_total";
 pub const DECODE_ERRORS: &str = "fraudline_decode_errors_total";
 pub const DLQ_RECORDS: &str = "fraudline_dlq_records_total";
+pub const LAST_RESORT: &str = "fraudline_dlq_last_resort_total";
 pub const ENGINE_LATENCY: &str = "fraudline_engine_latency_seconds";
 pub const END_TO_END_LATENCY: &str = "fraudline_end_to_end_latency_seconds";
 pub const CONSUMER_LAG: &str = "fraudline_consumer_lag_messages";
@@ -131,7 +132,8 @@ pub const CATALOGUE: &[MetricSpec] = {
         spec(EVENTS_CONSUMED, Counter, &[], "Input records read from the payments topic"),
         spec(VERDICTS, Counter, &["decision"], "Verdicts produced, by decision (ALLOW, REVIEW, HOLD)"),
         spec(DECODE_ERRORS, Counter, &["kind"], "Input records that failed to decode or validate, by kind"),
-        spec(DLQ_RECORDS, Counter, &["reason"], "Records written to the dead-letter topic, by reason"),
+        spec(DLQ_RECORDS, Counter, &["reason"], "Records written to the dead-letter topic (acknowledged or committed), by reason"),
+        spec(LAST_RESORT, Counter, &["outcome"], "Output records the broker refused for good (e.g. too large): replaced by a minimal dead letter (outcome replaced), or skipped and logged when even that was refused (outcome unwritable)"),
         spec(ENGINE_LATENCY, Histogram, &[], "Time inside Engine::score per event"),
         spec(END_TO_END_LATENCY, Histogram, &[], "Event time to verdict acknowledged by the broker (exactly-once: committed)"),
         spec(CONSUMER_LAG, Gauge, &["topic", "partition"], "Messages behind the high watermark per assigned partition: high watermark minus the consumer's position (its committed offset before the first fetch)"),
@@ -315,6 +317,9 @@ impl Metrics {
         for k in DecodeError::KINDS {
             metrics::counter!(DECODE_ERRORS, "kind" => *k).absolute(0);
             metrics::counter!(DLQ_RECORDS, "reason" => *k).absolute(0);
+        }
+        for outcome in ["replaced", "unwritable"] {
+            metrics::counter!(LAST_RESORT, "outcome" => outcome).absolute(0);
         }
     }
 }
