@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/fraudline/v1/deadletter.proto",
         "proto/fraudline/v1/blocklist.proto",
         "proto/fraudline/v1/scoring.proto",
+        "proto/fraudline/v1/state.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

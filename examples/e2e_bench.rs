@@ -238,13 +238,14 @@ async fn create_topics(args: &Args, name: &str) -> Result<Topics> {
 fn config(args: &Args, t: &Topics, system: System) -> Result<Config> {
     let toml = format!(
         "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\npayments_topic = \"{}\"\n\
-         verdicts_topic = \"{}\"\ndlq_topic = \"{}\"\ndelivery = \"{}\"\n\
+         verdicts_topic = \"{}\"\ndlq_topic = \"{}\"\nstate_topic = \"{}-state\"\ndelivery = \"{}\"\n\
          transactional_id = \"{}-txn\"\n[http]\nlisten = \"\"\n",
         args.brokers,
         t.group,
         t.input,
         t.output,
         t.dlq,
+        t.group,
         system.delivery(),
         t.group
     );

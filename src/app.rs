@@ -31,6 +31,8 @@ pub enum AppError {
     Blocklist(#[from] crate::reload::blocklist::BlocklistFileError),
     #[error(transparent)]
     Serve(#[from] serve::ServeError),
+    #[error(transparent)]
+    State(#[from] crate::state::FollowerError),
 }
 
 /// The addresses the service listens on (useful with port 0).
@@ -95,6 +97,24 @@ pub async fn run_with(
         None => None,
     };
     let list = start_blocklist(&cfg, &engine).await?;
+    // The state log: replayed before anything is scored (bounded wait).
+    let state = if cfg.kafka.state_topic.is_empty() {
+        None
+    } else {
+        if let Err(e) = crate::state::ensure_topic(&cfg).await {
+            tracing::warn!(error = %e, topic = %cfg.kafka.state_topic, "cannot check or create the state log topic");
+        }
+        let origin = crate::state::new_origin();
+        let follower = crate::state::spawn_follower(&cfg, engine.clone(), origin.clone())?;
+        let limit = std::time::Duration::from_millis(cfg.kafka.state_catch_up_ms);
+        if !follower.wait_caught_up(limit).await {
+            tracing::warn!(
+                topic = %cfg.kafka.state_topic,
+                "state log not replayed in kafka.state_catch_up_ms; starting with what was read"
+            );
+        }
+        Some((origin, follower))
+    };
     // One stop signal for the in-line API, fired by `shutdown` (or by the
     // stream ending on its own).
     let (stop_inline, stop_inline_rx) = watch::channel(false);
@@ -127,6 +147,10 @@ pub async fn run_with(
             metrics,
             ready: ready.clone(),
             applied: Default::default(),
+            state: state.as_ref().map(|(origin, f)| stream::StateLink {
+                origin: origin.clone(),
+                follower: f.handle(),
+            }),
         };
         stream::run(&cfg, parts, signal).await
     } else {
@@ -141,6 +165,9 @@ pub async fn run_with(
         i.finish().await;
     }
     list.stop().await;
+    if let Some((_, follower)) = state {
+        let _ = tokio::task::spawn_blocking(move || drop(follower)).await;
+    }
     if let Some(w) = watcher {
         w.abort();
     }

@@ -138,6 +138,8 @@ pub struct KafkaConfig {
     pub statistics_interval_ms: u64,
     pub warmup_lookback_ms: u64,
     pub warmup_timeout_ms: u64,
+    pub state_topic: String,
+    pub state_catch_up_ms: u64,
     pub max_record_bytes: usize,
     pub dlq_max_payload_bytes: usize,
     pub produce_max_attempts: u32,
@@ -351,6 +353,13 @@ impl Config {
             e.push(
                 "kafka.payments_topic: must not be empty (empty means in-line only, which needs inline.enabled = true)"
                     .into(),
+            );
+        }
+        if !k.state_topic.is_empty()
+            && [&k.payments_topic, &k.verdicts_topic, &k.dlq_topic].contains(&&k.state_topic)
+        {
+            e.push(
+                "kafka.state_topic: must differ from the payments, verdicts and DLQ topics".into(),
             );
         }
         if k.payments_topic == k.verdicts_topic || k.payments_topic == k.dlq_topic {

@@ -16,6 +16,7 @@
 //! | decode + validate | [`event`] | [`event::Payment`], [`event::DecodeError`] |
 //! | score | [`engine`] | [`engine::Engine::score`], the one hot path: features, rules, blocklist, decision |
 //! | Kafka in/out | [`stream`] | consumer group, verdict producer, DLQ, offsets, transactions |
+//! | state across instances and restarts | [`state`] | the state log: every scored payment, followed by every instance |
 //! | HTTP | [`serve`] | `/metrics`, `/healthz`, `/readyz` |
 //! | in-line API | [`serve::inline`], [`serve::scorer`] | gRPC `fraudline.v1.Scoring/Score` (+ health, reflection) and HTTP `POST /v1/score`: auth, idempotency, admission and shedding, audit |
 //! | wiring | [`app`] | builds the Engine, runs the stream and/or the in-line API, drains on shutdown |
@@ -32,6 +33,7 @@ pub mod engine;
 pub mod event;
 pub mod reload;
 pub mod serve;
+pub mod state;
 pub mod stream;
 pub mod telemetry;
 pub mod tools;

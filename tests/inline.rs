@@ -36,7 +36,7 @@ impl Server {
     async fn start_env(inline: &str, env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let toml = format!(
-            "[kafka]\npayments_topic = \"\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+            "[kafka]\npayments_topic = \"\"\nstate_topic = \"\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
              [log]\nformat = \"text\"\nlevel = \"warn\"\n\
              [inline]\nenabled = true\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
              audit = false\naudit_spill_dir = \"{}\"\n{inline}\n",

@@ -33,7 +33,7 @@ async fn audit_records_are_delivered_after_the_broker_comes_back() {
     let t = create_topics(&brokers, "inline-audit", 1).await;
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
-        "[kafka]\nbrokers = \"{brokers}\"\npayments_topic = \"\"\nverdicts_topic = \"{}\"\n\
+        "[kafka]\nbrokers = \"{brokers}\"\npayments_topic = \"\"\nstate_topic = \"\"\nverdicts_topic = \"{}\"\n\
          [http]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"text\"\nlevel = \"warn\"\n\
          [inline]\nenabled = true\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
          audit = true\naudit_buffer = 50\naudit_spill_dir = \"{}\"\n",

@@ -1,6 +1,7 @@
-//! Restart and rebalance: a killed instance rebuilds its feature state by
-//! replaying history before verdicts resume, so its decisions see the same
-//! feature values as an instance that never stopped.
+//! Restart: a killed instance rebuilds its feature state by replaying the
+//! state log (every payment it scored before, up to the offsets its group
+//! committed) before verdicts resume, so its decisions see the same feature
+//! values as an instance that never stopped.
 
 mod common;
 
@@ -67,11 +68,11 @@ async fn after_a_kill_warm_up_restores_the_features_of_an_instance_that_never_st
     let log = std::fs::read_to_string(&fb.log).unwrap();
     let warm = log
         .lines()
-        .find(|l| l.contains("warm-up done"))
-        .unwrap_or_else(|| panic!("no warm-up line in:\n{log}"));
+        .find(|l| l.contains("state log replayed"))
+        .unwrap_or_else(|| panic!("no replay line in:\n{log}"));
     assert!(
-        !warm.contains("events=0 "),
-        "the restart replayed history: {warm}"
+        !warm.contains("records=0 "),
+        "the restart replayed the state log: {warm}"
     );
 
     // The last verdict B gave each event (after the restart for everything

@@ -50,6 +50,9 @@ struct Pending {
     last_resort: bool,
     /// Already re-sent alone after the broker refused its batch.
     alone: bool,
+    /// The state-log record of a verdict (state log on); its offset is
+    /// committed only when both records are acknowledged.
+    state: Option<Vec<u8>>,
 }
 
 type Acked = Pin<Box<dyn Future<Output = (Pending, Option<OwnedDeliveryResult>)> + Send>>;
@@ -166,7 +169,7 @@ impl Loop<'_> {
 
     /// Consumes until shutdown.
     async fn consume(&mut self) -> Result<(), StreamError> {
-        let opts = self.opts;
+        let opts = self.opts.clone();
         let max_in_flight = self.cfg.kafka.max_in_flight;
         let parts = self.parts;
         let mut stop = self.stop.clone();
@@ -181,13 +184,15 @@ impl Loop<'_> {
                         let (partition, offset) = (m.partition(), m.offset());
                         parts.applied.note(partition, offset);
                         let pending = match process(&m, &parts.engine, &opts, &parts.metrics) {
-                            Outcome::Verdict { key, payload, headers, event_time_ms, .. } => Pending {
+                            Outcome::Verdict { key, payload, headers, event_time_ms, state, .. } => Pending {
                                 partition, offset, dlq_kind: None, key, payload, headers,
                                 event_time_ms: Some(event_time_ms), attempts: 0, last_resort: false, alone: false,
+                                state,
                             },
                             Outcome::Dead { key, payload, headers, kind } => Pending {
                                 partition, offset, dlq_kind: Some(kind), key, payload, headers,
                                 event_time_ms: None, attempts: 0, last_resort: false, alone: false,
+                                state: None,
                             },
                         };
                         drop(m);
@@ -251,6 +256,9 @@ impl Loop<'_> {
             attempts: 0,
             last_resort: true,
             alone: false,
+            // The payment's state effect stays local: its record goes with
+            // the verdict that could not be produced (logged above).
+            state: None,
             ..p
         }
     }
@@ -326,9 +334,67 @@ impl Loop<'_> {
                 }
             }
         };
-        self.inflight
-            .push(Box::pin(async move { (p, future.await.ok()) }));
+        let state = match &p.state {
+            Some(state) => self.send_state(&p.key, state).await,
+            None => None,
+        };
+        self.inflight.push(Box::pin(async move {
+            let verdict = future.await.ok();
+            let r = match state {
+                // Both must be delivered; the first failure is reported and
+                // both are sent again (a duplicate state record is a
+                // duplicate event_id, which the features ignore).
+                Some(s) => match (verdict, s.await.ok()) {
+                    (Some(Ok(d)), Some(Ok(_))) => Some(Ok(d)),
+                    (Some(Ok(_)), other) => other,
+                    (other, _) => other,
+                },
+                None => verdict,
+            };
+            (p, r)
+        }));
         self.parts.metrics.in_flight.set(self.inflight.len() as f64);
+    }
+
+    /// Enqueues a state-log record, waiting while the queue is full. `None`
+    /// when it cannot be enqueued (shutdown, or refused for good: then this
+    /// payment's state effect stays local, and that is logged).
+    async fn send_state(
+        &mut self,
+        key: &[u8],
+        state: &[u8],
+    ) -> Option<rdkafka::producer::DeliveryFuture> {
+        let origin = self.parts.state.as_ref().map(|s| s.origin.clone())?;
+        let mut attempts = 0;
+        loop {
+            let headers = OwnedHeaders::new_with_capacity(1).insert(rdkafka::message::Header {
+                key: crate::state::HDR_ORIGIN,
+                value: Some(origin.as_bytes()),
+            });
+            let record = FutureRecord::to(&self.cfg.kafka.state_topic)
+                .key(key)
+                .payload(state)
+                .headers(headers);
+            match self.producer.send_result(record) {
+                Ok(f) => return Some(f),
+                Err((e, _)) => {
+                    let class = classify(&e);
+                    if class != Failure::Outage {
+                        attempts += 1;
+                    }
+                    if class == Failure::Permanent
+                        || attempts >= self.cfg.kafka.produce_max_attempts
+                    {
+                        warn!(error = %e, "state record cannot be produced; this payment's features stay on this instance");
+                        return None;
+                    }
+                    let wait = if class == Failure::Outage { 1 } else { 100 };
+                    if self.pause(Duration::from_millis(wait)).await {
+                        return None;
+                    }
+                }
+            }
+        }
     }
 
     /// Records that everything for `partition`/`offset` is done and stores

@@ -181,7 +181,7 @@ impl Loop<'_> {
     }
 
     async fn consume(&mut self) -> Result<(), StreamError> {
-        let opts = self.opts;
+        let opts = self.opts.clone();
         let interval = Duration::from_millis(self.cfg.kafka.commit_interval_ms);
         let mut ticker = tokio::time::interval(interval.min(Duration::from_millis(50)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -248,7 +248,85 @@ impl Loop<'_> {
     /// Sends one output record in the open transaction. A record librdkafka
     /// refuses for good is replaced by its minimal dead letter; if that is
     /// refused too, the record is skipped (logged and counted).
-    async fn produce(&mut self, partition: i32, offset: i64, outcome: Outcome, isolated: bool) {
+    async fn produce(&mut self, partition: i32, offset: i64, mut outcome: Outcome, isolated: bool) {
+        let state = match &mut outcome {
+            Outcome::Verdict { state, .. } => state.take(),
+            Outcome::Dead { .. } => None,
+        };
+        let key_for_state = match (&state, &outcome) {
+            (Some(_), Outcome::Verdict { key, .. }) => key.clone(),
+            _ => Vec::new(),
+        };
+        self.produce_output(partition, offset, outcome, isolated)
+            .await;
+        if let (Some(state), Some(origin)) =
+            (state, self.parts.state.as_ref().map(|s| s.origin.clone()))
+        {
+            self.produce_state(partition, offset, &key_for_state, &state, &origin)
+                .await;
+        }
+    }
+
+    /// Sends a state-log record in the open transaction: it commits with the
+    /// verdict and the offsets, so other instances (read_committed) apply
+    /// the payment exactly when its verdict becomes visible.
+    async fn produce_state(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: &[u8],
+        state: &[u8],
+        origin: &str,
+    ) {
+        let mut attempts = 0;
+        loop {
+            let headers = rdkafka::message::OwnedHeaders::new_with_capacity(1).insert(
+                rdkafka::message::Header {
+                    key: crate::state::HDR_ORIGIN,
+                    value: Some(origin.as_bytes()),
+                },
+            );
+            let record = FutureRecord::to(&self.cfg.kafka.state_topic)
+                .key(key)
+                .payload(state)
+                .headers(headers);
+            match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    self.txn.sent.push(Sent {
+                        partition,
+                        offset,
+                        last_resort: false,
+                        delivery,
+                    });
+                    return;
+                }
+                Err((e, _)) => {
+                    let class = classify(&e);
+                    if class != Failure::Outage {
+                        attempts += 1;
+                    }
+                    if class == Failure::Permanent
+                        || attempts >= self.cfg.kafka.produce_max_attempts
+                    {
+                        warn!(partition, offset, error = %e, "state record cannot be produced; this payment's features stay on this instance");
+                        return;
+                    }
+                    let wait = if class == Failure::Outage { 1 } else { 100 };
+                    if self.pause(Duration::from_millis(wait)).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn produce_output(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        outcome: Outcome,
+        isolated: bool,
+    ) {
         let (mut topic, mut key, mut payload, mut headers, mut event_time, mut kind) =
             split(self.cfg, outcome);
         let mut last = isolated;

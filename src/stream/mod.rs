@@ -25,6 +25,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
+use rdkafka::TopicPartitionList;
 
 use crate::config::{Config, Delivery};
 use crate::engine::Engine;
@@ -72,6 +73,17 @@ pub struct StreamParts {
     pub metrics: Metrics,
     pub ready: Arc<AtomicBool>,
     pub applied: Arc<Applied>,
+    /// The state log, when `kafka.state_topic` is set.
+    pub state: Option<StateLink>,
+}
+
+/// What the stream needs of the state layer: its origin id (stamped on the
+/// state records it writes) and the follower (to wait for the log's end
+/// before scoring a newly assigned partition).
+#[derive(Clone)]
+pub struct StateLink {
+    pub origin: Arc<str>,
+    pub follower: crate::state::FollowerHandle,
 }
 
 /// Per partition, the next offset whose event this process has not yet put
@@ -215,11 +227,14 @@ struct Clients {
 /// on, also starts the warm-up task (stopped when the guard drops).
 async fn clients(cfg: &Config, parts: &StreamParts) -> Result<Clients, StreamError> {
     let limit = output_record_limit(cfg).await;
-    let opts = options_for(cfg, limit)?;
+    let mut opts = options_for(cfg, limit)?;
+    opts.state_origin = parts.state.as_ref().map(|s| s.origin.clone());
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let warm = cfg.kafka.warmup_lookback_ms > 0;
+    // With the state log, state comes from the log (every instance holds it
+    // all): a new partition waits for the follower, not for a replay.
+    let warm = cfg.kafka.warmup_lookback_ms > 0 && parts.state.is_none();
     let ctx = StreamContext {
-        assigned: warm.then_some(tx),
+        assigned: (warm || parts.state.is_some()).then_some(tx),
     };
     let consumer: SharedConsumer = consumer_config(cfg)
         .create_with_context(ctx)
@@ -235,16 +250,25 @@ async fn clients(cfg: &Config, parts: &StreamParts) -> Result<Clients, StreamErr
             client: "producer",
             source,
         })?;
-    let warmup = warm.then(|| {
-        tokio::spawn(warmup::run(
+    let warmup = if let Some(state) = &parts.state {
+        Some(tokio::spawn(handoff(
             cfg.clone(),
-            parts.engine.clone(),
-            parts.applied.clone(),
+            state.follower.clone(),
             consumer.clone(),
             rx,
-            parts.ready.clone(),
-        ))
-    });
+        )))
+    } else {
+        warm.then(|| {
+            tokio::spawn(warmup::run(
+                cfg.clone(),
+                parts.engine.clone(),
+                parts.applied.clone(),
+                consumer.clone(),
+                rx,
+                parts.ready.clone(),
+            ))
+        })
+    };
     let lag = (cfg.kafka.statistics_interval_ms > 0).then(|| {
         lag::spawn(
             consumer.clone(),
@@ -257,6 +281,45 @@ async fn clients(cfg: &Config, parts: &StreamParts) -> Result<Clients, StreamErr
         tasks: WarmupGuard(warmup.into_iter().chain(lag).collect()),
         opts,
     })
+}
+
+/// With the state log: newly assigned partitions (paused by the context)
+/// resume once the follower has read the log to where it ends now, so the
+/// payments their previous owner scored are in this instance's state. The
+/// in-line API's readiness is not touched: a rebalance of the stream does
+/// not take it out of service.
+async fn handoff(
+    cfg: Config,
+    follower: crate::state::FollowerHandle,
+    consumer: SharedConsumer,
+    mut assigned: tokio::sync::mpsc::UnboundedReceiver<Vec<i32>>,
+) {
+    let limit = std::time::Duration::from_millis(cfg.kafka.state_catch_up_ms);
+    while let Some(mut partitions) = assigned.recv().await {
+        while let Ok(more) = assigned.try_recv() {
+            partitions.extend(more);
+        }
+        let started = std::time::Instant::now();
+        if follower.wait_for_end(limit).await {
+            tracing::info!(
+                ?partitions,
+                seconds = started.elapsed().as_secs_f64(),
+                "state log read to its end; scoring the new partitions"
+            );
+        } else {
+            tracing::warn!(
+                ?partitions,
+                "state log not read to its end in kafka.state_catch_up_ms; scoring the new partitions anyway"
+            );
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            tpl.add_partition(&cfg.kafka.payments_topic, *p);
+        }
+        if let Err(e) = consumer.resume(&tpl) {
+            tracing::warn!(error = %e, "cannot resume partitions after the state catch-up");
+        }
+    }
 }
 
 /// The warm-up reader: same brokers and security settings, the group's id

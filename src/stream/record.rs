@@ -30,6 +30,8 @@ pub enum Outcome {
         headers: OwnedHeaders,
         event_time_ms: i64,
         decision: Decision,
+        /// The state-log record, when the state log is on.
+        state: Option<Vec<u8>>,
     },
     Dead {
         key: Vec<u8>,
@@ -40,8 +42,10 @@ pub enum Outcome {
 }
 
 /// How records are turned into verdicts; fixed for the life of the stream.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ProcessOptions {
+    /// This process's origin id when the state log is on.
+    pub state_origin: Option<std::sync::Arc<str>>,
     pub limits: Limits,
     /// Put the feature values into each verdict.
     pub explain: bool,
@@ -52,6 +56,7 @@ pub struct ProcessOptions {
 impl ProcessOptions {
     pub fn from_config(cfg: &crate::config::Config) -> ProcessOptions {
         ProcessOptions {
+            state_origin: None,
             limits: cfg.limits(),
             explain: cfg.engine.explain_in_verdicts,
             dlq_max_payload_bytes: cfg.kafka.dlq_max_payload_bytes,
@@ -121,12 +126,20 @@ pub fn process(
                 score = v.score,
                 "scored"
             );
+            let state = opts.state_origin.as_deref().map(|origin| {
+                let source = crate::state::Source::Stream {
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                };
+                crate::state::encode(&p, origin, source, None)
+            });
             Outcome::Verdict {
                 key,
                 payload,
                 headers,
                 event_time_ms: p.event_time_ms,
                 decision: v.decision,
+                state,
             }
         }
         Err(e) => dead_letter(msg, bytes, &e, now, opts, metrics),

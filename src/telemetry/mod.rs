@@ -23,6 +23,9 @@ pub const VERDICTS: &str = "fraudline_verdicts_total";
 pub const DECODE_ERRORS: &str = "fraudline_decode_errors_total";
 pub const DLQ_RECORDS: &str = "fraudline_dlq_records_total";
 pub const LAST_RESORT: &str = "fraudline_dlq_last_resort_total";
+pub const STATE_PROPAGATION: &str = "fraudline_state_propagation_seconds";
+pub const STATE_APPLIED: &str = "fraudline_state_records_total";
+pub const STATE_RESTORE_DURATION: &str = "fraudline_state_restore_duration_seconds";
 pub const ENGINE_LATENCY: &str = "fraudline_engine_latency_seconds";
 pub const END_TO_END_LATENCY: &str = "fraudline_end_to_end_latency_seconds";
 pub const CONSUMER_LAG: &str = "fraudline_consumer_lag_messages";
@@ -171,6 +174,9 @@ pub const CATALOGUE: &[MetricSpec] = {
         spec(AUDIT_SPILLED, Counter, &[], "In-line verdict audit records written to the local spill file (Kafka slow or away)"),
         spec(AUDIT_DROPPED, Counter, &[], "In-line verdict audit records dropped because the spill bound was hit"),
         spec(AUDIT_SENT, Counter, &[], "In-line verdict audit records acknowledged by Kafka"),
+        spec(STATE_PROPAGATION, Histogram, &[], "State log: time from a payment's state record being written by another instance to this instance applying it (after the start-up replay)"),
+        spec(STATE_APPLIED, Counter, &["result"], "State log records read, by result: applied (another instance's payment, now in this instance's features), own (written by this process, already applied), refused (undecodable)"),
+        spec(STATE_RESTORE_DURATION, Gauge, &[], "Duration of the start-up replay of the state log"),
     ]
 };
 
@@ -215,6 +221,9 @@ pub fn install() -> PrometheusHandle {
                 })
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(INLINE_DURATION.into()), INLINE_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(STATE_PROPAGATION.into()), E2E_BUCKETS)
                 });
             let handle = match builder.and_then(|b| b.install_recorder()) {
                 Ok(h) => h,
@@ -317,6 +326,9 @@ impl Metrics {
         for k in DecodeError::KINDS {
             metrics::counter!(DECODE_ERRORS, "kind" => *k).absolute(0);
             metrics::counter!(DLQ_RECORDS, "reason" => *k).absolute(0);
+        }
+        for result in ["applied", "own", "refused"] {
+            metrics::counter!(STATE_APPLIED, "result" => result).absolute(0);
         }
         for outcome in ["replaced", "unwritable"] {
             metrics::counter!(LAST_RESORT, "outcome" => outcome).absolute(0);

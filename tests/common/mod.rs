@@ -68,6 +68,8 @@ pub struct Topics {
     pub verdicts: String,
     pub dlq: String,
     pub group: String,
+    /// The state log (kafka.state_topic).
+    pub state: String,
 }
 
 pub async fn create_topics(brokers: &str, name: &str, partitions: i32) -> Topics {
@@ -76,6 +78,7 @@ pub async fn create_topics(brokers: &str, name: &str, partitions: i32) -> Topics
         verdicts: unique(&format!("{name}-verdicts")),
         dlq: unique(&format!("{name}-dlq")),
         group: unique(&format!("{name}-group")),
+        state: unique(&format!("{name}-state")),
     };
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -85,6 +88,7 @@ pub async fn create_topics(brokers: &str, name: &str, partitions: i32) -> Topics
         NewTopic::new(&t.payments, partitions, TopicReplication::Fixed(1)),
         NewTopic::new(&t.verdicts, partitions, TopicReplication::Fixed(1)),
         NewTopic::new(&t.dlq, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(&t.state, partitions, TopicReplication::Fixed(1)),
     ];
     let res = admin
         .create_topics(
@@ -192,9 +196,9 @@ pub fn free_port() -> u16 {
 pub fn config_toml(brokers: &str, t: &Topics, delivery: &str, http: &str, extra: &str) -> String {
     format!(
         "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{}\"\npayments_topic = \"{}\"\nverdicts_topic = \"{}\"\n\
-         dlq_topic = \"{}\"\ndelivery = \"{delivery}\"\ntransactional_id = \"{}-txn\"\ncommit_interval_ms = 100\n\
+         dlq_topic = \"{}\"\nstate_topic = \"{}\"\ndelivery = \"{delivery}\"\ntransactional_id = \"{}-txn\"\ncommit_interval_ms = 100\n\
          statistics_interval_ms = 1000\nsession_timeout_ms = 6000\n{extra}\n[http]\nlisten = \"{http}\"\n[log]\nformat = \"text\"\nlevel = \"info\"\n",
-        t.group, t.payments, t.verdicts, t.dlq, t.group
+        t.group, t.payments, t.verdicts, t.dlq, t.state, t.group
     )
 }
 

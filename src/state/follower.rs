@@ -1,0 +1,454 @@
+//! The follower: a thread that reads every partition of the state log and
+//! applies each record of another origin to the engine. It owns a plain
+//! librdkafka consumer (assign, no group: every instance reads everything)
+//! with `read_committed`, so a payment scored in an exactly-once
+//! transaction reaches other instances only if that transaction commits.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Headers;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tracing::{debug, info, warn};
+
+use super::HDR_ORIGIN;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::event::{self, Format};
+use crate::telemetry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FollowerError {
+    #[error("cannot create the state-log consumer: {0}")]
+    Client(KafkaError),
+    #[error("cannot start the state-log follower thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A request to be told when the follower has read the log to where it
+/// ends at the time of the request.
+type CatchUp = tokio::sync::oneshot::Sender<()>;
+
+struct Shared {
+    stop: AtomicBool,
+    /// The start-up replay reached the log's end as it was at start.
+    caught_up: AtomicBool,
+    applied: AtomicU64,
+}
+
+/// The running follower; stops its thread when dropped.
+pub struct Follower {
+    shared: Arc<Shared>,
+    requests: mpsc::Sender<CatchUp>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Follower {
+    /// Whether the start-up replay is done.
+    pub fn caught_up(&self) -> bool {
+        self.shared.caught_up.load(Ordering::SeqCst)
+    }
+
+    /// Records of other origins applied so far.
+    pub fn applied(&self) -> u64 {
+        self.shared.applied.load(Ordering::Relaxed)
+    }
+
+    /// Waits (up to `limit`) for the start-up replay. Returns whether it ended.
+    pub async fn wait_caught_up(&self, limit: Duration) -> bool {
+        let started = Instant::now();
+        while !self.caught_up() && started.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.caught_up()
+    }
+
+    /// Waits (up to `limit`) until the follower has read the log up to
+    /// where it ends now. Returns whether it got there.
+    pub async fn wait_for_end(&self, limit: Duration) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.requests.send(tx).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(limit, rx).await, Ok(Ok(())))
+    }
+
+    /// A handle that can wait for the end from other tasks.
+    pub fn handle(&self) -> FollowerHandle {
+        FollowerHandle {
+            requests: self.requests.clone(),
+        }
+    }
+}
+
+/// Waits on the follower from another task (see [`Follower::wait_for_end`]).
+#[derive(Clone)]
+pub struct FollowerHandle {
+    requests: mpsc::Sender<CatchUp>,
+}
+
+impl FollowerHandle {
+    pub async fn wait_for_end(&self, limit: Duration) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.requests.send(tx).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(limit, rx).await, Ok(Ok(())))
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn consumer_config(cfg: &Config, origin: &str) -> ClientConfig {
+    let mut c = crate::stream::base_config(cfg);
+    c.set("group.id", format!("{}-state-{origin}", cfg.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", cfg.kafka.fetch_wait_max_ms.to_string())
+        .set("fetch.queue.backoff.ms", "5")
+        .set(
+            "client.id",
+            format!("fraudline-{}-state", cfg.kafka.group_id),
+        );
+    for (key, v) in &cfg.kafka.consumer {
+        if key != "group.id" && key != "isolation.level" {
+            c.set(key, v);
+        }
+    }
+    c
+}
+
+/// Starts the follower on the state log `cfg.kafka.state_topic`, replaying
+/// from `kafka.warmup_lookback_ms` back.
+pub fn spawn_follower(
+    cfg: &Config,
+    engine: Arc<Engine>,
+    origin: Arc<str>,
+) -> Result<Follower, FollowerError> {
+    let consumer: BaseConsumer = consumer_config(cfg, &origin)
+        .create()
+        .map_err(FollowerError::Client)?;
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        caught_up: AtomicBool::new(false),
+        applied: AtomicU64::new(0),
+    });
+    let (tx, rx) = mpsc::channel();
+    let committed = if cfg.kafka.payments_topic.is_empty() {
+        None
+    } else {
+        let mut c = crate::stream::base_config(cfg);
+        c.set("group.id", &cfg.kafka.group_id)
+            .set("enable.auto.commit", "false");
+        c.create::<BaseConsumer>().ok()
+    };
+    let run = Run {
+        committed,
+        payments_topic: cfg.kafka.payments_topic.clone(),
+        topic: cfg.kafka.state_topic.clone(),
+        lookback_ms: cfg.kafka.warmup_lookback_ms as i64,
+        limits: cfg.limits(),
+        engine,
+        origin,
+        shared: shared.clone(),
+        consumer,
+        requests: rx,
+    };
+    let thread = std::thread::Builder::new()
+        .name("state-follower".into())
+        .spawn(move || run.run())
+        .map_err(FollowerError::Thread)?;
+    Ok(Follower {
+        shared,
+        requests: tx,
+        thread: Some(thread),
+    })
+}
+
+struct Run {
+    /// A consumer with the stream's group id (never joining it), to read
+    /// the group's committed offsets at start.
+    committed: Option<BaseConsumer>,
+    payments_topic: String,
+    topic: String,
+    lookback_ms: i64,
+    limits: event::Limits,
+    engine: Arc<Engine>,
+    origin: Arc<str>,
+    shared: Arc<Shared>,
+    consumer: BaseConsumer,
+    requests: mpsc::Receiver<CatchUp>,
+}
+
+/// A catch-up being waited for: per partition, the offset to reach.
+struct Waiter {
+    targets: HashMap<i32, i64>,
+    /// End-of-partition events seen per partition when the wait began: a
+    /// later one means the partition's readable end was reached.
+    eof_marks: HashMap<i32, u64>,
+    done: Option<CatchUp>,
+}
+
+impl Run {
+    fn stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::SeqCst)
+    }
+
+    /// The topic's partitions, waiting for the topic to exist.
+    fn partitions(&self) -> Option<Vec<i32>> {
+        let mut warned = false;
+        while !self.stopping() {
+            match self
+                .consumer
+                .fetch_metadata(Some(&self.topic), Duration::from_secs(5))
+            {
+                Ok(md) => {
+                    let parts: Vec<i32> = md
+                        .topics()
+                        .iter()
+                        .filter(|t| t.name() == self.topic && t.error().is_none())
+                        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                        .collect();
+                    if !parts.is_empty() {
+                        return Some(parts);
+                    }
+                }
+                Err(e) => debug!(error = %e, "state log metadata"),
+            }
+            if !warned {
+                warn!(topic = %self.topic, "state log topic not found yet; waiting for it");
+                warned = true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        None
+    }
+
+    /// Where each partition's replay starts: the first record at or after
+    /// `now - lookback`.
+    fn starts(&self, parts: &[i32]) -> TopicPartitionList {
+        let since = crate::now_ms() - self.lookback_ms;
+        let mut times = TopicPartitionList::new();
+        for p in parts {
+            let _ = times.add_partition_offset(&self.topic, *p, Offset::Offset(since));
+        }
+        let found = self
+            .consumer
+            .offsets_for_times(times, Duration::from_secs(30))
+            .ok();
+        let mut tpl = TopicPartitionList::new();
+        for p in parts {
+            let at = found
+                .as_ref()
+                .and_then(|f| f.find_partition(&self.topic, *p))
+                .map(|e| e.offset())
+                .filter(|o| matches!(o, Offset::Offset(_)))
+                .unwrap_or(Offset::End);
+            let _ = tpl.add_partition_offset(&self.topic, *p, at);
+        }
+        tpl
+    }
+
+    fn waiter(&self, parts: &[i32], eofs: &HashMap<i32, u64>, done: Option<CatchUp>) -> Waiter {
+        let mut targets = HashMap::new();
+        for p in parts {
+            match self
+                .consumer
+                .fetch_watermarks(&self.topic, *p, Duration::from_secs(10))
+            {
+                Ok((_, high)) => {
+                    targets.insert(*p, high);
+                }
+                Err(e) => warn!(error = %e, partition = p, "cannot read the state log's end"),
+            }
+        }
+        Waiter {
+            targets,
+            eof_marks: eofs.clone(),
+            done,
+        }
+    }
+
+    fn reached(&self, w: &Waiter, eofs: &HashMap<i32, u64>) -> bool {
+        let positions = self.consumer.position().ok();
+        w.targets.iter().all(|(p, target)| {
+            let pos = positions
+                .as_ref()
+                .and_then(|l| l.find_partition(&self.topic, *p))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+                .unwrap_or(-1);
+            pos >= *target
+                || eofs.get(p).copied().unwrap_or(0) > w.eof_marks.get(p).copied().unwrap_or(0)
+        })
+    }
+
+    /// The stream group's committed offsets on the payments topic. A state
+    /// record of a payment at or past them is not replayed at start: its
+    /// offset was not committed, so the payment will be read and scored
+    /// again (by whichever instance owns its partition) and written again.
+    /// Replaying it would make that re-scoring a duplicate that sees no
+    /// novelty features.
+    fn committed_offsets(&self) -> HashMap<i32, i64> {
+        let Some(c) = &self.committed else {
+            return HashMap::new();
+        };
+        let Ok(md) = c.fetch_metadata(Some(&self.payments_topic), Duration::from_secs(10)) else {
+            return HashMap::new();
+        };
+        let mut tpl = TopicPartitionList::new();
+        for t in md
+            .topics()
+            .iter()
+            .filter(|t| t.name() == self.payments_topic)
+        {
+            for p in t.partitions() {
+                tpl.add_partition(&self.payments_topic, p.id());
+            }
+        }
+        match c.committed_offsets(tpl, Duration::from_secs(10)) {
+            Ok(list) => list
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some((e.partition(), o)),
+                    _ => None,
+                })
+                .collect(),
+            Err(e) => {
+                warn!(error = %e, "cannot read the stream's committed offsets; replaying every state record");
+                HashMap::new()
+            }
+        }
+    }
+
+    fn run(self) {
+        let Some(parts) = self.partitions() else {
+            return;
+        };
+        let committed = self.committed_offsets();
+        let starts = self.starts(&parts);
+        if let Err(e) = self.consumer.assign(&starts) {
+            warn!(error = %e, "cannot assign the state log; state stays local to this instance");
+            self.shared.caught_up.store(true, Ordering::SeqCst);
+            return;
+        }
+        let mut eofs: HashMap<i32, u64> = HashMap::new();
+        let mut initial = Some(self.waiter(&parts, &eofs, None));
+        let started = Instant::now();
+        let mut replayed = 0u64;
+        let mut waiters: Vec<Waiter> = Vec::new();
+        let lag = metrics::histogram!(telemetry::STATE_PROPAGATION);
+        let applied = metrics::counter!(telemetry::STATE_APPLIED, "result" => "applied");
+        let refused = metrics::counter!(telemetry::STATE_APPLIED, "result" => "refused");
+        let own = metrics::counter!(telemetry::STATE_APPLIED, "result" => "own");
+        while !self.stopping() {
+            while let Ok(tx) = self.requests.try_recv() {
+                waiters.push(self.waiter(&parts, &eofs, Some(tx)));
+            }
+            match self.consumer.poll(Duration::from_millis(20)) {
+                Some(Ok(m)) => {
+                    let mine = m
+                        .headers()
+                        .and_then(|h| h.iter().find(|h| h.key == HDR_ORIGIN))
+                        .and_then(|h| h.value)
+                        .is_some_and(|v| v == self.origin.as_bytes());
+                    if mine {
+                        own.increment(1);
+                    } else {
+                        let skip = if initial.is_some() {
+                            Some(&committed)
+                        } else {
+                            None
+                        };
+                        match self.apply(m.payload().unwrap_or_default(), skip) {
+                            Ok(()) => {
+                                applied.increment(1);
+                                self.shared.applied.fetch_add(1, Ordering::Relaxed);
+                                if initial.is_some() {
+                                    replayed += 1;
+                                } else if let Some(t) = m.timestamp().to_millis() {
+                                    lag.record((crate::now_ms() - t).max(0) as f64 / 1000.0);
+                                }
+                            }
+                            Err(e) => {
+                                refused.increment(1);
+                                warn!(partition = m.partition(), offset = m.offset(), error = %e, "state record refused");
+                            }
+                        }
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    *eofs.entry(p).or_default() += 1;
+                }
+                Some(Err(e)) => debug!(error = %e, "state log read error; retrying"),
+                None => {}
+            }
+            if let Some(w) = &initial {
+                if self.reached(w, &eofs) {
+                    info!(
+                        records = replayed,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "state log replayed; following"
+                    );
+                    metrics::gauge!(telemetry::STATE_RESTORE_DURATION)
+                        .set(started.elapsed().as_secs_f64());
+                    self.shared.caught_up.store(true, Ordering::SeqCst);
+                    initial = None;
+                }
+            }
+            if !waiters.is_empty() {
+                let mut i = 0;
+                while i < waiters.len() {
+                    if self.reached(&waiters[i], &eofs) {
+                        let w = waiters.swap_remove(i);
+                        if let Some(tx) = w.done {
+                            let _ = tx.send(());
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply(&self, bytes: &[u8], skip_from: Option<&HashMap<i32, i64>>) -> Result<(), String> {
+        let rec = crate::proto::StateRecord::decode(bytes).map_err(|e| e.to_string())?;
+        if let Some(from) = skip_from {
+            let pending = rec.source_partition >= 0
+                && from
+                    .get(&rec.source_partition)
+                    .is_some_and(|c| rec.source_offset >= *c);
+            if pending {
+                return Ok(());
+            }
+        }
+        let p = event::decode(
+            &rec.payment,
+            Some(Format::Protobuf),
+            &self.limits,
+            crate::now_ms(),
+        )
+        .map_err(|e| e.to_string())?;
+        self.engine.warm(&p);
+        Ok(())
+    }
+}
