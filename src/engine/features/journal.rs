@@ -292,15 +292,27 @@ impl Tracker {
     }
 
     /// The sweeper trims `ent` with `f` (which says whether it changed
-    /// anything): like a payment's change, but outside the gate, so the
-    /// epoch is read under the mutex, and the pre-image is kept only if `f`
-    /// changed something.
+    /// anything): like a payment's change, but outside the gate. Without a
+    /// cut or transaction no lock is taken: the epoch is read (acquire)
+    /// before the flags, and a boundary sets the flags before it publishes
+    /// the new epoch (release), so a sweeper that missed the flag stamps
+    /// the old epoch, and its trim counts as made before the boundary (in
+    /// the cut, or in a transaction's pre-image). Otherwise the epoch is
+    /// re-read under the mutex and the pre-image kept only if `f` changed
+    /// something.
     pub(super) fn sweeping<T: Tracked>(
         &self,
         key: u64,
         ent: &mut T,
         f: impl FnOnce(&mut T) -> bool,
     ) {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        if ent.meta().epoch == epoch || self.active.load(Ordering::Relaxed) == 0 {
+            if f(ent) {
+                ent.meta_mut().epoch = epoch;
+            }
+            return;
+        }
         let mut logs = self.logs();
         let epoch = self.epoch.load(Ordering::Relaxed);
         let m = ent.meta();
@@ -532,7 +544,9 @@ impl FeatureStore {
         t.cut_hi.store(hi, Ordering::Relaxed);
         t.cut_id.store(id, Ordering::Relaxed);
         t.active.fetch_or(CUT, Ordering::Relaxed);
-        t.epoch.store(hi + 1, Ordering::Relaxed);
+        // After the flag (see `Tracker::sweeping`). Epochs are u32: at one
+        // cut or transaction per 100 ms they last 13 years of uptime.
+        t.epoch.store(hi + 1, Ordering::Release);
         SnapshotCut {
             id,
             lo,
@@ -571,7 +585,7 @@ impl FeatureStore {
         });
         t.txn_start.store(start, Ordering::Relaxed);
         t.active.fetch_or(TXN, Ordering::Relaxed);
-        t.epoch.store(start, Ordering::Relaxed);
+        t.epoch.store(start, Ordering::Release);
         Ok(())
     }
 
