@@ -5,12 +5,12 @@
 //!
 //! # Epochs
 //! The store keeps an epoch counter `E` (starts at 1). Every entity carries
-//! a [`Meta`]: the epoch of its last modification and the id of the
+//! a `Meta`: the epoch of its last modification and the id of the
 //! snapshot cut that last exported it. A cut and a transaction start each
 //! close the current epoch (`E += 1`) under a brief store-wide gate that
 //! waits for the payments in flight (`update_and_read` holds it shared), so
 //! every payment is wholly before or wholly after the boundary. Before a
-//! payment changes an entity it calls [`Tracker::touch`]: when the entity
+//! payment changes an entity it calls `Tracker::touch`: when the entity
 //! was already changed in this epoch that is one comparison; otherwise, with
 //! no cut walking and no transaction open, one relaxed load and a store of
 //! the epoch. Only when a cut or a transaction needs it does the slow path
