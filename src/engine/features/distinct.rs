@@ -68,6 +68,8 @@
 
 use smallvec::SmallVec;
 
+use super::codec::{put_u32, put_u8, put_varint, CodecError, Reader};
+
 #[cfg(doc)]
 use super::window::Stamp;
 use super::window::{Secs, Span};
@@ -126,6 +128,40 @@ fn spilled_bytes<const N: usize>(v: &SmallVec<[Slot; N]>) -> usize {
     } else {
         0
     }
+}
+
+/// Appends a key list: count, the latest time, then each fingerprint and
+/// how long before the latest it was seen (small varints).
+fn encode_slots(v: &[Slot], out: &mut Vec<u8>) {
+    // Callers hold at most EXACT_MAX or CAP (<= 255) keys; decode checks.
+    put_u8(out, v.len() as u8);
+    if let Some(latest) = v.iter().map(|s| s.t).max() {
+        put_u32(out, latest);
+        for s in v {
+            put_u32(out, s.fp);
+            put_varint(out, u64::from(latest - s.t));
+        }
+    }
+}
+
+fn decode_slots<const N: usize>(
+    r: &mut Reader<'_>,
+    max: usize,
+) -> Result<SmallVec<[Slot; N]>, CodecError> {
+    let n = r.len("key list", max)?;
+    let mut v = SmallVec::with_capacity(n);
+    if n > 0 {
+        let latest = r.u32("latest sighting")?;
+        for _ in 0..n {
+            let fp = r.u32("fingerprint")?;
+            let behind = r.varint_u32("sighting")?;
+            let Some(t) = latest.checked_sub(behind) else {
+                return Err(r.invalid("sighting", "before the epoch"));
+            };
+            v.push(Slot { fp, t });
+        }
+    }
+    Ok(v)
 }
 
 /// Index of the least recently seen slot.
@@ -291,15 +327,43 @@ impl Distinct {
 
     /// Forgets what an idle entity no longer needs at `now_s`: keys seen
     /// before `keep_since_s` and out of 24 h, a sketch no longer needed.
-    /// For an eviction sweep.
-    pub fn expire(&mut self, now_s: Secs, keep_since_s: Secs) {
+    /// For an eviction sweep; returns whether anything went.
+    pub fn expire(&mut self, now_s: Secs, keep_since_s: Secs) -> bool {
         let lo = Span::H24.start(now_s);
         let keep = keep_since_s.min(lo);
+        let before = self.list.len();
         self.list.retain(|s| s.t >= keep);
         shrink(&mut self.list);
+        let mut changed = self.list.len() != before;
         if self.sketch.as_ref().is_some_and(|s| s.lost_max_s < lo) {
             self.sketch = None;
+            changed = true;
         }
+        changed
+    }
+
+    /// Appends the encoding (see [`super::codec`]): the key list, then the
+    /// sketch's non-zero cells, if any.
+    pub(super) fn encode(&self, out: &mut Vec<u8>) {
+        encode_slots(&self.list, out);
+        match &self.sketch {
+            None => put_u8(out, 0),
+            Some(s) => {
+                put_u8(out, 1);
+                s.encode(out);
+            }
+        }
+    }
+
+    /// Reads what [`Distinct::encode`] wrote; at most [`EXACT_MAX`] keys.
+    pub(super) fn decode(r: &mut Reader<'_>) -> Result<Distinct, CodecError> {
+        let list = decode_slots(r, EXACT_MAX)?;
+        let sketch = match r.u8("sketch flag")? {
+            0 => None,
+            1 => Some(Box::new(Sketch::decode(r)?)),
+            _ => return Err(r.invalid("sketch flag", "neither 0 nor 1")),
+        };
+        Ok(Distinct { list, sketch })
     }
 
     /// Counts are exact (no sketch).
@@ -415,6 +479,61 @@ impl Sketch {
         self.base_min = base_min;
     }
 
+    /// Appends `base_min`, `lost_max_s` and the non-zero cells, each as
+    /// the gap from the previous one's index and its tick: a sketch over a
+    /// few hundred keys is a few hundred cells, not 5 KB.
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_u32(out, self.base_min);
+        put_u32(out, self.lost_max_s);
+        let cells = self.ticks.as_flattened();
+        put_varint(out, cells.iter().filter(|t| **t != 0).count() as u64);
+        let mut prev = 0usize;
+        for (i, t) in cells.iter().enumerate().filter(|(_, t)| **t != 0) {
+            put_varint(out, (i - prev) as u64);
+            put_varint(out, u64::from(*t));
+            prev = i;
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Sketch, CodecError> {
+        let mut s = Sketch {
+            base_min: r.u32("sketch base")?,
+            lost_max_s: r.u32("sketch lost time")?,
+            ticks: [[0; RHO_MAX]; M],
+        };
+        let cells = s.ticks.as_flattened_mut();
+        let at = r.at();
+        let n = r.varint("sketch cells")?;
+        if n > cells.len() as u64 {
+            return Err(CodecError::TooLong {
+                at,
+                what: "sketch cells",
+                len: n,
+                max: cells.len() as u64,
+            });
+        }
+        let mut i = 0usize;
+        for k in 0..n {
+            let gap = r.varint("sketch cell index")?;
+            // Cells are strictly increasing: a gap of 0 only for the first.
+            let next = usize::try_from(gap)
+                .ok()
+                .and_then(|g| i.checked_add(g))
+                .filter(|&j| j < cells.len() && (k == 0 || j > i));
+            let Some(j) = next else {
+                return Err(r.invalid("sketch cell index", "out of range or not increasing"));
+            };
+            let tick = r.varint("sketch tick")?;
+            let tick = match u16::try_from(tick) {
+                Ok(t) if t != 0 => t,
+                _ => return Err(r.invalid("sketch tick", "zero or over 65535")),
+            };
+            cells[j] = tick;
+            i = j;
+        }
+        Ok(s)
+    }
+
     /// Estimates per window, given the windows' first seconds (widening).
     fn estimate(&self, lo_s: [Secs; 3]) -> [u32; 3] {
         // Window starts are whole minutes, so minute ticks are exact.
@@ -514,10 +633,26 @@ impl<const CAP: usize, const INLINE: usize> RecentSet<CAP, INLINE> {
         r
     }
 
-    /// Forgets keys last seen before `keep_since_s`: for an eviction sweep.
-    pub fn expire(&mut self, keep_since_s: Secs) {
+    /// Forgets keys last seen before `keep_since_s`: for an eviction sweep;
+    /// returns whether any went.
+    pub fn expire(&mut self, keep_since_s: Secs) -> bool {
+        let before = self.slots.len();
         self.slots.retain(|s| s.t >= keep_since_s);
         shrink(&mut self.slots);
+        self.slots.len() != before
+    }
+
+    /// Appends the encoding (see [`super::codec`]).
+    pub(super) fn encode(&self, out: &mut Vec<u8>) {
+        encode_slots(&self.slots, out);
+    }
+
+    /// Reads what [`RecentSet::encode`] wrote; at most `CAP` keys (and at
+    /// most 255, which every set in the store is under).
+    pub(super) fn decode(r: &mut Reader<'_>) -> Result<Self, CodecError> {
+        Ok(RecentSet {
+            slots: decode_slots(r, CAP.min(255))?,
+        })
     }
 
     /// Keys held.

@@ -56,6 +56,8 @@
 
 use smallvec::SmallVec;
 
+use super::codec::{put_u32, put_u8, put_varint, put_zigzag, CodecError, Reader};
+
 /// Milliseconds since the Unix epoch of 2000-01-01T00:00:00Z: the zero of
 /// [`Secs`].
 pub const EPOCH_MS: i64 = 946_684_800_000;
@@ -358,18 +360,21 @@ impl<const INLINE: usize> Window<INLINE> {
     /// After the watermark moved: moves each bucket to the level it now
     /// needs, merging neighbours, and drops what left every kept window.
     /// One pass: the new levels keep the list sorted.
-    fn compact(&mut self, keep: Span) {
+    fn compact(&mut self, keep: Span) -> bool {
         // Window starts once per compaction, not per bucket: the divisions
         // were most of this function's time on busy entities.
         let lo = Span::ALL.map(|span| span.start(self.now));
         let top = keep as u32;
         let mut w = 0;
+        let mut changed = false;
         for r in 0..self.entries.len() {
             let e = self.entries[r];
             let Some(level) = (e.level()..=top).find(|&l| e.start >= lo[l as usize]) else {
+                changed = true;
                 continue;
             };
             let start = align(e.start, level);
+            changed |= level != e.level();
             if w > 0 && self.entries[w - 1].key() == key(level, start) {
                 self.entries[w - 1].absorb(e.count(), e.sum);
             } else {
@@ -385,18 +390,81 @@ impl<const INLINE: usize> Window<INLINE> {
         if self.entries.spilled() && (w <= INLINE || w * 4 <= self.entries.capacity()) {
             self.entries.shrink_to_fit();
         }
+        changed
     }
 
     /// Drops what the watermark `now_s` (if later) leaves out of every kept
     /// window: for an eviction sweep over idle entities. Does not move the
-    /// watermark.
-    pub fn expire(&mut self, now_s: Secs, keep: Span) {
+    /// watermark. Returns whether anything changed (so that a sweep marks
+    /// only changed entities for the next incremental snapshot).
+    pub fn expire(&mut self, now_s: Secs, keep: Span) -> bool {
         let saved = self.now;
         if now_s > saved {
             self.now = now_s;
-            self.compact(keep);
+            let changed = self.compact(keep);
             self.now = saved;
+            changed
+        } else {
+            false
         }
+    }
+
+    /// Appends the encoding (see [`super::codec`]): the watermark, then each
+    /// bucket as its distance behind the watermark, level, count and sum.
+    pub(super) fn encode(&self, out: &mut Vec<u8>) {
+        put_u32(out, self.now);
+        // At most MAX_ENTRIES (58) buckets: the decoder checks it.
+        put_u8(out, self.entries.len() as u8);
+        for e in &self.entries {
+            put_varint(out, u64::from(self.now.saturating_sub(e.start)));
+            put_u8(out, e.level() as u8);
+            put_varint(out, u64::from(e.count()));
+            put_zigzag(out, e.sum);
+        }
+    }
+
+    /// Reads what [`Window::encode`] wrote, for an entity that keeps `keep`,
+    /// checking every invariant later updates rely on: at most
+    /// [`MAX_ENTRIES`] buckets, in key order, aligned, none after the
+    /// watermark, each at least as coarse as its age needs (which is what
+    /// bounds the count per level) and within the kept span.
+    pub(super) fn decode(r: &mut Reader<'_>, keep: Span) -> Result<Self, CodecError> {
+        let now = r.u32("window watermark")?;
+        let n = r.len("window buckets", MAX_ENTRIES)?;
+        let mut entries: SmallVec<[Entry; INLINE]> = SmallVec::with_capacity(n);
+        for _ in 0..n {
+            let behind = r.varint_u32("bucket start")?;
+            let Some(start) = now.checked_sub(behind) else {
+                return Err(r.invalid("bucket start", "before the epoch"));
+            };
+            let level = u32::from(r.u8("bucket level")?);
+            if level > keep as u32 {
+                return Err(r.invalid("bucket level", "wider than the entity keeps"));
+            }
+            if align(start, level) != start {
+                return Err(r.invalid("bucket start", "not aligned to its level"));
+            }
+            match level_for(start, 0, now, keep) {
+                Some(need) if need <= level => {}
+                Some(_) => return Err(r.invalid("bucket level", "finer than its age allows")),
+                None => return Err(r.invalid("bucket start", "outside every kept window")),
+            }
+            let count = r.varint_u32("bucket count")?;
+            if count == 0 || count > COUNT_MASK {
+                return Err(r.invalid("bucket count", "zero or over 2^30 - 1"));
+            }
+            let sum = r.zigzag("bucket sum")?;
+            let e = Entry {
+                start,
+                meta: (level << LEVEL_SHIFT) | count,
+                sum,
+            };
+            if entries.last().is_some_and(|p| p.key() >= e.key()) {
+                return Err(r.invalid("window buckets", "not in key order"));
+            }
+            entries.push(e);
+        }
+        Ok(Window { now, entries })
     }
 
     /// Counts and sums read at the watermark.
