@@ -23,6 +23,22 @@ use crate::engine::Engine;
 use crate::event::{self, Format};
 use crate::telemetry;
 
+/// The follower's client context: reaching the end of a partition is the
+/// normal state of a follower, not an error worth a log line.
+struct Quiet;
+
+impl rdkafka::client::ClientContext for Quiet {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            warn!(error = %error, reason, "state log client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
+type Reader = BaseConsumer<Quiet>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FollowerError {
     #[error("cannot create the state-log consumer: {0}")]
@@ -140,8 +156,8 @@ pub fn spawn_follower(
     engine: Arc<Engine>,
     origin: Arc<str>,
 ) -> Result<Follower, FollowerError> {
-    let consumer: BaseConsumer = consumer_config(cfg, &origin)
-        .create()
+    let consumer: Reader = consumer_config(cfg, &origin)
+        .create_with_context(Quiet)
         .map_err(FollowerError::Client)?;
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
@@ -191,18 +207,32 @@ struct Run {
     engine: Arc<Engine>,
     origin: Arc<str>,
     shared: Arc<Shared>,
-    consumer: BaseConsumer,
+    consumer: Reader,
     requests: mpsc::Receiver<CatchUp>,
 }
 
 /// A catch-up being waited for: per partition, the offset to reach.
 struct Waiter {
     targets: HashMap<i32, i64>,
-    /// End-of-partition events seen per partition when the wait began: a
-    /// later one means the partition's readable end was reached.
-    eof_marks: HashMap<i32, u64>,
+    created: Instant,
     done: Option<CatchUp>,
 }
+
+/// Where the follower is in each partition.
+#[derive(Default)]
+struct Progress {
+    /// Next offset to read, from the start position and the records read.
+    next: HashMap<i32, i64>,
+    /// The last event of the partition was its end (cleared by a record).
+    at_end: HashMap<i32, bool>,
+}
+
+/// A partition that has sat at its readable end this long after a wait
+/// began has nothing readable below the target: the fetcher (10 ms waits)
+/// would have returned it. This covers the offsets that hold no record a
+/// reader sees (transaction markers, aborted records, an open transaction
+/// of another instance).
+const SETTLE: Duration = Duration::from_millis(100);
 
 impl Run {
     fn stopping(&self) -> bool {
@@ -240,7 +270,7 @@ impl Run {
     }
 
     /// Where each partition's replay starts: the first record at or after
-    /// `now - lookback`.
+    /// `now - lookback`, else the end (as a number, so progress is known).
     fn starts(&self, parts: &[i32]) -> TopicPartitionList {
         let since = crate::now_ms() - self.lookback_ms;
         let mut times = TopicPartitionList::new();
@@ -258,13 +288,19 @@ impl Run {
                 .and_then(|f| f.find_partition(&self.topic, *p))
                 .map(|e| e.offset())
                 .filter(|o| matches!(o, Offset::Offset(_)))
+                .or_else(|| {
+                    self.consumer
+                        .fetch_watermarks(&self.topic, *p, Duration::from_secs(10))
+                        .ok()
+                        .map(|(_, high)| Offset::Offset(high))
+                })
                 .unwrap_or(Offset::End);
             let _ = tpl.add_partition_offset(&self.topic, *p, at);
         }
         tpl
     }
 
-    fn waiter(&self, parts: &[i32], eofs: &HashMap<i32, u64>, done: Option<CatchUp>) -> Waiter {
+    fn waiter(&self, parts: &[i32], done: Option<CatchUp>) -> Waiter {
         let mut targets = HashMap::new();
         for p in parts {
             match self
@@ -279,24 +315,16 @@ impl Run {
         }
         Waiter {
             targets,
-            eof_marks: eofs.clone(),
+            created: Instant::now(),
             done,
         }
     }
 
-    fn reached(&self, w: &Waiter, eofs: &HashMap<i32, u64>) -> bool {
-        let positions = self.consumer.position().ok();
+    fn reached(&self, w: &Waiter, progress: &Progress) -> bool {
+        let settled = w.created.elapsed() >= SETTLE;
         w.targets.iter().all(|(p, target)| {
-            let pos = positions
-                .as_ref()
-                .and_then(|l| l.find_partition(&self.topic, *p))
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                })
-                .unwrap_or(-1);
-            pos >= *target
-                || eofs.get(p).copied().unwrap_or(0) > w.eof_marks.get(p).copied().unwrap_or(0)
+            progress.next.get(p).is_some_and(|n| n >= target)
+                || (settled && progress.at_end.get(p).copied().unwrap_or(false))
         })
     }
 
@@ -345,13 +373,18 @@ impl Run {
         };
         let committed = self.committed_offsets();
         let starts = self.starts(&parts);
+        let mut progress = Progress::default();
+        for e in starts.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                progress.next.insert(e.partition(), o);
+            }
+        }
         if let Err(e) = self.consumer.assign(&starts) {
             warn!(error = %e, "cannot assign the state log; state stays local to this instance");
             self.shared.caught_up.store(true, Ordering::SeqCst);
             return;
         }
-        let mut eofs: HashMap<i32, u64> = HashMap::new();
-        let mut initial = Some(self.waiter(&parts, &eofs, None));
+        let mut initial = Some(self.waiter(&parts, None));
         let started = Instant::now();
         let mut replayed = 0u64;
         let mut waiters: Vec<Waiter> = Vec::new();
@@ -361,10 +394,12 @@ impl Run {
         let own = metrics::counter!(telemetry::STATE_APPLIED, "result" => "own");
         while !self.stopping() {
             while let Ok(tx) = self.requests.try_recv() {
-                waiters.push(self.waiter(&parts, &eofs, Some(tx)));
+                waiters.push(self.waiter(&parts, Some(tx)));
             }
             match self.consumer.poll(Duration::from_millis(20)) {
                 Some(Ok(m)) => {
+                    progress.next.insert(m.partition(), m.offset() + 1);
+                    progress.at_end.insert(m.partition(), false);
                     let mine = m
                         .headers()
                         .and_then(|h| h.iter().find(|h| h.key == HDR_ORIGIN))
@@ -396,13 +431,13 @@ impl Run {
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
-                    *eofs.entry(p).or_default() += 1;
+                    progress.at_end.insert(p, true);
                 }
                 Some(Err(e)) => debug!(error = %e, "state log read error; retrying"),
                 None => {}
             }
             if let Some(w) = &initial {
-                if self.reached(w, &eofs) {
+                if self.reached(w, &progress) {
                     info!(
                         records = replayed,
                         seconds = started.elapsed().as_secs_f64(),
@@ -417,7 +452,7 @@ impl Run {
             if !waiters.is_empty() {
                 let mut i = 0;
                 while i < waiters.len() {
-                    if self.reached(&waiters[i], &eofs) {
+                    if self.reached(&waiters[i], &progress) {
                         let w = waiters.swap_remove(i);
                         if let Some(tx) = w.done {
                             let _ = tx.send(());
