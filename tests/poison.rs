@@ -25,6 +25,25 @@ use sha2::Digest as _;
 
 const HUGE: usize = 1_019_983;
 
+/// Waits for the dead-letter topic's first record, and checks no other follows.
+fn the_only_dead_letter(
+    brokers: &str,
+    topic: &str,
+    committed: bool,
+    f: &Fraudline,
+    delivery: &str,
+) -> Read {
+    let mut dlq = Reader::new(brokers, topic, committed);
+    assert!(
+        dlq.poll_until(Duration::from_secs(30), |r| !r.is_empty()),
+        "{delivery}: no dead letter; log:\n{}",
+        f.log_tail()
+    );
+    dlq.poll_for(Duration::from_secs(1));
+    assert_eq!(dlq.records.len(), 1, "{delivery}: exactly one dead letter");
+    dlq.records.remove(0)
+}
+
 /// A valid JSON payment.
 fn payment(id: &str, payer: &str) -> Vec<u8> {
     serde_json::json!({
@@ -79,15 +98,7 @@ async fn oversize_record_does_not_stop_the_stream(delivery: &str) {
         assert!(ids.contains(id), "{delivery}: no verdict for {id}");
     }
 
-    let mut dlq = Reader::new(brokers, &t.dlq, committed_reader);
-    assert!(
-        dlq.poll_until(Duration::from_secs(30), |r| !r.is_empty()),
-        "{delivery}: no dead letter; log:\n{}",
-        f.log_tail()
-    );
-    dlq.poll_for(Duration::from_secs(1));
-    assert_eq!(dlq.records.len(), 1, "{delivery}: one dead letter");
-    let r = &dlq.records[0];
+    let r = &the_only_dead_letter(brokers, &t.dlq, committed_reader, &f, delivery);
     let dl = proto::DeadLetter::decode(r.payload.as_slice()).unwrap();
     assert_eq!(dl.error_kind, "too_large");
     assert_eq!(dl.payload_bytes, HUGE as i64, "original length kept");
@@ -206,19 +217,8 @@ async fn refused_verdict_becomes_a_minimal_dead_letter(delivery: &str) {
     let want: HashSet<String> = (0..80).map(|i| format!("ok-{i}")).collect();
     assert_eq!(ids, want, "{delivery}: every other payment has its verdict");
 
-    let mut dlq = Reader::new(brokers, &t.dlq, committed_reader);
-    assert!(
-        dlq.poll_until(Duration::from_secs(30), |r| !r.is_empty()),
-        "{delivery}: no dead letter; log:\n{}",
-        f.log_tail()
-    );
-    dlq.poll_for(Duration::from_secs(1));
-    assert_eq!(
-        dlq.records.len(),
-        1,
-        "{delivery}: one dead letter, for the refused record only"
-    );
-    let dl = proto::DeadLetter::decode(dlq.records[0].payload.as_slice()).unwrap();
+    let dlq = the_only_dead_letter(brokers, &t.dlq, committed_reader, &f, delivery);
+    let dl = proto::DeadLetter::decode(dlq.payload.as_slice()).unwrap();
     assert_eq!(dl.error_kind, "unproducible");
     assert_eq!(
         (dl.source_partition, dl.source_offset),
@@ -238,12 +238,7 @@ async fn refused_verdict_becomes_a_minimal_dead_letter(delivery: &str) {
     );
     if delivery == "exactly-once" {
         // Aborts to find the culprit, not a loop.
-        let aborted = body
-            .lines()
-            .find(|l| l.starts_with("fraudline_transactions_total{result=\"aborted\"}"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
+        let aborted = metric(&body, "fraudline_transactions_total{result=\"aborted\"}");
         assert!(aborted <= 5.0, "aborted {aborted} transactions");
     }
     assert_eq!(f.sigterm_and_wait(Duration::from_secs(30)), Some(0));

@@ -221,12 +221,7 @@ async fn three_instances_see_what_one_instance_sees() {
     // Each instance scored a share, and applied the others' payments.
     for f in &mut three {
         let (_, body) = wait_http(&f.http, "/metrics", Duration::from_secs(5)).expect("/metrics");
-        let applied = body
-            .lines()
-            .find(|l| l.starts_with("fraudline_state_records_total{result=\"applied\"}"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
+        let applied = metric(&body, "fraudline_state_records_total{result=\"applied\"}");
         assert!(applied > 0.0, "an instance applied nothing from the others");
     }
     for f in &mut three {

@@ -20,7 +20,6 @@ use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::record::{last_resort, Source};
@@ -104,7 +103,7 @@ struct Loop<'a> {
     producer: FutureProducer<StreamContext>,
     tracker: OffsetTracker,
     inflight: FuturesUnordered<Acked>,
-    stop: watch::Receiver<bool>,
+    stop: super::Stop,
     opts: ProcessOptions,
 }
 
@@ -120,7 +119,7 @@ pub async fn run(
         opts,
     } = clients(cfg, parts).await?;
     subscribe(cfg, &consumer)?;
-    let (stop_tx, stop) = watch::channel(false);
+    let (stop, forward) = super::Stop::new(shutdown);
     let mut l = Loop {
         cfg,
         parts,
@@ -137,13 +136,6 @@ pub async fn run(
         group = %cfg.kafka.group_id,
         "stream started (at-least-once)"
     );
-    // The shutdown signal is forwarded to a watch that every wait inside the
-    // loop also selects on, so no retry or full queue can hold a SIGTERM.
-    let forward = async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-        std::future::pending::<()>().await;
-    };
     tokio::select! {
         r = l.consume() => r?,
         () = forward => {}
@@ -153,18 +145,11 @@ pub async fn run(
 
 impl Loop<'_> {
     fn stopping(&self) -> bool {
-        *self.stop.borrow()
+        self.stop.stopping()
     }
 
-    /// Sleeps `d`, or less if shutdown comes first; returns whether it did.
     async fn pause(&mut self, d: Duration) -> bool {
-        if self.stopping() {
-            return true;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(d) => false,
-            _ = self.stop.changed() => true,
-        }
+        self.stop.pause(d).await
     }
 
     /// Consumes until shutdown.
@@ -176,7 +161,7 @@ impl Loop<'_> {
         loop {
             tokio::select! {
                 biased;
-                _ = stop.changed() => return Ok(()),
+                () = stop.stopped() => return Ok(()),
                 Some((p, r)) = self.inflight.next(), if !self.inflight.is_empty() => self.on_ack(p, r).await?,
                 msg = self.consumer.recv(), if self.inflight.len() < max_in_flight => match msg {
                     Ok(m) => {
@@ -334,9 +319,20 @@ impl Loop<'_> {
                 }
             }
         };
-        let state = match &p.state {
-            Some(state) => self.send_state(&p.key, state).await,
-            None => None,
+        let origin = self.parts.state.as_ref().map(|s| s.origin.clone());
+        let state = match (&p.state, origin) {
+            (Some(state), Some(origin)) => {
+                super::send_state_record(
+                    self.cfg,
+                    &self.producer,
+                    &mut self.stop,
+                    &origin,
+                    &p.key,
+                    state,
+                )
+                .await
+            }
+            _ => None,
         };
         self.inflight.push(Box::pin(async move {
             let verdict = future.await.ok();
@@ -354,47 +350,6 @@ impl Loop<'_> {
             (p, r)
         }));
         self.parts.metrics.in_flight.set(self.inflight.len() as f64);
-    }
-
-    /// Enqueues a state-log record, waiting while the queue is full. `None`
-    /// when it cannot be enqueued (shutdown, or refused for good: then this
-    /// payment's state effect stays local, and that is logged).
-    async fn send_state(
-        &mut self,
-        key: &[u8],
-        state: &[u8],
-    ) -> Option<rdkafka::producer::DeliveryFuture> {
-        let origin = self.parts.state.as_ref().map(|s| s.origin.clone())?;
-        let mut attempts = 0;
-        loop {
-            let headers = OwnedHeaders::new_with_capacity(1).insert(rdkafka::message::Header {
-                key: crate::state::HDR_ORIGIN,
-                value: Some(origin.as_bytes()),
-            });
-            let record = FutureRecord::to(&self.cfg.kafka.state_topic)
-                .key(key)
-                .payload(state)
-                .headers(headers);
-            match self.producer.send_result(record) {
-                Ok(f) => return Some(f),
-                Err((e, _)) => {
-                    let class = classify(&e);
-                    if class != Failure::Outage {
-                        attempts += 1;
-                    }
-                    if class == Failure::Permanent
-                        || attempts >= self.cfg.kafka.produce_max_attempts
-                    {
-                        warn!(error = %e, "state record cannot be produced; this payment's features stay on this instance");
-                        return None;
-                    }
-                    let wait = if class == Failure::Outage { 1 } else { 100 };
-                    if self.pause(Duration::from_millis(wait)).await {
-                        return None;
-                    }
-                }
-            }
-        }
     }
 
     /// Records that everything for `partition`/`offset` is done and stores

@@ -23,7 +23,6 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::at_least_once::{classify, Failure};
@@ -98,7 +97,7 @@ struct Loop<'a> {
     producer: FutureProducer<StreamContext>,
     txn: Txn,
     isolation: Isolation,
-    stop: watch::Receiver<bool>,
+    stop: super::Stop,
     opts: ProcessOptions,
 }
 
@@ -129,7 +128,7 @@ pub async fn run(
         transactional_id = %cfg.kafka.transactional_id,
         "stream started (exactly-once)"
     );
-    let (stop_tx, stop) = watch::channel(false);
+    let (stop, forward) = super::Stop::new(shutdown);
     let mut l = Loop {
         cfg,
         parts,
@@ -148,11 +147,6 @@ pub async fn run(
         stop,
         opts,
     };
-    let forward = async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-        std::future::pending::<()>().await;
-    };
     tokio::select! {
         r = l.consume() => r?,
         () = forward => {}
@@ -166,18 +160,8 @@ pub async fn run(
 }
 
 impl Loop<'_> {
-    fn stopping(&self) -> bool {
-        *self.stop.borrow()
-    }
-
     async fn pause(&mut self, d: Duration) -> bool {
-        if self.stopping() {
-            return true;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(d) => false,
-            _ = self.stop.changed() => true,
-        }
+        self.stop.pause(d).await
     }
 
     async fn consume(&mut self) -> Result<(), StreamError> {
@@ -189,7 +173,7 @@ impl Loop<'_> {
         loop {
             tokio::select! {
                 biased;
-                _ = stop.changed() => return Ok(()),
+                () = stop.stopped() => return Ok(()),
                 _ = ticker.tick() => {
                     if self.txn.open && self.txn.started.elapsed() >= interval {
                         self.commit().await?;
@@ -278,45 +262,16 @@ impl Loop<'_> {
         state: &[u8],
         origin: &str,
     ) {
-        let mut attempts = 0;
-        loop {
-            let headers = rdkafka::message::OwnedHeaders::new_with_capacity(1).insert(
-                rdkafka::message::Header {
-                    key: crate::state::HDR_ORIGIN,
-                    value: Some(origin.as_bytes()),
-                },
-            );
-            let record = FutureRecord::to(&self.cfg.kafka.state_topic)
-                .key(key)
-                .payload(state)
-                .headers(headers);
-            match self.producer.send_result(record) {
-                Ok(delivery) => {
-                    self.txn.sent.push(Sent {
-                        partition,
-                        offset,
-                        last_resort: false,
-                        delivery,
-                    });
-                    return;
-                }
-                Err((e, _)) => {
-                    let class = classify(&e);
-                    if class != Failure::Outage {
-                        attempts += 1;
-                    }
-                    if class == Failure::Permanent
-                        || attempts >= self.cfg.kafka.produce_max_attempts
-                    {
-                        warn!(partition, offset, error = %e, "state record cannot be produced; this payment's features stay on this instance");
-                        return;
-                    }
-                    let wait = if class == Failure::Outage { 1 } else { 100 };
-                    if self.pause(Duration::from_millis(wait)).await {
-                        return;
-                    }
-                }
-            }
+        let sent =
+            super::send_state_record(self.cfg, &self.producer, &mut self.stop, origin, key, state)
+                .await;
+        if let Some(delivery) = sent {
+            self.txn.sent.push(Sent {
+                partition,
+                offset,
+                last_resort: false,
+                delivery,
+            });
         }
     }
 

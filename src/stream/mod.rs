@@ -414,3 +414,90 @@ pub fn producer_config(cfg: &Config) -> ClientConfig {
     }
     c
 }
+
+/// The shutdown signal as every wait inside a delivery loop sees it: a
+/// watch that the loop's retries, full-queue waits and consumes select on,
+/// so no single record can hold a SIGTERM.
+#[derive(Clone)]
+pub(crate) struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    /// The stop watch and the future that fires it when `shutdown`
+    /// resolves (it never returns; run it beside the loop in a `select!`).
+    pub(crate) fn new(
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> (Stop, impl Future<Output = ()> + Send) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let forward = async move {
+            shutdown.await;
+            let _ = tx.send(true);
+            std::future::pending::<()>().await;
+        };
+        (Stop(rx), forward)
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves when shutdown is asked for.
+    pub(crate) async fn stopped(&mut self) {
+        let _ = self.0.wait_for(|v| *v).await;
+    }
+
+    /// Sleeps `d`, or less if shutdown comes first; returns whether it did.
+    pub(crate) async fn pause(&mut self, d: std::time::Duration) -> bool {
+        if self.stopping() {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(d) => false,
+            () = self.stopped() => true,
+        }
+    }
+}
+
+/// Enqueues one state-log record (header: this process's origin), waiting
+/// while librdkafka's queue is full or the broker is away. `None` on
+/// shutdown, or when it is refused for good or after
+/// `kafka.produce_max_attempts`: the payment's features then stay on this
+/// instance, which is logged.
+pub(crate) async fn send_state_record(
+    cfg: &Config,
+    producer: &FutureProducer<StreamContext>,
+    stop: &mut Stop,
+    origin: &str,
+    key: &[u8],
+    state: &[u8],
+) -> Option<rdkafka::producer::DeliveryFuture> {
+    use at_least_once::{classify, Failure};
+    let mut attempts = 0;
+    loop {
+        let headers =
+            rdkafka::message::OwnedHeaders::new_with_capacity(1).insert(rdkafka::message::Header {
+                key: crate::state::HDR_ORIGIN,
+                value: Some(origin.as_bytes()),
+            });
+        let record = rdkafka::producer::FutureRecord::to(&cfg.kafka.state_topic)
+            .key(key)
+            .payload(state)
+            .headers(headers);
+        match producer.send_result(record) {
+            Ok(f) => return Some(f),
+            Err((e, _)) => {
+                let class = classify(&e);
+                if class != Failure::Outage {
+                    attempts += 1;
+                }
+                if class == Failure::Permanent || attempts >= cfg.kafka.produce_max_attempts {
+                    tracing::warn!(error = %e, "state record cannot be produced; this payment's features stay on this instance");
+                    return None;
+                }
+                let wait = if class == Failure::Outage { 1 } else { 100 };
+                if stop.pause(std::time::Duration::from_millis(wait)).await {
+                    return None;
+                }
+            }
+        }
+    }
+}

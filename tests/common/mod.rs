@@ -428,6 +428,15 @@ pub fn committed(brokers: &str, group: &str, topic: &str) -> HashMap<i32, i64> {
         .collect()
 }
 
+/// The value of one series in a /metrics body (0 when absent).
+pub fn metric(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 pub fn wait_http(addr: &str, path: &str, limit: Duration) -> Option<(u16, String)> {
     let start = Instant::now();
     while start.elapsed() < limit {
