@@ -10,44 +10,9 @@ use proptest::prelude::*;
 
 use super::codec::{decode_account, decode_kit, EntityKey};
 use super::*;
-use crate::event::{AccountKind, Channel, Currency, Geo, Party, Payment, PaymentType};
+use crate::event::{Geo, Payment};
 
-/// 2027-01-15 00:00:00 UTC.
-const T0: i64 = 1_799_971_200_000;
-const MIN: i64 = 60_000;
-const HOUR: i64 = 3_600_000;
-
-fn party(account: &str) -> Party {
-    Party {
-        account: account.into(),
-        bank_code: "BANK".into(),
-        kind: AccountKind::Account,
-    }
-}
-
-fn pay(id: &str, payer: &str, payee: &str, amount: i64, t: i64) -> Payment {
-    Payment {
-        event_id: id.into(),
-        event_time_ms: t,
-        payer: party(payer),
-        payee: party(payee),
-        amount_minor: amount,
-        currency: Currency::parse("MYR").expect("known currency"),
-        channel: Channel::Mobile,
-        payment_type: PaymentType::Transfer,
-        device_id: String::new(),
-        ip: String::new(),
-        phone: String::new(),
-        geo: None,
-        country: "MY".into(),
-        merchant_category: String::new(),
-        attributes: Default::default(),
-    }
-}
-
-fn store() -> FeatureStore {
-    FeatureStore::new(FeatureConfig::default())
-}
+use super::tests::{pay, store, HOUR, MIN, T0};
 
 /// A generated payment: small pools so entities repeat; kit and geo
 /// sometimes; one in ten a replay of an earlier event.

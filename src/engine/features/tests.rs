@@ -11,9 +11,9 @@ use super::*;
 use crate::event::{AccountKind, Channel, Currency, Geo, Party, Payment, PaymentType};
 
 /// 2027-01-15 00:00:00 UTC, a whole day.
-const T0: i64 = 1_799_971_200_000;
-const MIN: i64 = 60_000;
-const HOUR: i64 = 3_600_000;
+pub(super) const T0: i64 = 1_799_971_200_000;
+pub(super) const MIN: i64 = 60_000;
+pub(super) const HOUR: i64 = 3_600_000;
 
 fn party(account: &str) -> Party {
     Party {
@@ -23,7 +23,7 @@ fn party(account: &str) -> Party {
     }
 }
 
-fn pay(id: &str, payer: &str, payee: &str, amount: i64, t: i64) -> Payment {
+pub(super) fn pay(id: &str, payer: &str, payee: &str, amount: i64, t: i64) -> Payment {
     Payment {
         event_id: id.into(),
         event_time_ms: t,
@@ -43,7 +43,7 @@ fn pay(id: &str, payer: &str, payee: &str, amount: i64, t: i64) -> Payment {
     }
 }
 
-fn store() -> FeatureStore {
+pub(super) fn store() -> FeatureStore {
     FeatureStore::new(FeatureConfig::default())
 }
 
