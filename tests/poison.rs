@@ -173,9 +173,10 @@ async fn refused_verdict_becomes_a_minimal_dead_letter(delivery: &str) {
     produce_raw(brokers, &t.payments, &raw).await;
 
     let http = format!("127.0.0.1:{}", free_port());
-    let extra = "[limits]\nmax_key_bytes = 7000\n";
-    let config =
-        config_toml(brokers, &t, delivery, &http, "").replace("[http]", &format!("{extra}[http]"));
+    let extra = "[limits]\nmax_key_bytes = 7000\n[engine]\nexplain_in_verdicts = true\n";
+    let config = config_toml(brokers, &t, delivery, &http, "")
+        .replace("[http]", &format!("{extra}[http]"))
+        .replace("commit_interval_ms = 100", "commit_interval_ms = 2000");
     let mut f = Fraudline::start(&config);
     let committed_reader = delivery == "exactly-once";
     let mut verdicts = Reader::new(brokers, &t.verdicts, committed_reader);
@@ -200,11 +201,15 @@ async fn refused_verdict_becomes_a_minimal_dead_letter(delivery: &str) {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let long_key = "7".repeat(6900);
-    let mut rest = vec![(long_key.clone(), payment("refused", "acct-refused"))];
-    rest.extend((40..80).map(ok));
+    // Payments before the refused one share its transaction (2 s long in
+    // exactly-once mode): their verdicts reach the log, uncommitted, before
+    // the abort, and they are scored again after it.
+    let mut rest: Vec<(String, Vec<u8>)> = (40..60).map(ok).collect();
+    rest.push((long_key.clone(), payment("refused", "acct-refused")));
+    rest.extend((60..80).map(ok));
     let raw: Vec<(&str, Vec<u8>)> = rest.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     let placed = produce_raw(brokers, &t.payments, &raw).await;
-    let refused_at = placed[0];
+    let refused_at = placed[20];
 
     assert!(
         verdicts.poll_until(Duration::from_secs(90), |r| distinct_ids(r).len() >= 80),
@@ -240,6 +245,38 @@ async fn refused_verdict_becomes_a_minimal_dead_letter(delivery: &str) {
         // Aborts to find the culprit, not a loop.
         let aborted = metric(&body, "fraudline_transactions_total{result=\"aborted\"}");
         assert!(aborted <= 5.0, "aborted {aborted} transactions");
+        // The aborted transactions' verdicts are still in the log (a
+        // read_uncommitted reader sees them): every event scored again got
+        // the verdict, reasons and features it got the first time.
+        let mut all = Reader::new(brokers, &t.verdicts, false);
+        all.poll_until(Duration::from_secs(30), |r| distinct_ids(r).len() >= 80);
+        all.poll_for(Duration::from_secs(1));
+        let mut by_id: std::collections::HashMap<String, Vec<proto::Verdict>> = Default::default();
+        for r in &all.records {
+            let v = verdict(r);
+            by_id.entry(v.event_id.clone()).or_default().push(v);
+        }
+        let rescored: Vec<&Vec<proto::Verdict>> = by_id.values().filter(|v| v.len() > 1).collect();
+        assert!(
+            !rescored.is_empty(),
+            "no event was scored twice: the abort path was not driven"
+        );
+        let same =
+            |v: &proto::Verdict| (v.decision, v.score, v.reasons.clone(), v.features.clone());
+        for vs in &rescored {
+            for v in &vs[1..] {
+                assert_eq!(
+                    same(v),
+                    same(&vs[0]),
+                    "{}: re-scored differently",
+                    v.event_id
+                );
+            }
+        }
+        eprintln!(
+            "{} events were scored again after an abort, each as the first time",
+            rescored.len()
+        );
     }
     assert_eq!(f.sigterm_and_wait(Duration::from_secs(30)), Some(0));
 }

@@ -13,7 +13,7 @@ pub mod decision;
 pub mod features;
 pub mod rules;
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use crate::event::Payment;
 pub use blocklist::{Blocklist, ListEntry, ListKind};
 pub use decision::{Decision, Reason, Thresholds, Verdict};
-pub use features::{FeatureStore, FeatureVector};
+pub use features::{FeatureStore, FeatureVector, StateError};
 pub use rules::RuleSet;
 
 /// Builds an [`Engine`]. All fields have working defaults.
@@ -38,6 +38,21 @@ pub struct Engine {
     features: FeatureStore,
     rules: ArcSwap<RuleSet>,
     blocklist: ArcSwap<Blocklist>,
+    txn: TxnGate,
+}
+
+/// The exactly-once stream's transaction over feature state. While one is
+/// open, every payment applied by anyone but the stream (in-line calls, the
+/// state-log follower, a warm-up) is also kept here, so that an abort can
+/// put them back: the store's abort undoes every change since the
+/// transaction began, and only the stream's own payments come back by
+/// themselves (it re-consumes them). Foreign payments take the gate's read
+/// side around their update, so an abort (the write side) sees each one
+/// either wholly applied and kept, or not yet applied.
+#[derive(Default)]
+struct TxnGate {
+    open: std::sync::RwLock<bool>,
+    foreign: std::sync::Mutex<Vec<Payment>>,
 }
 
 impl Engine {
@@ -46,6 +61,7 @@ impl Engine {
             features: FeatureStore::new(cfg.features),
             rules: ArcSwap::from_pointee(RuleSet::builtin(cfg.thresholds, &cfg.builtin)),
             blocklist: ArcSwap::from_pointee(Blocklist::empty()),
+            txn: TxnGate::default(),
         }
     }
 
@@ -58,6 +74,18 @@ impl Engine {
     /// [`Engine::score`] with the wall-clock time given (for deterministic
     /// tests and replays).
     pub fn score_at(&self, p: &Payment, now_ms: i64) -> Verdict {
+        let open = self.txn.open.read().unwrap_or_else(PoisonError::into_inner);
+        let v = self.score_owned_at(p, now_ms);
+        if *open {
+            self.keep_foreign(p);
+        }
+        v
+    }
+
+    /// [`Engine::score_at`] for the stream that owns the open transaction
+    /// (or when there is none): its payments are not kept for an abort,
+    /// because the stream re-consumes them after one.
+    pub fn score_owned_at(&self, p: &Payment, now_ms: i64) -> Verdict {
         let started = Instant::now();
         let fv = self.features.update_and_read(p);
         let rules = self.rules.load();
@@ -70,7 +98,79 @@ impl Engine {
     /// Updates feature state with a payment without scoring it: the warm-up
     /// replay after a restart or a rebalance.
     pub fn warm(&self, p: &Payment) {
+        let open = self.txn.open.read().unwrap_or_else(PoisonError::into_inner);
         self.features.update_and_read(p);
+        if *open {
+            self.keep_foreign(p);
+        }
+    }
+
+    fn keep_foreign(&self, p: &Payment) {
+        self.txn
+            .foreign
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(p.clone());
+    }
+
+    /// Opens the exactly-once stream's transaction over feature state (see
+    /// [`FeatureStore::begin_txn`]).
+    pub fn begin_txn(&self) -> Result<(), StateError> {
+        let mut open = self
+            .txn
+            .open
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.features.begin_txn()?;
+        self.txn
+            .foreign
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        *open = true;
+        Ok(())
+    }
+
+    /// Keeps the transaction's changes.
+    pub fn commit_txn(&self) -> Result<(), StateError> {
+        let mut open = self
+            .txn
+            .open
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        *open = false;
+        self.txn
+            .foreign
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.features.commit_txn().map(|_| ())
+    }
+
+    /// Puts feature state back as it was when the transaction began, then
+    /// applies again the payments others applied meanwhile (in-line calls,
+    /// other instances' state records), in their order. The stream then
+    /// re-consumes its own, which see the state they first saw. Returns how
+    /// many foreign payments were applied again.
+    pub fn abort_txn(&self) -> Result<usize, StateError> {
+        let mut open = self
+            .txn
+            .open
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        *open = false;
+        let undone = self.features.abort_txn();
+        let foreign = std::mem::take(
+            &mut *self
+                .txn
+                .foreign
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for p in &foreign {
+            self.features.update_and_read(p);
+        }
+        undone.map(|_| foreign.len())
     }
 
     /// Swaps in a new rule set between two events.

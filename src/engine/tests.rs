@@ -209,3 +209,57 @@ reason = "Large payment to a payee listed for review"
     let later = e.score_at(&pay("3", "A", "X1", 60_000_000, T0), T0);
     assert_eq!(later.decision, Decision::Allow, "{later:?}");
 }
+
+/// An aborted exactly-once transaction: the stream's payments, scored
+/// again, get the verdicts and features they got first, and a payment an
+/// in-line call scored meanwhile stays counted (once).
+#[test]
+fn an_aborted_transaction_rescores_to_the_same_verdicts_and_keeps_foreign_payments() {
+    let e = Engine::new(EngineConfig::default());
+    e.score_owned_at(&pay("before", "A", "SHOP", 1_000, T0), T0);
+    let stream: Vec<Payment> = (0..6)
+        .map(|i| {
+            pay(
+                &format!("s{i}"),
+                &format!("P{}", i % 3),
+                "MULE",
+                5_000,
+                T0 + 1_000 * (i + 1),
+            )
+        })
+        .collect();
+    e.begin_txn().unwrap();
+    let first: Vec<Verdict> = stream.iter().map(|p| e.score_owned_at(p, T0)).collect();
+    // In-line, during the transaction: a payment to the same payee.
+    let inline = pay("inline-1", "Q", "MULE", 7_000, T0 + 3_500);
+    e.score_at(&inline, T0);
+    assert_eq!(
+        e.abort_txn().unwrap(),
+        1,
+        "the in-line payment is applied again"
+    );
+
+    e.begin_txn().unwrap();
+    let again: Vec<Verdict> = stream.iter().map(|p| e.score_owned_at(p, T0)).collect();
+    e.commit_txn().unwrap();
+    for (a, b) in first.iter().zip(&again) {
+        assert_eq!(a.decision, b.decision);
+        assert_eq!(a.score, b.score);
+        for f in [F::PayerNewPayee, F::PayerCount1h, F::PayerSum24h] {
+            assert_eq!(
+                a.features.get(f).to_bits(),
+                b.features.get(f).to_bits(),
+                "{f:?}"
+            );
+        }
+    }
+    assert_eq!(
+        first[0].features.get(F::PayerNewPayee),
+        1.0,
+        "novelty seen again, not a duplicate"
+    );
+    // The payee now holds 6 stream payments and the in-line one, once each.
+    let v = e.score_owned_at(&pay("after", "R", "MULE", 1, T0 + 10_000), T0);
+    assert_eq!(v.features.get(F::PayeeInCount1h), 8.0);
+    assert_eq!(v.features.get(F::PayeeDistinctPayers1h), 5.0);
+}

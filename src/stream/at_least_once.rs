@@ -217,7 +217,6 @@ impl Loop<'_> {
             error = %why,
             "record cannot be produced; replacing it by a minimal dead letter"
         );
-        metrics::counter!(telemetry::LAST_RESORT, "outcome" => "replaced").increment(1);
         let Outcome::Dead {
             key,
             payload,

@@ -184,6 +184,12 @@ impl Loop<'_> {
                         self.parts.metrics.events_consumed.increment(1);
                         if !self.txn.open {
                             self.producer.begin_transaction().map_err(|source| StreamError::Transaction { step: "begin", source })?;
+                            // Feature state joins the transaction: an abort
+                            // puts it back, so re-scored events see what
+                            // they first saw.
+                            if let Err(e) = self.parts.engine.begin_txn() {
+                                warn!(error = %e, "feature state cannot join the transaction");
+                            }
                             self.txn.open = true;
                             self.txn.started = Instant::now();
                         }
@@ -327,8 +333,6 @@ impl Loop<'_> {
                     }
                     if give_up {
                         warn!(partition, offset, error = %e, "record cannot be produced; replacing it by a minimal dead letter");
-                        metrics::counter!(telemetry::LAST_RESORT, "outcome" => "replaced")
-                            .increment(1);
                         let source = Source {
                             topic: &self.cfg.kafka.payments_topic,
                             partition,
@@ -382,6 +386,9 @@ impl Loop<'_> {
             .await;
             match r {
                 Ok(()) => {
+                    if let Err(e) = self.parts.engine.commit_txn() {
+                        warn!(error = %e, "feature state transaction not committed");
+                    }
                     metrics::counter!(telemetry::TRANSACTIONS, "result" => "committed")
                         .increment(1);
                     let now = crate::now_ms();
@@ -432,6 +439,13 @@ impl Loop<'_> {
                 source,
             })?;
         metrics::counter!(telemetry::TRANSACTIONS, "result" => "aborted").increment(1);
+        match self.parts.engine.abort_txn() {
+            Ok(reapplied) => info!(
+                reapplied,
+                "feature state put back to the transaction's start"
+            ),
+            Err(e) => warn!(error = %e, "feature state could not be put back in full"),
+        }
         let sent = std::mem::take(&mut self.txn.sent);
         let touched: Vec<(i32, i64)> = self.txn.offsets.iter().map(|(p, o)| (*p, *o)).collect();
         self.txn.reset();

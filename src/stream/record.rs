@@ -95,7 +95,7 @@ pub fn process(
     match event::decode(bytes, content_type(msg), &opts.limits, now) {
         Ok(p) => {
             let started = std::time::Instant::now();
-            let v = engine.score_at(&p, now);
+            let v = engine.score_owned_at(&p, now);
             metrics
                 .engine_latency
                 .record(started.elapsed().as_secs_f64());

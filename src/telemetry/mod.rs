@@ -23,6 +23,8 @@ pub const VERDICTS: &str = "fraudline_verdicts_total";
 pub const DECODE_ERRORS: &str = "fraudline_decode_errors_total";
 pub const DLQ_RECORDS: &str = "fraudline_dlq_records_total";
 pub const LAST_RESORT: &str = "fraudline_dlq_last_resort_total";
+/// The dead-letter kind of a minimal dead letter (see `DecodeError::Unproducible`).
+const UNPRODUCIBLE: &str = "unproducible";
 pub const STATE_PROPAGATION: &str = "fraudline_state_propagation_seconds";
 pub const STATE_APPLIED: &str = "fraudline_state_records_total";
 pub const STATE_RESTORE_DURATION: &str = "fraudline_state_restore_duration_seconds";
@@ -316,8 +318,14 @@ impl Metrics {
         metrics::counter!(DECODE_ERRORS, "kind" => e.kind()).increment(1);
     }
 
+    /// A dead letter delivered (at-least-once) or committed (exactly-once).
+    /// A minimal one standing in for an unproducible record is also a
+    /// last-resort replacement: counted here, once, as an outcome.
     pub fn dlq(&self, reason: &'static str) {
         metrics::counter!(DLQ_RECORDS, "reason" => reason).increment(1);
+        if reason == UNPRODUCIBLE {
+            metrics::counter!(LAST_RESORT, "outcome" => "replaced").increment(1);
+        }
     }
 
     /// Registers zero-valued series so dashboards and `rate()` see them
