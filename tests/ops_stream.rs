@@ -142,15 +142,16 @@ async fn a_running_fraudline_exports_lag_per_partition_and_never_logs_an_account
         ],
     )
     .await;
-    let http = format!("127.0.0.1:{}", free_port());
+    let http = ANY_PORT;
     let extra = format!(
         "warmup_lookback_ms = 0\n[blocklist]\ntopic = \"{list_topic}\"\ntopic_catch_up_ms = 20000\n"
     );
-    let config = config_toml(brokers, &t, "at-least-once", &http, &extra).replace(
+    let config = config_toml(brokers, &t, "at-least-once", http, &extra).replace(
         "format = \"text\"\nlevel = \"info\"",
         "format = \"json\"\nlevel = \"info,fraudline=debug\"",
     );
     let mut f = Fraudline::start(&config);
+    let http = f.http.clone();
 
     // Every event scored: lag 0 on both partitions.
     let start = Instant::now();

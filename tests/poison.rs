@@ -82,8 +82,8 @@ async fn oversize_record_does_not_stop_the_stream(delivery: &str) {
     produce_big(brokers, &t.payments, b"huge-key", &huge).await;
     let after = produce_events(brokers, &t.payments, 300, 22).await;
 
-    let http = format!("127.0.0.1:{}", free_port());
-    let mut f = Fraudline::start(&config_toml(brokers, &t, delivery, &http, ""));
+    let mut f = Fraudline::start(&config_toml(brokers, &t, delivery, ANY_PORT, ""));
+    let http = f.http.clone();
     let committed_reader = delivery == "exactly-once";
     let mut verdicts = Reader::new(brokers, &t.verdicts, committed_reader);
     let want = before.len() + after.len();
@@ -172,12 +172,12 @@ async fn refused_verdict_becomes_a_minimal_dead_letter(delivery: &str) {
     let raw: Vec<(&str, Vec<u8>)> = first.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     produce_raw(brokers, &t.payments, &raw).await;
 
-    let http = format!("127.0.0.1:{}", free_port());
     let extra = "[limits]\nmax_key_bytes = 7000\n[engine]\nexplain_in_verdicts = true\n";
-    let config = config_toml(brokers, &t, delivery, &http, "")
+    let config = config_toml(brokers, &t, delivery, ANY_PORT, "")
         .replace("[http]", &format!("{extra}[http]"))
         .replace("commit_interval_ms = 100", "commit_interval_ms = 2000");
     let mut f = Fraudline::start(&config);
+    let http = f.http.clone();
     let committed_reader = delivery == "exactly-once";
     let mut verdicts = Reader::new(brokers, &t.verdicts, committed_reader);
     assert!(

@@ -33,12 +33,13 @@ async fn a_new_rule_file_is_swapped_in_between_events_and_a_bad_one_is_refused()
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rules.toml");
     install(&path, &rules("v1", "R1", "amount >= 1"));
-    let http = format!("127.0.0.1:{}", free_port());
+    let http = ANY_PORT;
     let extra = format!(
         "warmup_lookback_ms = 0\n[rules]\nfile = \"{}\"\nwatch_interval_ms = 200\n",
         path.display()
     );
-    let mut f = Fraudline::start(&config_toml(brokers, &t, "at-least-once", &http, &extra));
+    let mut f = Fraudline::start(&config_toml(brokers, &t, "at-least-once", http, &extra));
+    let http = f.http.clone();
     let mut reader = Reader::new(brokers, &t.verdicts, false);
 
     produce_events(brokers, &t.payments, 2_000, 31).await;

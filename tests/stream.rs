@@ -63,8 +63,8 @@ async fn every_event_gets_one_verdict_and_malformed_ones_go_to_the_dlq() {
     let bad_offsets = produce_raw(brokers, &t.payments, &raw).await;
     let placement = produce_events(brokers, &t.payments, EVENTS, 1).await;
 
-    let http = format!("127.0.0.1:{}", free_port());
-    let mut f = Fraudline::start(&config_toml(brokers, &t, "at-least-once", &http, ""));
+    let mut f = Fraudline::start(&config_toml(brokers, &t, "at-least-once", ANY_PORT, ""));
+    let http = f.http.clone();
 
     let mut verdicts = Reader::new(brokers, &t.verdicts, false);
     let all = verdicts.poll_until(Duration::from_secs(120), |r| r.len() >= EVENTS);

@@ -180,11 +180,21 @@ pub async fn produce_raw(
 pub struct Fraudline {
     pub child: Child,
     pub log: PathBuf,
+    /// The address `/metrics`, `/healthz` and `/readyz` answer on.
     pub http: String,
+    /// `[http] listen` as configured.
+    listen: String,
     _dir: tempfile::TempDir,
     config: PathBuf,
 }
 
+/// The `[http] listen` value tests use: port 0, bound by the process
+/// itself (a port picked here and released could be taken by any outbound
+/// connection before the process binds it). [`Fraudline::http`] is the
+/// address it bound, read from its log.
+pub const ANY_PORT: &str = "127.0.0.1:0";
+
+/// A port free now, for tools (Prometheus) that need one named up front.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -215,26 +225,62 @@ impl Fraudline {
         Fraudline::spawn(dir, path, http)
     }
 
-    fn spawn(dir: tempfile::TempDir, config: PathBuf, http: String) -> Fraudline {
-        let log = dir
-            .path()
-            .join(format!("fraudline-{}.log", fraudline::now_ms()));
+    fn spawn(dir: tempfile::TempDir, config: PathBuf, listen: String) -> Fraudline {
+        let (child, log) = Self::launch(dir.path(), &config);
+        let mut f = Fraudline {
+            child,
+            log,
+            http: listen.clone(),
+            listen,
+            _dir: dir,
+            config,
+        };
+        f.resolve_http();
+        f
+    }
+
+    fn launch(dir: &std::path::Path, config: &std::path::Path) -> (Child, PathBuf) {
+        let log = dir.join(format!("fraudline-{}.log", fraudline::now_ms()));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_fraudline"))
             .arg("run")
             .arg("--config")
-            .arg(&config)
+            .arg(config)
             .env_remove("RUST_LOG")
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
             .unwrap();
-        Fraudline {
-            child,
-            log,
-            http,
-            _dir: dir,
-            config,
+        (child, log)
+    }
+
+    /// With `listen` on port 0, waits (up to 30 s, or until the process
+    /// exits) for the log line naming the bound address.
+    fn resolve_http(&mut self) {
+        if !self.listen.ends_with(":0") {
+            return;
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let bound = text
+                .lines()
+                .filter(|l| l.contains("serving /metrics"))
+                // Text (`addr=…`) or JSON (`"addr":"…"`) log lines.
+                .find_map(|l| {
+                    l.split("addr=")
+                        .nth(1)
+                        .or_else(|| l.split("\"addr\":\"").nth(1))
+                })
+                .and_then(|a| a.split([' ', '"']).next());
+            if let Some(addr) = bound {
+                self.http = addr.to_string();
+                return;
+            }
+            if !self.alive() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -242,21 +288,10 @@ impl Fraudline {
     pub fn restart(mut self) -> Fraudline {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let log = self
-            ._dir
-            .path()
-            .join(format!("fraudline-{}.log", fraudline::now_ms()));
-        let out = std::fs::File::create(&log).unwrap();
-        self.child = Command::new(env!("CARGO_BIN_EXE_fraudline"))
-            .arg("run")
-            .arg("--config")
-            .arg(&self.config)
-            .env_remove("RUST_LOG")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
+        let (child, log) = Self::launch(self._dir.path(), &self.config);
+        self.child = child;
         self.log = log;
+        self.resolve_http();
         self
     }
 
@@ -281,7 +316,18 @@ impl Fraudline {
 
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
+        // Backtrace frames (RUST_BACKTRACE is set in CI) would push the
+        // error itself out of the tail: keep everything else.
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                let t = l.trim_start();
+                let frame = t
+                    .split_once(": ")
+                    .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+                !(frame || t.starts_with("at /") || t.starts_with("at ./"))
+            })
+            .collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
