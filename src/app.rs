@@ -33,6 +33,8 @@ pub enum AppError {
     Serve(#[from] serve::ServeError),
     #[error(transparent)]
     State(#[from] crate::state::FollowerError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::state::snapshot::SnapshotError),
 }
 
 /// The addresses the service listens on (useful with port 0).
@@ -101,11 +103,26 @@ pub async fn run_with(
     let state = if cfg.kafka.state_topic.is_empty() {
         None
     } else {
-        if let Err(e) = crate::state::ensure_topic(&cfg).await {
-            tracing::warn!(error = %e, topic = %cfg.kafka.state_topic, "cannot check or create the state log topic");
+        if let Err(e) = crate::state::ensure_topics(&cfg).await {
+            tracing::warn!(error = %e, topic = %cfg.kafka.state_topic, "cannot check or create the state topics");
         }
         let origin = crate::state::new_origin();
-        let follower = crate::state::spawn_follower(&cfg, engine.clone(), origin.clone())?;
+        let positions = Arc::new(crate::state::Positions::default());
+        let follower =
+            crate::state::spawn_follower(&cfg, engine.clone(), origin.clone(), positions.clone())?;
+        // The writer role follows payments partition 0, so only a stream
+        // instance writes snapshots.
+        let snapshots = if cfg.kafka.snapshot_topic.is_empty() || !cfg.stream_enabled() {
+            None
+        } else {
+            Some(crate::state::SnapshotWriter::spawn(
+                &cfg,
+                engine.clone(),
+                positions,
+                origin.clone(),
+                cfg.kafka.delivery == crate::config::Delivery::ExactlyOnce,
+            )?)
+        };
         let limit = std::time::Duration::from_millis(cfg.kafka.state_catch_up_ms);
         if !follower.wait_caught_up(limit).await {
             tracing::warn!(
@@ -113,7 +130,7 @@ pub async fn run_with(
                 "state log not replayed in kafka.state_catch_up_ms; starting with what was read"
             );
         }
-        Some((origin, follower))
+        Some((origin, follower, snapshots))
     };
     // One stop signal for the in-line API, fired by `shutdown` (or by the
     // stream ending on its own).
@@ -147,10 +164,13 @@ pub async fn run_with(
             metrics,
             ready: ready.clone(),
             applied: Default::default(),
-            state: state.as_ref().map(|(origin, f)| stream::StateLink {
-                origin: origin.clone(),
-                follower: f.handle(),
-            }),
+            state: state
+                .as_ref()
+                .map(|(origin, f, snapshots)| stream::StateLink {
+                    origin: origin.clone(),
+                    follower: f.handle(),
+                    snapshots: snapshots.as_ref().map(|s| s.handle()),
+                }),
         };
         stream::run(&cfg, parts, signal).await
     } else {
@@ -165,8 +185,12 @@ pub async fn run_with(
         i.finish().await;
     }
     list.stop().await;
-    if let Some((_, follower)) = state {
-        let _ = tokio::task::spawn_blocking(move || drop(follower)).await;
+    if let Some((_, follower, snapshots)) = state {
+        let _ = tokio::task::spawn_blocking(move || {
+            drop(snapshots);
+            drop(follower);
+        })
+        .await;
     }
     if let Some(w) = watcher {
         w.abort();

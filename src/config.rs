@@ -140,6 +140,8 @@ pub struct KafkaConfig {
     pub warmup_timeout_ms: u64,
     pub state_topic: String,
     pub state_catch_up_ms: u64,
+    pub snapshot_topic: String,
+    pub snapshot_interval_ms: u64,
     pub max_record_bytes: usize,
     pub dlq_max_payload_bytes: usize,
     pub produce_max_attempts: u32,
@@ -360,6 +362,26 @@ impl Config {
         {
             e.push(
                 "kafka.state_topic: must differ from the payments, verdicts and DLQ topics".into(),
+            );
+        }
+        if !k.snapshot_topic.is_empty()
+            && [
+                &k.payments_topic,
+                &k.verdicts_topic,
+                &k.dlq_topic,
+                &k.state_topic,
+            ]
+            .contains(&&k.snapshot_topic)
+        {
+            e.push(
+                "kafka.snapshot_topic: must differ from the payments, verdicts, DLQ and state topics"
+                    .into(),
+            );
+        }
+        if !k.snapshot_topic.is_empty() && !(1_000..=86_400_000).contains(&k.snapshot_interval_ms) {
+            e.push(
+                "kafka.snapshot_interval_ms: must be between 1000 (1 s) and 86400000 (1 day)"
+                    .into(),
             );
         }
         if k.payments_topic == k.verdicts_topic || k.payments_topic == k.dlq_topic {

@@ -19,7 +19,7 @@ async fn stream_and_inline_run_together() {
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
         "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{}\"\npayments_topic = \"{}\"\nverdicts_topic = \"{}\"\n\
-         dlq_topic = \"{}\"\nstate_topic = \"{}\"\nwarmup_lookback_ms = 0\n\
+         dlq_topic = \"{}\"\nstate_topic = \"{}\"\nsnapshot_topic = \"{}\"\nwarmup_lookback_ms = 0\n\
          [http]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"text\"\nlevel = \"warn\"\n\
          [inline]\nenabled = true\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
          audit = true\naudit_spill_dir = \"{}\"\n",
@@ -28,6 +28,7 @@ async fn stream_and_inline_run_together() {
         t.verdicts,
         t.dlq,
         t.state,
+        t.snapshot,
         dir.path().display()
     );
     let cfg = Config::from_parts(Some(&toml), None, Vec::new()).unwrap();

@@ -17,6 +17,7 @@ use rdkafka::message::Headers;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
+use super::snapshot::{self, Positions};
 use super::HDR_ORIGIN;
 use crate::config::Config;
 use crate::engine::Engine;
@@ -135,6 +136,8 @@ fn consumer_config(cfg: &Config, origin: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
+        // A snapshot's cut older than the log's retention: from the start.
+        .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", cfg.kafka.fetch_wait_max_ms.to_string())
         .set("fetch.queue.backoff.ms", "5")
         .set(
@@ -142,7 +145,7 @@ fn consumer_config(cfg: &Config, origin: &str) -> ClientConfig {
             format!("fraudline-{}-state", cfg.kafka.group_id),
         );
     for (key, v) in &cfg.kafka.consumer {
-        if key != "group.id" && key != "isolation.level" {
+        if !["group.id", "isolation.level", "auto.offset.reset"].contains(&key.as_str()) {
             c.set(key, v);
         }
     }
@@ -155,6 +158,7 @@ pub fn spawn_follower(
     cfg: &Config,
     engine: Arc<Engine>,
     origin: Arc<str>,
+    positions: Arc<Positions>,
 ) -> Result<Follower, FollowerError> {
     let consumer: Reader = consumer_config(cfg, &origin)
         .create_with_context(Quiet)
@@ -174,6 +178,8 @@ pub fn spawn_follower(
         c.create::<BaseConsumer>().ok()
     };
     let run = Run {
+        cfg: cfg.clone(),
+        positions,
         committed,
         payments_topic: cfg.kafka.payments_topic.clone(),
         topic: cfg.kafka.state_topic.clone(),
@@ -197,6 +203,9 @@ pub fn spawn_follower(
 }
 
 struct Run {
+    cfg: Config,
+    /// Shared with the snapshot writer: where the replay has got to.
+    positions: Arc<Positions>,
     /// A consumer with the stream's group id (never joining it), to read
     /// the group's committed offsets at start.
     committed: Option<BaseConsumer>,
@@ -271,7 +280,7 @@ impl Run {
 
     /// Where each partition's replay starts: the first record at or after
     /// `now - lookback`, else the end (as a number, so progress is known).
-    fn starts(&self, parts: &[i32]) -> TopicPartitionList {
+    fn starts(&self, parts: &[i32], cut: &HashMap<i32, i64>) -> TopicPartitionList {
         let since = crate::now_ms() - self.lookback_ms;
         let mut times = TopicPartitionList::new();
         for p in parts {
@@ -283,6 +292,11 @@ impl Run {
             .ok();
         let mut tpl = TopicPartitionList::new();
         for p in parts {
+            if let Some(o) = cut.get(p) {
+                // After a snapshot: only the tail since its cut.
+                let _ = tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o));
+                continue;
+            }
             let at = found
                 .as_ref()
                 .and_then(|f| f.find_partition(&self.topic, *p))
@@ -371,12 +385,15 @@ impl Run {
         let Some(parts) = self.partitions() else {
             return;
         };
+        let started = Instant::now();
+        let cut = self.load_snapshot();
         let committed = self.committed_offsets();
-        let starts = self.starts(&parts);
+        let starts = self.starts(&parts, &cut);
         let mut progress = Progress::default();
         for e in starts.elements() {
             if let Offset::Offset(o) = e.offset() {
                 progress.next.insert(e.partition(), o);
+                self.positions.set(e.partition(), o);
             }
         }
         if let Err(e) = self.consumer.assign(&starts) {
@@ -385,7 +402,6 @@ impl Run {
             return;
         }
         let mut initial = Some(self.waiter(&parts, None));
-        let started = Instant::now();
         let mut replayed = 0u64;
         let mut waiters: Vec<Waiter> = Vec::new();
         let lag = metrics::histogram!(telemetry::STATE_PROPAGATION);
@@ -429,6 +445,7 @@ impl Run {
                             }
                         }
                     }
+                    self.positions.set(m.partition(), m.offset() + 1);
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     progress.at_end.insert(p, true);
@@ -461,6 +478,29 @@ impl Run {
                         i += 1;
                     }
                 }
+            }
+        }
+    }
+
+    /// Loads the snapshot topic (when configured); returns the state-log
+    /// offsets its last cut covers (empty: replay the lookback instead).
+    fn load_snapshot(&self) -> HashMap<i32, i64> {
+        if self.cfg.kafka.snapshot_topic.is_empty() {
+            return HashMap::new();
+        }
+        let limit = Duration::from_millis(self.cfg.kafka.state_catch_up_ms);
+        match snapshot::restore(&self.cfg, &self.engine, &self.shared.stop, limit) {
+            Ok(r) if !r.offsets.is_empty() => r.offsets,
+            Ok(_) => {
+                info!(
+                    lookback_ms = self.lookback_ms,
+                    "no snapshot yet; replaying the state log's lookback"
+                );
+                HashMap::new()
+            }
+            Err(e) => {
+                warn!(error = %e, lookback_ms = self.lookback_ms, "snapshot not loaded; replaying the state log's lookback");
+                HashMap::new()
             }
         }
     }

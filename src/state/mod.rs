@@ -19,6 +19,7 @@
 //! at that moment, so the state the previous owner built is in place.
 
 mod follower;
+pub mod snapshot;
 
 use std::sync::Arc;
 
@@ -27,66 +28,106 @@ use prost::Message as _;
 use crate::engine::Verdict;
 use crate::event::Payment;
 pub use follower::{spawn_follower, Follower, FollowerError, FollowerHandle};
+pub use snapshot::{Positions, SnapshotHandle, SnapshotWriter};
 
 /// Header naming the origin of a state record (also in the record), so a
 /// follower can skip its own records without decoding them.
 pub const HDR_ORIGIN: &str = "fraudline.origin";
 
-/// Creates the state log topic if it does not exist (as Kafka Streams
-/// creates its internal topics): as many partitions as the payments topic
-/// (6 for in-line only), the brokers' default replication, time retention
-/// of at least the replay lookback plus a day. An existing topic is left
-/// as it is.
-pub async fn ensure_topic(cfg: &crate::config::Config) -> Result<(), String> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+/// Creates the state log topic and the snapshot topic if they do not exist
+/// (as Kafka Streams creates its internal topics), with the brokers'
+/// default replication:
+/// - the state log: as many partitions as the payments topic (6 for
+///   in-line only), delete policy, retention of the replay lookback plus a
+///   day (the tail after a snapshot is minutes long; the lookback is the
+///   fallback when no snapshot exists);
+/// - the snapshot topic: one partition, compacted, 1 h segments (so the
+///   cleaner can compact recent cuts).
+///
+/// An existing topic is left as it is.
+pub async fn ensure_topics(cfg: &crate::config::Config) -> Result<(), String> {
+    let k = &cfg.kafka;
+    let retention_ms = (k.warmup_lookback_ms + 86_400_000).to_string();
+    let partitions = partitions_of(cfg, &k.payments_topic).await?.unwrap_or(6);
+    if partitions_of(cfg, &k.state_topic).await?.is_none() {
+        create(
+            cfg,
+            &k.state_topic,
+            partitions,
+            &[
+                ("cleanup.policy", "delete"),
+                ("retention.ms", &retention_ms),
+            ],
+        )
+        .await?;
+    }
+    if !k.snapshot_topic.is_empty() && partitions_of(cfg, &k.snapshot_topic).await?.is_none() {
+        create(
+            cfg,
+            &k.snapshot_topic,
+            1,
+            &[
+                ("cleanup.policy", "compact"),
+                ("segment.ms", "3600000"),
+                ("min.cleanable.dirty.ratio", "0.2"),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The partition count of `topic`, `None` when it does not exist (or is
+/// empty-named).
+async fn partitions_of(cfg: &crate::config::Config, topic: &str) -> Result<Option<usize>, String> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let topic = &cfg.kafka.state_topic;
-    let timeout = std::time::Duration::from_secs(10);
+    if topic.is_empty() {
+        return Ok(None);
+    }
     let probe: BaseConsumer = crate::stream::base_config(cfg)
         .set("group.id", format!("{}-state-probe", cfg.kafka.group_id))
         .set("allow.auto.create.topics", "false")
         .create()
         .map_err(|e| e.to_string())?;
-    let (cfg2, topic2) = (cfg.kafka.payments_topic.clone(), topic.clone());
-    let (exists, partitions) = tokio::task::spawn_blocking(move || {
-        let count = |t: &str| {
-            probe
-                .fetch_metadata(Some(t), timeout)
-                .ok()
-                .and_then(|md| {
-                    md.topics()
-                        .iter()
-                        .find(|m| m.name() == t && m.error().is_none())
-                        .map(|m| m.partitions().len())
-                })
-                .filter(|n| *n > 0)
-        };
-        let exists = count(&topic2).is_some();
-        let partitions = if cfg2.is_empty() { None } else { count(&cfg2) };
-        (exists, partitions.unwrap_or(6))
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        probe
+            .fetch_metadata(Some(&topic), std::time::Duration::from_secs(10))
+            .ok()
+            .and_then(|md| {
+                md.topics()
+                    .iter()
+                    .find(|m| m.name() == topic && m.error().is_none())
+                    .map(|m| m.partitions().len())
+            })
+            .filter(|n| *n > 0)
     })
     .await
-    .map_err(|e| e.to_string())?;
-    if exists {
-        return Ok(());
-    }
+    .map_err(|e| e.to_string())
+}
+
+async fn create(
+    cfg: &crate::config::Config,
+    topic: &str,
+    partitions: usize,
+    configs: &[(&str, &str)],
+) -> Result<(), String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = crate::stream::base_config(cfg)
         .create()
         .map_err(|e| e.to_string())?;
-    let retention_ms = (cfg.kafka.warmup_lookback_ms + 86_400_000).to_string();
-    let new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(-1))
-        .set("cleanup.policy", "delete")
-        .set("retention.ms", &retention_ms);
+    let mut new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(-1));
+    for (k, v) in configs {
+        new = new.set(k, v);
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
     let results = admin
-        .create_topics(
-            [&new],
-            &AdminOptions::new().operation_timeout(Some(timeout)),
-        )
+        .create_topics([&new], &opts)
         .await
         .map_err(|e| e.to_string())?;
     for r in results {
         match r {
-            Ok(_) => tracing::info!(%topic, partitions, "state log topic created"),
+            Ok(_) => tracing::info!(%topic, partitions, "state topic created"),
             Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((t, e)) => return Err(format!("cannot create {t}: {e}")),
         }

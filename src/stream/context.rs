@@ -12,6 +12,13 @@ use crate::telemetry;
 #[derive(Clone, Default)]
 pub struct StreamContext {
     pub(crate) assigned: Option<tokio::sync::mpsc::UnboundedSender<Vec<i32>>>,
+    /// The snapshot writer, whose role is holding partition 0.
+    pub(crate) snapshots: Option<crate::state::SnapshotHandle>,
+}
+
+/// Whether `tpl` holds partition 0 (the snapshot writer's role).
+fn has_partition_zero(tpl: &rdkafka::TopicPartitionList) -> bool {
+    tpl.elements().iter().any(|e| e.partition() == 0)
 }
 
 impl ClientContext for StreamContext {
@@ -26,6 +33,11 @@ impl ConsumerContext for StreamContext {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 info!(partitions = ?partitions(tpl), "partitions assigned");
+                if let Some(s) = &self.snapshots {
+                    if has_partition_zero(tpl) {
+                        s.set_role(true);
+                    }
+                }
                 if let Some(tx) = &self.assigned {
                     if tpl.count() > 0 {
                         if let Err(e) = c.pause(tpl) {
@@ -38,6 +50,11 @@ impl ConsumerContext for StreamContext {
             }
             Rebalance::Revoke(tpl) => {
                 info!(partitions = ?partitions(tpl), "partitions revoked");
+                if let Some(s) = &self.snapshots {
+                    if has_partition_zero(tpl) {
+                        s.set_role(false);
+                    }
+                }
                 for e in tpl.elements() {
                     telemetry::consumer_lag().remove(e.topic(), e.partition());
                 }

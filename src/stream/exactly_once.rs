@@ -178,6 +178,13 @@ impl Loop<'_> {
                     if self.txn.open && self.txn.started.elapsed() >= interval {
                         self.commit().await?;
                     }
+                    if !self.txn.open {
+                        // Between transactions: a due snapshot cut holds
+                        // committed payments only.
+                        if let Some(s) = self.parts.state.as_ref().and_then(|s| s.snapshots.as_ref()) {
+                            s.at_boundary();
+                        }
+                    }
                 }
                 msg = self.consumer.recv() => match msg {
                     Ok(m) => {

@@ -84,6 +84,10 @@ pub struct StreamParts {
 pub struct StateLink {
     pub origin: Arc<str>,
     pub follower: crate::state::FollowerHandle,
+    /// The snapshot writer: told on every rebalance whether this instance
+    /// holds partition 0 (the writer role); in exactly-once mode it takes
+    /// its cuts between two transactions.
+    pub snapshots: Option<crate::state::SnapshotHandle>,
 }
 
 /// Per partition, the next offset whose event this process has not yet put
@@ -235,6 +239,7 @@ async fn clients(cfg: &Config, parts: &StreamParts) -> Result<Clients, StreamErr
     let warm = cfg.kafka.warmup_lookback_ms > 0 && parts.state.is_none();
     let ctx = StreamContext {
         assigned: (warm || parts.state.is_some()).then_some(tx),
+        snapshots: parts.state.as_ref().and_then(|s| s.snapshots.clone()),
     };
     let consumer: SharedConsumer = consumer_config(cfg)
         .create_with_context(ctx)

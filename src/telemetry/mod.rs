@@ -28,6 +28,11 @@ const UNPRODUCIBLE: &str = "unproducible";
 pub const STATE_PROPAGATION: &str = "fraudline_state_propagation_seconds";
 pub const STATE_APPLIED: &str = "fraudline_state_records_total";
 pub const STATE_RESTORE_DURATION: &str = "fraudline_state_restore_duration_seconds";
+pub const STATE_SNAPSHOTS: &str = "fraudline_state_snapshots_total";
+pub const STATE_SNAPSHOT_RECORDS: &str = "fraudline_state_snapshot_records_total";
+pub const STATE_SNAPSHOT_DURATION: &str = "fraudline_state_snapshot_duration_seconds";
+pub const STATE_SNAPSHOT_LAST: &str = "fraudline_state_snapshot_last_success_timestamp_seconds";
+pub const STATE_SNAPSHOT_RESTORED: &str = "fraudline_state_snapshot_restored_entities";
 pub const ENGINE_LATENCY: &str = "fraudline_engine_latency_seconds";
 pub const END_TO_END_LATENCY: &str = "fraudline_end_to_end_latency_seconds";
 pub const CONSUMER_LAG: &str = "fraudline_consumer_lag_messages";
@@ -178,7 +183,12 @@ pub const CATALOGUE: &[MetricSpec] = {
         spec(AUDIT_SENT, Counter, &[], "In-line verdict audit records acknowledged by Kafka"),
         spec(STATE_PROPAGATION, Histogram, &[], "State log: time from a payment's state record being written by another instance to this instance applying it (after the start-up replay)"),
         spec(STATE_APPLIED, Counter, &["result"], "State log records read, by result: applied (another instance's payment, now in this instance's features), own (written by this process, already applied), refused (undecodable)"),
-        spec(STATE_RESTORE_DURATION, Gauge, &[], "Duration of the start-up replay of the state log"),
+        spec(STATE_RESTORE_DURATION, Gauge, &[], "Duration of the start-up restore: snapshot load plus state log replay"),
+        spec(STATE_SNAPSHOTS, Counter, &["result"], "Snapshot cuts by result: written (committed to the snapshot topic) or failed (the next cut covers it); only the holder of payments partition 0 writes"),
+        spec(STATE_SNAPSHOT_RECORDS, Counter, &[], "Entity records and tombstones written to the snapshot topic"),
+        spec(STATE_SNAPSHOT_DURATION, Gauge, &[], "Duration of the last snapshot cut written, from cut to commit"),
+        spec(STATE_SNAPSHOT_LAST, Gauge, &[], "Unix time of the last snapshot cut written by this instance"),
+        spec(STATE_SNAPSHOT_RESTORED, Gauge, &[], "Entities loaded from the snapshot topic at start"),
     ]
 };
 
@@ -337,6 +347,9 @@ impl Metrics {
         }
         for result in ["applied", "own", "refused"] {
             metrics::counter!(STATE_APPLIED, "result" => result).absolute(0);
+        }
+        for result in ["written", "failed"] {
+            metrics::counter!(STATE_SNAPSHOTS, "result" => result).absolute(0);
         }
         for outcome in ["replaced", "unwritable"] {
             metrics::counter!(LAST_RESORT, "outcome" => outcome).absolute(0);

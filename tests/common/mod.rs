@@ -70,6 +70,8 @@ pub struct Topics {
     pub group: String,
     /// The state log (kafka.state_topic).
     pub state: String,
+    /// The snapshot topic (kafka.snapshot_topic), created by fraudline.
+    pub snapshot: String,
 }
 
 pub async fn create_topics(brokers: &str, name: &str, partitions: i32) -> Topics {
@@ -79,6 +81,7 @@ pub async fn create_topics(brokers: &str, name: &str, partitions: i32) -> Topics
         dlq: unique(&format!("{name}-dlq")),
         group: unique(&format!("{name}-group")),
         state: unique(&format!("{name}-state")),
+        snapshot: unique(&format!("{name}-snapshots")),
     };
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -206,9 +209,9 @@ pub fn free_port() -> u16 {
 pub fn config_toml(brokers: &str, t: &Topics, delivery: &str, http: &str, extra: &str) -> String {
     format!(
         "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{}\"\npayments_topic = \"{}\"\nverdicts_topic = \"{}\"\n\
-         dlq_topic = \"{}\"\nstate_topic = \"{}\"\ndelivery = \"{delivery}\"\ntransactional_id = \"{}-txn\"\ncommit_interval_ms = 100\n\
+         dlq_topic = \"{}\"\nstate_topic = \"{}\"\nsnapshot_topic = \"{}\"\nsnapshot_interval_ms = 1000\ndelivery = \"{delivery}\"\ntransactional_id = \"{}-txn\"\ncommit_interval_ms = 100\n\
          statistics_interval_ms = 1000\nsession_timeout_ms = 6000\n{extra}\n[http]\nlisten = \"{http}\"\n[log]\nformat = \"text\"\nlevel = \"info\"\n",
-        t.group, t.payments, t.verdicts, t.dlq, t.state, t.group
+        t.group, t.payments, t.verdicts, t.dlq, t.state, t.snapshot, t.group
     )
 }
 
