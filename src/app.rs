@@ -12,6 +12,7 @@ use tracing::info;
 use crate::config::Config;
 use crate::engine::rules::reload;
 use crate::engine::Engine;
+use crate::serve::idempotency::RecentVerdicts;
 use crate::serve::{self, HttpState};
 use crate::stream::{self, StreamParts};
 use crate::telemetry::{self, Metrics};
@@ -99,6 +100,12 @@ pub async fn run_with(
         None => None,
     };
     let list = start_blocklist(&cfg, &engine).await?;
+    // The in-line API's recent verdicts: its own, and those of other
+    // instances (state log), so a retry on any instance gets the first.
+    let recent = cfg
+        .inline
+        .enabled
+        .then(|| Arc::new(RecentVerdicts::new(cfg.inline.idempotency_capacity)));
     // The state log: replayed before anything is scored (bounded wait).
     let state = if cfg.kafka.state_topic.is_empty() {
         None
@@ -108,8 +115,13 @@ pub async fn run_with(
         }
         let origin = crate::state::new_origin();
         let positions = Arc::new(crate::state::Positions::default());
-        let follower =
-            crate::state::spawn_follower(&cfg, engine.clone(), origin.clone(), positions.clone())?;
+        let follower = crate::state::spawn_follower(
+            &cfg,
+            engine.clone(),
+            origin.clone(),
+            positions.clone(),
+            recent.clone(),
+        )?;
         // The writer role follows payments partition 0, so only a stream
         // instance writes snapshots.
         let snapshots = if cfg.kafka.snapshot_topic.is_empty() || !cfg.stream_enabled() {
@@ -136,7 +148,18 @@ pub async fn run_with(
     // stream ending on its own).
     let (stop_inline, stop_inline_rx) = watch::channel(false);
     let inline = if cfg.inline.enabled {
-        let servers = serve::inline::start(&cfg, engine.clone(), stop_inline_rx).await?;
+        let link = serve::inline::InlineState {
+            recent: recent
+                .clone()
+                .unwrap_or_else(|| Arc::new(RecentVerdicts::new(cfg.inline.idempotency_capacity))),
+            sink: state
+                .as_ref()
+                .map(|(origin, _, _)| serve::audit::StateSink {
+                    topic: cfg.kafka.state_topic.clone(),
+                    origin: origin.clone(),
+                }),
+        };
+        let servers = serve::inline::start(&cfg, engine.clone(), link, stop_inline_rx).await?;
         addrs.grpc = servers.grpc_addr;
         addrs.inline_http = servers.http_addr;
         Some(servers)

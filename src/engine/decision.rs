@@ -159,6 +159,41 @@ impl Verdict {
         }
     }
 
+    /// The verdict another instance gave, from its wire form (a state
+    /// record of an in-line payment), so a retry here answers it. `None`
+    /// when the decision is not one this build knows.
+    pub fn from_wire(w: &crate::proto::Verdict) -> Option<Verdict> {
+        let decision = match crate::proto::Decision::try_from(w.decision).ok()? {
+            crate::proto::Decision::Allow => Decision::Allow,
+            crate::proto::Decision::Review => Decision::Review,
+            crate::proto::Decision::Hold => Decision::Hold,
+            _ => return None,
+        };
+        let r = |r: &crate::proto::Reason| Reason {
+            rule_id: Arc::from(r.rule_id.as_str()),
+            reason: Arc::from(r.reason.as_str()),
+            score: r.score,
+        };
+        let mut features = FeatureVector::default();
+        for (k, v) in &w.features {
+            if let Some(f) = super::features::F::by_name(k) {
+                features.set(f, *v);
+            }
+        }
+        Some(Verdict {
+            decision,
+            score: w.score,
+            reasons: w.reasons.iter().map(r).collect(),
+            shadow_hits: w.shadow_hits.iter().map(r).collect(),
+            rules_version: Arc::from(w.rules_version.as_str()),
+            blocklist_version: w.blocklist_version,
+            decided_at_ms: w.decided_at_ms,
+            engine_time_ns: w.engine_time_ns,
+            forced: None,
+            features,
+        })
+    }
+
     /// [`Verdict::to_wire`] with the feature values filled in.
     pub fn to_wire_explained(&self, event_id: &str, event_time_ms: i64) -> crate::proto::Verdict {
         let mut w = self.to_wire(event_id, event_time_ms);

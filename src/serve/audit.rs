@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use prost::Message as _;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -49,7 +50,15 @@ pub struct AuditRecord {
     pub verdict: Vec<u8>,
     pub event: Vec<u8>,
     pub decision: Decision,
+    /// The payment was scored (its features moved): it also goes to the
+    /// state log, when one is configured. False for the overload policy's
+    /// answers, which moved nothing.
+    pub scored: bool,
 }
+
+/// Spill frames carry `scored` in the decision byte's top bit (frames of
+/// earlier builds have it clear).
+const SCORED_BIT: u8 = 0x80;
 
 impl AuditRecord {
     fn encode(&self, out: &mut Vec<u8>) {
@@ -59,7 +68,7 @@ impl AuditRecord {
             out.extend_from_slice(&(part.len() as u32).to_le_bytes());
             out.extend_from_slice(part);
         }
-        out.push(self.decision as u8);
+        out.push(self.decision as u8 | if self.scored { SCORED_BIT } else { 0 });
     }
 
     /// Decodes one frame body (after its length).
@@ -73,7 +82,8 @@ impl AuditRecord {
         let key = part()?;
         let verdict = part()?;
         let event = part()?;
-        let decision = match b.first()? {
+        let byte = *b.first()?;
+        let decision = match byte & !SCORED_BIT {
             0 => Decision::Allow,
             1 => Decision::Review,
             _ => Decision::Hold,
@@ -83,6 +93,7 @@ impl AuditRecord {
             verdict,
             event,
             decision,
+            scored: byte & SCORED_BIT != 0,
         })
     }
 }
@@ -223,7 +234,8 @@ impl AuditTask {
 /// settings; `topic` is the verdicts topic.
 pub fn spawn(
     mut client: ClientConfig,
-    topic: String,
+    topic: Option<String>,
+    state: Option<StateSink>,
     buffer: usize,
     spill_dir: &Path,
     spill_max_bytes: u64,
@@ -249,6 +261,7 @@ pub fn spawn(
     let sender = Sender {
         producer,
         topic,
+        state,
         spill,
         metrics: metrics.clone(),
         max_in_flight: buffer.max(1),
@@ -263,9 +276,20 @@ pub fn spawn(
     ))
 }
 
+/// Where scored in-line payments go besides the audit trail: the state log
+/// (docs/STATE.md), so other instances and restarts see them and a retry
+/// on another instance gets the first verdict.
+#[derive(Debug, Clone)]
+pub struct StateSink {
+    pub topic: String,
+    pub origin: std::sync::Arc<str>,
+}
+
 struct Sender {
     producer: FutureProducer,
-    topic: String,
+    /// The verdicts topic (audit records), when `inline.audit` is on.
+    topic: Option<String>,
+    state: Option<StateSink>,
     spill: Spill,
     metrics: AuditMetrics,
     max_in_flight: usize,
@@ -274,35 +298,76 @@ struct Sender {
 type Delivery = std::pin::Pin<Box<dyn std::future::Future<Output = (AuditRecord, bool)> + Send>>;
 
 impl Sender {
+    /// Enqueues the audit record and, for a scored payment, its state
+    /// record; the delivery is good when both are acknowledged (a failure
+    /// spills the record and re-sends both: at least once, and a duplicate
+    /// state record is a duplicate event_id, which features ignore).
     fn send(&self, r: AuditRecord) -> Result<Delivery, AuditRecord> {
-        let headers = OwnedHeaders::new_with_capacity(4)
-            .insert(Header {
-                key: crate::stream::HDR_CONTENT_TYPE,
-                value: Some("application/x-protobuf"),
-            })
-            .insert(Header {
-                key: "fraudline.decision",
-                value: Some(r.decision.as_str()),
-            })
-            .insert(Header {
-                key: "fraudline.source",
-                value: Some("inline"),
-            })
-            .insert(Header {
-                key: "fraudline.event",
-                value: Some(&r.event),
-            });
-        let rec = FutureRecord::to(&self.topic)
-            .key(&r.key)
-            .payload(&r.verdict)
-            .headers(headers);
-        match self.producer.send_result(rec) {
-            Ok(delivery) => Ok(Box::pin(async move {
-                let ok = matches!(delivery.await, Ok(Ok(_)));
-                (r, ok)
-            })),
-            Err(_) => Err(r),
-        }
+        let audit = match &self.topic {
+            Some(topic) => {
+                let headers = OwnedHeaders::new_with_capacity(4)
+                    .insert(Header {
+                        key: crate::stream::HDR_CONTENT_TYPE,
+                        value: Some("application/x-protobuf"),
+                    })
+                    .insert(Header {
+                        key: "fraudline.decision",
+                        value: Some(r.decision.as_str()),
+                    })
+                    .insert(Header {
+                        key: "fraudline.source",
+                        value: Some("inline"),
+                    })
+                    .insert(Header {
+                        key: "fraudline.event",
+                        value: Some(&r.event),
+                    });
+                let rec = FutureRecord::to(topic)
+                    .key(&r.key)
+                    .payload(&r.verdict)
+                    .headers(headers);
+                match self.producer.send_result(rec) {
+                    Ok(d) => Some(d),
+                    Err(_) => return Err(r),
+                }
+            }
+            None => None,
+        };
+        let state = match (&self.state, r.scored) {
+            (Some(sink), true) => {
+                let value = crate::proto::StateRecord {
+                    payment: r.event.clone(),
+                    origin: sink.origin.to_string(),
+                    verdict: crate::proto::Verdict::decode(r.verdict.as_slice()).ok(),
+                    source_partition: -1,
+                    source_offset: -1,
+                }
+                .encode_to_vec();
+                let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+                    key: crate::state::HDR_ORIGIN,
+                    value: Some(sink.origin.as_bytes()),
+                });
+                let rec = FutureRecord::to(&sink.topic)
+                    .key(&r.key)
+                    .payload(&value)
+                    .headers(headers);
+                match self.producer.send_result(rec) {
+                    Ok(d) => Some(d),
+                    Err(_) => return Err(r),
+                }
+            }
+            _ => None,
+        };
+        Ok(Box::pin(async move {
+            let mut ok = true;
+            if let Some(d) = audit {
+                ok &= matches!(d.await, Ok(Ok(_)));
+            }
+            if let Some(d) = state {
+                ok &= matches!(d.await, Ok(Ok(_)));
+            }
+            (r, ok)
+        }))
     }
 
     fn spill(&mut self, r: &AuditRecord) {
@@ -439,6 +504,8 @@ mod tests {
             verdict: vec![i; 10],
             event: vec![i; 20],
             decision: Decision::Review,
+            // Both values of the flag go through the spill file.
+            scored: i % 2 == 0,
         }
     }
 

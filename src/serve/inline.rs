@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use super::audit::{self, AuditTask};
 use super::auth::{TlsFiles, Tokens};
 use super::grpc::GrpcScoring;
+use super::idempotency::RecentVerdicts;
 use super::scorer::Scorer;
 use super::ServeError;
 use crate::config::Config;
@@ -28,23 +29,35 @@ pub struct InlineServers {
 /// Binds the configured listeners and starts serving. The servers stop
 /// accepting when `stop` turns true; [`InlineServers::finish`] then waits
 /// for them to drain.
+/// What the in-line API shares with the state layer: the recent-verdict
+/// cache (the follower adds the in-line verdicts of other instances) and,
+/// with a state log, where scored payments go.
+pub struct InlineState {
+    pub recent: Arc<RecentVerdicts>,
+    pub sink: Option<audit::StateSink>,
+}
+
 pub async fn start(
     cfg: &Config,
     engine: Arc<Engine>,
+    state: InlineState,
     stop: watch::Receiver<bool>,
 ) -> Result<InlineServers, ServeError> {
     let i = &cfg.inline;
     let tokens = Tokens::load(&i.bearer_tokens_file)?;
     let tls = TlsFiles::load(i)?;
     let drain = Duration::from_millis(i.drain_timeout_ms);
-    let (audit_handle, audit_task) = if i.audit {
+    // One worker for the audit trail and the state log: both off the
+    // response path, spilled while Kafka is away.
+    let (audit_handle, audit_task) = if i.audit || state.sink.is_some() {
         let mut client = crate::stream::base_config(cfg);
         for (k, v) in &cfg.kafka.producer {
             client.set(k, v);
         }
         let (h, t) = audit::spawn(
             client,
-            cfg.kafka.verdicts_topic.clone(),
+            i.audit.then(|| cfg.kafka.verdicts_topic.clone()),
+            state.sink,
             i.audit_buffer,
             std::path::Path::new(&i.audit_spill_dir),
             i.audit_spill_max_bytes,
@@ -59,6 +72,7 @@ pub async fn start(
         cfg.limits(),
         cfg.engine.explain_in_verdicts,
         audit_handle,
+        state.recent,
     ));
     let mut tasks = Vec::new();
     let mut grpc_addr = None;

@@ -57,7 +57,7 @@ const FINGERPRINT: ahash::RandomState = ahash::RandomState::with_seeds(
 /// a retry must match. The fingerprint takes the location to 1e-7 degree
 /// (about 1 cm): a JSON text does not always carry a float back to the same
 /// last bit, and the same payment sent as JSON and as protobuf must match.
-fn fingerprint(wire: &mut crate::proto::PaymentEvent) -> (u64, Vec<u8>) {
+pub(crate) fn fingerprint(wire: &mut crate::proto::PaymentEvent) -> (u64, Vec<u8>) {
     use std::hash::{BuildHasher, Hasher};
     let geo = wire.geo.take();
     let without_geo = wire.encode_to_vec();
@@ -79,7 +79,7 @@ fn fingerprint(wire: &mut crate::proto::PaymentEvent) -> (u64, Vec<u8>) {
 pub struct Scorer {
     engine: Arc<Engine>,
     limits: Limits,
-    recent: RecentVerdicts,
+    recent: Arc<RecentVerdicts>,
     admission: Admission,
     policy: Decision,
     default_budget: Duration,
@@ -91,12 +91,15 @@ pub struct Scorer {
 }
 
 impl Scorer {
+    /// `recent` is shared with the state-log follower, which fills it with
+    /// the in-line verdicts other instances gave.
     pub fn new(
         engine: Arc<Engine>,
         cfg: &InlineSection,
         limits: Limits,
         explain: bool,
         audit: Option<AuditHandle>,
+        recent: Arc<RecentVerdicts>,
     ) -> Scorer {
         Scorer {
             engine,
@@ -104,7 +107,7 @@ impl Scorer {
                 max_message_bytes: cfg.max_request_bytes,
                 ..limits
             },
-            recent: RecentVerdicts::new(cfg.idempotency_capacity),
+            recent,
             admission: Admission::new(cfg.max_concurrency, cfg.max_queue),
             policy: match cfg.overload_policy {
                 OverloadPolicy::FailOpen => Decision::Allow,
@@ -154,7 +157,7 @@ impl Scorer {
                 });
                 self.metrics.verdict(self.policy).increment(1);
                 tracing::debug!(event_id = %payment.event_id, reason = shed.as_str(), "shed");
-                self.audit(&payment.payer.account, &decided, event_bytes);
+                self.audit(&payment.payer.account, &decided, event_bytes, false);
                 return Ok(Answer {
                     decided,
                     outcome: Outcome::Degraded(shed),
@@ -195,7 +198,7 @@ impl Scorer {
             score = decided.verdict.score,
             "scored in-line"
         );
-        self.audit(&payment.payer.account, &decided, event_bytes);
+        self.audit(&payment.payer.account, &decided, event_bytes, true);
         Ok(Answer {
             decided,
             outcome: Outcome::Scored,
@@ -237,13 +240,14 @@ impl Scorer {
         v
     }
 
-    fn audit(&self, payer: &str, d: &Decided, event: Vec<u8>) {
+    fn audit(&self, payer: &str, d: &Decided, event: Vec<u8>, scored: bool) {
         if let Some(a) = &self.audit {
             a.publish(AuditRecord {
                 key: payer.as_bytes().to_vec(),
                 verdict: self.wire(d).encode_to_vec(),
                 event,
                 decision: d.verdict.decision,
+                scored,
             });
         }
     }

@@ -22,6 +22,7 @@ use super::HDR_ORIGIN;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::event::{self, Format};
+use crate::serve::idempotency::{Decided, RecentVerdicts};
 use crate::telemetry;
 
 /// The follower's client context: reaching the end of a partition is the
@@ -159,6 +160,7 @@ pub fn spawn_follower(
     engine: Arc<Engine>,
     origin: Arc<str>,
     positions: Arc<Positions>,
+    recent: Option<Arc<RecentVerdicts>>,
 ) -> Result<Follower, FollowerError> {
     let consumer: Reader = consumer_config(cfg, &origin)
         .create_with_context(Quiet)
@@ -179,6 +181,7 @@ pub fn spawn_follower(
     };
     let run = Run {
         cfg: cfg.clone(),
+        recent,
         positions,
         committed,
         payments_topic: cfg.kafka.payments_topic.clone(),
@@ -204,6 +207,9 @@ pub fn spawn_follower(
 
 struct Run {
     cfg: Config,
+    /// The in-line API's recent verdicts: an in-line payment scored by
+    /// another instance is answered from it on a retry here.
+    recent: Option<Arc<RecentVerdicts>>,
     /// Shared with the snapshot writer: where the replay has got to.
     positions: Arc<Positions>,
     /// A consumer with the stream's group id (never joining it), to read
@@ -524,6 +530,22 @@ impl Run {
         )
         .map_err(|e| e.to_string())?;
         self.engine.warm(&p);
+        if let (Some(recent), Some(verdict), true) =
+            (&self.recent, &rec.verdict, rec.source_partition < 0)
+        {
+            // An in-line payment: a retry of it here gets the first verdict.
+            let mut wire = crate::proto::PaymentEvent::decode(rec.payment.as_slice())
+                .map_err(|e| e.to_string())?;
+            let (fingerprint, _) = crate::serve::scorer::fingerprint(&mut wire);
+            if let Some(v) = crate::engine::Verdict::from_wire(verdict) {
+                recent.insert(Arc::new(Decided {
+                    event_id: p.event_id.clone(),
+                    event_time_ms: p.event_time_ms,
+                    fingerprint,
+                    verdict: v,
+                }));
+            }
+        }
         Ok(())
     }
 }

@@ -263,28 +263,33 @@ impl Fraudline {
         if !self.listen.ends_with(":0") {
             return;
         }
+        if let Some(addr) = self.logged_addr("serving /metrics") {
+            self.http = addr;
+        }
+    }
+
+    /// The address logged on the first line containing `marker` (waits up
+    /// to 60 s, or until the process exits).
+    pub fn logged_addr(&mut self, marker: &str) -> Option<String> {
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
+        while start.elapsed() < Duration::from_secs(60) {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let bound = text
+            let found = text
                 .lines()
-                .filter(|l| l.contains("serving /metrics"))
-                // Text (`addr=…`) or JSON (`"addr":"…"`) log lines.
+                .filter(|l| l.contains(marker))
                 .find_map(|l| {
                     l.split("addr=")
                         .nth(1)
                         .or_else(|| l.split("\"addr\":\"").nth(1))
                 })
-                .and_then(|a| a.split([' ', '"']).next());
-            if let Some(addr) = bound {
-                self.http = addr.to_string();
-                return;
-            }
-            if !self.alive() {
-                return;
+                .and_then(|a| a.split([' ', '"']).next())
+                .map(str::to_string);
+            if found.is_some() || !self.alive() {
+                return found;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        None
     }
 
     /// Starts the same configuration again (after a kill).
