@@ -217,24 +217,55 @@ async fn list_reloads_during_a_stream_lose_and_duplicate_nothing() {
         path.display()
     );
     let mut f = Fraudline::start(&config_toml(brokers, &t, "at-least-once", "", &extra));
-    let load = tokio::spawn(produce_events(
-        brokers,
-        t.payments.clone().leak(),
-        6_000,
-        41,
-    ));
-    // Swap the list repeatedly while the events are scored.
-    for i in 1..=8 {
-        let body: String = (0..=i * 500)
+    let list = |i: usize| -> String {
+        (0..=i * 500)
             .map(|d| {
                 format!("{{\"kind\":\"device\",\"value\":\"dev-{d}\",\"action\":\"REVIEW\"}}\n")
             })
-            .collect();
-        install(&path, &body);
+            .collect()
+    };
+    let mut reader = Reader::new(brokers, &t.verdicts, false);
+    // First wave: swap only once the stream is scoring it, so the swaps land
+    // mid-stream however long the instance took to start.
+    let mut placement = produce_events(brokers, &t.payments, 3_000, 41).await;
+    assert!(
+        reader.poll_until(Duration::from_secs(120), |r| !r.is_empty()),
+        "{}",
+        f.log_tail()
+    );
+    for i in 1..=4 {
+        install(&path, &list(i));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let placement = load.await.unwrap();
-    let mut reader = Reader::new(brokers, &t.verdicts, false);
+    // Second wave: produced once the fourth list is active, and met by four
+    // more swaps while it is scored.
+    let active = Instant::now();
+    while !std::fs::read_to_string(&f.log)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            l.contains("blocklist active")
+                && (l.contains("file_entries=2001") || l.contains("\"file_entries\":2001"))
+        })
+    {
+        assert!(
+            active.elapsed() < Duration::from_secs(30),
+            "{}",
+            f.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = tokio::spawn(produce_events(
+        brokers,
+        t.payments.clone().leak(),
+        3_000,
+        42,
+    ));
+    for i in 5..=8 {
+        install(&path, &list(i));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    placement.extend(second.await.unwrap());
     assert!(
         reader.poll_until(Duration::from_secs(120), |r| r.len() >= placement.len()),
         "{}",
