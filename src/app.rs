@@ -79,7 +79,7 @@ pub async fn run_with(
             std::time::Duration::from_millis(cfg.rules.watch_interval_ms),
         ))
     };
-    let ready = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(serve::ready::Readiness::new(cfg.inline.enabled));
     let (stop_http_tx, mut stop_http_rx) = watch::channel(false);
     let mut addrs = Bound::default();
     let http = match cfg.http_listen() {
@@ -142,8 +142,13 @@ pub async fn run_with(
                 "state log not replayed in kafka.state_catch_up_ms; starting with what was read"
             );
         }
+        ready.set_state_loaded();
         Some((origin, follower, snapshots))
     };
+    if state.is_none() && (!cfg.stream_enabled() || cfg.kafka.warmup_lookback_ms == 0) {
+        // Nothing to load (with a warm-up, its first run sets this).
+        ready.set_state_loaded();
+    }
     // One stop signal for the in-line API, fired by `shutdown` (or by the
     // stream ending on its own).
     let (stop_inline, stop_inline_rx) = watch::channel(false);
@@ -162,6 +167,7 @@ pub async fn run_with(
         let servers = serve::inline::start(&cfg, engine.clone(), link, stop_inline_rx).await?;
         addrs.grpc = servers.grpc_addr;
         addrs.inline_http = servers.http_addr;
+        ready.set_inline_up();
         Some(servers)
     } else {
         None
@@ -171,13 +177,23 @@ pub async fn run_with(
     }
     let signal = {
         let (stop, ready, inline) = (&stop_inline, ready.clone(), inline.as_ref());
+        let delay = std::time::Duration::from_millis(cfg.inline.shutdown_delay_ms);
         async move {
             shutdown.await;
-            info!("shutting down: not ready, draining in-flight calls");
-            ready.store(false, std::sync::atomic::Ordering::SeqCst);
+            ready.set_stopping();
             if let Some(i) = inline {
                 i.draining().await;
+                if !delay.is_zero() {
+                    // Still serving: a load balancer polling /readyz sees 503
+                    // and stops sending before the listeners close.
+                    info!(
+                        seconds = delay.as_secs_f64(),
+                        "shutting down: not ready, still serving for inline.shutdown_delay_ms"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
             }
+            info!("shutting down: draining in-flight calls");
             let _ = stop.send(true);
         }
     };
@@ -198,7 +214,6 @@ pub async fn run_with(
         stream::run(&cfg, parts, signal).await
     } else {
         // In-line only: rules and blocklist are loaded; there is no warm-up.
-        ready.store(true, std::sync::atomic::Ordering::SeqCst);
         info!("in-line only (kafka.payments_topic is empty): ready");
         signal.await;
         Ok(())

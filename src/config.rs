@@ -90,6 +90,9 @@ pub struct InlineSection {
     pub audit_spill_dir: String,
     pub audit_spill_max_bytes: u64,
     pub drain_timeout_ms: u64,
+    /// After SIGTERM, how long `/readyz` answers 503 while calls are still
+    /// served, so a load balancer stops sending before the listeners close.
+    pub shutdown_delay_ms: u64,
     /// Testing only: hold each admitted call this long before scoring.
     pub debug_hold_ms: u64,
     /// Benchmark only: answer a constant ALLOW without calling the engine.
@@ -668,6 +671,12 @@ impl Config {
         }
         if i.drain_timeout_ms == 0 {
             e.push("inline.drain_timeout_ms: must be at least 1".into());
+        }
+        if i.shutdown_delay_ms > 300_000 {
+            e.push(format!(
+                "inline.shutdown_delay_ms: {} is over 5 minutes; a deploy would wait that long per pod",
+                i.shutdown_delay_ms
+            ));
         }
     }
 

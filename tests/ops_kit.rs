@@ -486,6 +486,10 @@ fn kubernetes_configmaps_hold_a_valid_config_the_default_rules_and_a_valid_block
     std::fs::write(&path, &cfg).unwrap();
     let c = fraudline::config::Config::load(Some(&path)).expect("the ConfigMap's config loads");
     assert_eq!(c.http_listen().map(|a| a.port()), Some(9464));
+    // The Service sends in-line calls: the API is on, and a terminating pod
+    // leaves the Service before its listeners close.
+    assert!(c.inline.enabled, "the ConfigMap turns the in-line API on");
+    assert!(c.inline.shutdown_delay_ms > 0);
     // Ports: metrics/health, in-line gRPC and HTTP on the Deployment and Service.
     for f in ["deploy/k8s/deployment.yaml", "deploy/k8s/service.yaml"] {
         let t = read(f);

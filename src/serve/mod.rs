@@ -21,10 +21,10 @@ pub mod grpc;
 pub mod http_api;
 pub mod idempotency;
 pub mod inline;
+pub mod ready;
 pub mod scorer;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -53,7 +53,7 @@ pub enum ServeError {
 #[derive(Clone)]
 pub struct HttpState {
     pub metrics: PrometheusHandle,
-    pub ready: Arc<AtomicBool>,
+    pub ready: Arc<ready::Readiness>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -61,6 +61,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/readyz/stream", get(readyz_stream))
+        .route("/readyz/inline", get(readyz_inline))
         .with_state(state)
 }
 
@@ -75,8 +77,18 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
-    let ready = s.ready.load(Ordering::SeqCst);
-    metrics::gauge!(crate::telemetry::READY).set(if ready { 1.0 } else { 0.0 });
+    answer(s.ready.overall())
+}
+
+async fn readyz_stream(State(s): State<HttpState>) -> impl IntoResponse {
+    answer(s.ready.path(ready::Path::Stream))
+}
+
+async fn readyz_inline(State(s): State<HttpState>) -> impl IntoResponse {
+    answer(s.ready.path(ready::Path::Inline))
+}
+
+fn answer(ready: bool) -> (StatusCode, &'static str) {
     if ready {
         (StatusCode::OK, "ready\n")
     } else {

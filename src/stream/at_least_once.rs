@@ -9,7 +9,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -130,7 +129,7 @@ pub async fn run(
         stop,
         opts,
     };
-    parts.ready.store(true, Ordering::SeqCst);
+    parts.ready.set_stream(true);
     info!(
         topic = %cfg.kafka.payments_topic,
         group = %cfg.kafka.group_id,

@@ -16,7 +16,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
@@ -122,7 +121,7 @@ pub async fn run(
             })?;
     }
     subscribe(cfg, &consumer)?;
-    parts.ready.store(true, Ordering::SeqCst);
+    parts.ready.set_stream(true);
     info!(
         topic = %cfg.kafka.payments_topic,
         transactional_id = %cfg.kafka.transactional_id,

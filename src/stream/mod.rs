@@ -18,7 +18,6 @@ pub mod tracker;
 pub mod warmup;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rdkafka::config::ClientConfig;
@@ -71,7 +70,7 @@ impl StreamError {
 pub struct StreamParts {
     pub engine: Arc<Engine>,
     pub metrics: Metrics,
-    pub ready: Arc<AtomicBool>,
+    pub ready: Arc<crate::serve::ready::Readiness>,
     pub applied: Arc<Applied>,
     /// The state log, when `kafka.state_topic` is set.
     pub state: Option<StateLink>,
@@ -130,7 +129,7 @@ pub async fn run(
         Delivery::AtLeastOnce => at_least_once::run(cfg, &parts, shutdown).await,
         Delivery::ExactlyOnce => exactly_once::run(cfg, &parts, shutdown).await,
     };
-    parts.ready.store(false, Ordering::SeqCst);
+    parts.ready.set_stream(false);
     result
 }
 
@@ -261,6 +260,7 @@ async fn clients(cfg: &Config, parts: &StreamParts) -> Result<Clients, StreamErr
             state.follower.clone(),
             consumer.clone(),
             rx,
+            parts.ready.clone(),
         )))
     } else {
         warm.then(|| {
@@ -298,12 +298,14 @@ async fn handoff(
     follower: crate::state::FollowerHandle,
     consumer: SharedConsumer,
     mut assigned: tokio::sync::mpsc::UnboundedReceiver<Vec<i32>>,
+    ready: Arc<crate::serve::ready::Readiness>,
 ) {
     let limit = std::time::Duration::from_millis(cfg.kafka.state_catch_up_ms);
     while let Some(mut partitions) = assigned.recv().await {
         while let Ok(more) = assigned.try_recv() {
             partitions.extend(more);
         }
+        ready.set_stream(false);
         let started = std::time::Instant::now();
         if follower.wait_for_end(limit).await {
             tracing::info!(
@@ -324,6 +326,7 @@ async fn handoff(
         if let Err(e) = consumer.resume(&tpl) {
             tracing::warn!(error = %e, "cannot resume partitions after the state catch-up");
         }
+        ready.set_stream(true);
     }
 }
 

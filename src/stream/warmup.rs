@@ -7,7 +7,6 @@
 //! partition this process held before (a rebalance that gives it back)
 //! replays only from where its own state ends ([`Applied`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -133,7 +132,7 @@ pub async fn run(
     applied: Arc<Applied>,
     consumer: Arc<StreamConsumer<StreamContext>>,
     mut assigned: UnboundedReceiver<Vec<i32>>,
-    ready: Arc<AtomicBool>,
+    ready: Arc<crate::serve::ready::Readiness>,
 ) {
     let events = metrics::counter!(telemetry::WARMUP_EVENTS);
     let duration = metrics::gauge!(telemetry::WARMUP_DURATION);
@@ -142,7 +141,7 @@ pub async fn run(
         while let Ok(more) = assigned.try_recv() {
             partitions.extend(more);
         }
-        ready.store(false, Ordering::SeqCst);
+        ready.set_stream(false);
         let started = Instant::now();
         let (c, e, a, p) = (
             cfg.clone(),
@@ -175,6 +174,8 @@ pub async fn run(
         if let Err(e) = consumer.resume(&tpl) {
             warn!(error = %e, "cannot resume partitions after warm-up");
         }
-        ready.store(true, Ordering::SeqCst);
+        ready.set_stream(true);
+        // Without a state log, the first warm-up is what loads feature state.
+        ready.set_state_loaded();
     }
 }

@@ -51,6 +51,7 @@ pub const RULE_DEMOTED: &str = "fraudline_rule_demoted";
 pub const RULES_RELOADS: &str = "fraudline_rules_reloads_total";
 pub const RULES_INFO: &str = "fraudline_rules_info";
 pub const READY: &str = "fraudline_ready";
+pub const READY_PATH: &str = "fraudline_ready_path";
 pub const WARMUP_EVENTS: &str = "fraudline_warmup_events_total";
 pub const WARMUP_DURATION: &str = "fraudline_warmup_duration_seconds";
 pub const BUILD_INFO: &str = "fraudline_build_info";
@@ -170,7 +171,8 @@ pub const CATALOGUE: &[MetricSpec] = {
         spec(FEATURE_KEY_EVICTIONS, Counter, &["set"], "Keys an entity had to forget early for lack of room, by set (payees, payers, accounts, events, devices_ips)"),
         spec(FEATURE_SKETCHES, Counter, &[], "Distinct counters that outgrew their exact list and switched to a HyperLogLog estimate"),
         spec(FEATURE_SWEEP_DURATION, Gauge, &[], "Duration of the last feature-state sweep (TTL and cap eviction)"),
-        spec(READY, Gauge, &[], "1 when the service is ready to take traffic"),
+        spec(READY, Gauge, &[], "1 when /readyz answers 200: the in-line path when the in-line API is on, else the stream"),
+        spec(READY_PATH, Gauge, &["path"], "1 when a path is ready: stream (partitions held and scored) or inline (listeners up, state loaded); 0 from shutdown on"),
         spec(BUILD_INFO, Gauge, &["version", "git_hash"], "Build information; the value is always 1"),
         spec(INLINE_REQUESTS, Counter, &["protocol", "code"], "In-line scoring calls answered, by protocol (grpc, http) and code (gRPC code name or HTTP status)"),
         spec(INLINE_DURATION, Histogram, &["protocol"], "In-line call time inside the server, request decoded to response ready, by protocol"),

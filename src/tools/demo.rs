@@ -136,7 +136,10 @@ pub async fn run_with_metrics(
     listen: Option<std::net::SocketAddr>,
 ) -> std::io::Result<DemoSummary> {
     let handle = crate::telemetry::install();
-    let ready = Arc::new(AtomicBool::new(true));
+    // The demo scores its own events as the stream would: ready at once.
+    let ready = Arc::new(crate::serve::ready::Readiness::new(false));
+    ready.set_state_loaded();
+    ready.set_stream(true);
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = match listen {
