@@ -106,6 +106,9 @@ pub async fn run_with(
         .inline
         .enabled
         .then(|| Arc::new(RecentVerdicts::new(cfg.inline.idempotency_capacity)));
+    // Per payments partition, the next offset not yet in the store: noted
+    // by the stream and the follower, read by the snapshot writer.
+    let applied: Arc<crate::stream::Applied> = Default::default();
     // The state log: replayed before anything is scored (bounded wait).
     let state = if cfg.kafka.state_topic.is_empty() {
         None
@@ -121,6 +124,7 @@ pub async fn run_with(
             origin.clone(),
             positions.clone(),
             recent.clone(),
+            applied.clone(),
         )?;
         // The writer role follows payments partition 0, so only a stream
         // instance writes snapshots.
@@ -131,6 +135,7 @@ pub async fn run_with(
                 &cfg,
                 engine.clone(),
                 positions,
+                applied.clone(),
                 origin.clone(),
                 cfg.kafka.delivery == crate::config::Delivery::ExactlyOnce,
             )?)
@@ -202,7 +207,7 @@ pub async fn run_with(
             engine,
             metrics,
             ready: ready.clone(),
-            applied: Default::default(),
+            applied,
             state: state
                 .as_ref()
                 .map(|(origin, f, snapshots)| stream::StateLink {

@@ -89,32 +89,10 @@ async fn three_instances_see_what_one_instance_sees() {
         assert!(f.alive(), "an instance died: {}", f.log_tail());
     }
     // The group has settled: every instance holds partitions, all six are
-    // held, and that stays so for 3 s (a rebalance meanwhile pauses the
-    // moved partitions, and a late verdict would see later payments).
-    let held = |f: &Fraudline| {
-        http_get(&f.http, "/metrics")
-            .map(|(_, body)| {
-                body.lines()
-                    .filter(|l| l.starts_with("fraudline_consumer_lag_messages{"))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
-    let started = std::time::Instant::now();
-    let mut stable_since = None;
-    while started.elapsed() < Duration::from_secs(90) {
-        let counts: Vec<usize> = three.iter().map(held).collect();
-        let settled = counts.iter().all(|c| *c > 0) && counts.iter().sum::<usize>() == 6;
-        match (settled, stable_since) {
-            (true, None) => stable_since = Some(std::time::Instant::now()),
-            (true, Some(t)) if t.elapsed() > Duration::from_secs(3) => break,
-            (false, _) => stable_since = None,
-            _ => {}
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // held, and that stays so for 3 s (a late verdict would see later
+    // payments).
     assert!(
-        stable_since.is_some(),
+        wait_settled(&three.iter().collect::<Vec<_>>(), 6).await,
         "the group never settled on 3 x 2 partitions"
     );
 

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::event::{self, Format};
 use crate::serve::idempotency::{Decided, RecentVerdicts};
+use crate::stream::Applied;
 use crate::telemetry;
 
 /// The follower's client context: reaching the end of a partition is the
@@ -31,7 +32,12 @@ struct Quiet;
 
 impl rdkafka::client::ClientContext for Quiet {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        let eof = matches!(
+            error,
+            KafkaError::PartitionEOF(_)
+                | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        );
+        if !eof {
             warn!(error = %error, reason, "state log client error");
         }
     }
@@ -161,6 +167,7 @@ pub fn spawn_follower(
     origin: Arc<str>,
     positions: Arc<Positions>,
     recent: Option<Arc<RecentVerdicts>>,
+    applied: Arc<Applied>,
 ) -> Result<Follower, FollowerError> {
     let consumer: Reader = consumer_config(cfg, &origin)
         .create_with_context(Quiet)
@@ -171,18 +178,12 @@ pub fn spawn_follower(
         applied: AtomicU64::new(0),
     });
     let (tx, rx) = mpsc::channel();
-    let committed = if cfg.kafka.payments_topic.is_empty() {
-        None
-    } else {
-        let mut c = crate::stream::base_config(cfg);
-        c.set("group.id", &cfg.kafka.group_id)
-            .set("enable.auto.commit", "false");
-        c.create::<BaseConsumer>().ok()
-    };
+    let committed = super::committed_reader(cfg);
     let run = Run {
         cfg: cfg.clone(),
         recent,
         positions,
+        applied,
         committed,
         payments_topic: cfg.kafka.payments_topic.clone(),
         topic: cfg.kafka.state_topic.clone(),
@@ -212,6 +213,9 @@ struct Run {
     recent: Option<Arc<RecentVerdicts>>,
     /// Shared with the snapshot writer: where the replay has got to.
     positions: Arc<Positions>,
+    /// Shared with the stream and the snapshot writer: per payments
+    /// partition, the next offset whose payment is not in the store.
+    applied: Arc<Applied>,
     /// A consumer with the stream's group id (never joining it), to read
     /// the group's committed offsets at start.
     committed: Option<BaseConsumer>,
@@ -358,33 +362,10 @@ impl Run {
         let Some(c) = &self.committed else {
             return HashMap::new();
         };
-        let Ok(md) = c.fetch_metadata(Some(&self.payments_topic), Duration::from_secs(10)) else {
-            return HashMap::new();
-        };
-        let mut tpl = TopicPartitionList::new();
-        for t in md
-            .topics()
-            .iter()
-            .filter(|t| t.name() == self.payments_topic)
-        {
-            for p in t.partitions() {
-                tpl.add_partition(&self.payments_topic, p.id());
-            }
-        }
-        match c.committed_offsets(tpl, Duration::from_secs(10)) {
-            Ok(list) => list
-                .elements()
-                .iter()
-                .filter_map(|e| match e.offset() {
-                    Offset::Offset(o) => Some((e.partition(), o)),
-                    _ => None,
-                })
-                .collect(),
-            Err(e) => {
-                warn!(error = %e, "cannot read the stream's committed offsets; replaying every state record");
-                HashMap::new()
-            }
-        }
+        super::group_committed(c, &self.payments_topic).unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the stream's committed offsets; replaying every state record");
+            HashMap::new()
+        })
     }
 
     fn run(self) {
@@ -521,6 +502,11 @@ impl Run {
             if pending {
                 return Ok(());
             }
+        }
+        if rec.source_partition >= 0 {
+            // Before applying: a snapshot cut that holds this payment reads
+            // a mark past it (the writer publishes only committed marks).
+            self.applied.note(rec.source_partition, rec.source_offset);
         }
         let p = event::decode(
             &rec.payment,

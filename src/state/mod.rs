@@ -135,6 +135,46 @@ async fn create(
     Ok(())
 }
 
+/// A consumer with the stream's group id that never joins the group: it
+/// reads the group's committed offsets. `None` in-line only.
+pub(crate) fn committed_reader(
+    cfg: &crate::config::Config,
+) -> Option<rdkafka::consumer::BaseConsumer> {
+    if cfg.kafka.payments_topic.is_empty() {
+        return None;
+    }
+    let mut c = crate::stream::base_config(cfg);
+    c.set("group.id", &cfg.kafka.group_id)
+        .set("enable.auto.commit", "false");
+    c.create().ok()
+}
+
+/// The stream group's committed offsets on `topic`, for the partitions
+/// that have one. Blocking (up to 10 s per call): call it off the async
+/// workers.
+pub(crate) fn group_committed(
+    c: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+) -> Result<std::collections::HashMap<i32, i64>, rdkafka::error::KafkaError> {
+    use rdkafka::consumer::Consumer;
+    let limit = std::time::Duration::from_secs(10);
+    let md = c.fetch_metadata(Some(topic), limit)?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for t in md.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            tpl.add_partition(topic, p.id());
+        }
+    }
+    Ok(c.committed_offsets(tpl, limit)?
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
+}
+
 /// A random id for this process start.
 pub fn new_origin() -> Arc<str> {
     use rand::Rng as _;

@@ -23,6 +23,18 @@
 //! transactions ([`SnapshotHandle::at_boundary`]), so a snapshot never holds
 //! the effect of a payment whose transaction could still abort.
 //!
+//! In at-least-once mode a payment is in the store from the moment it is
+//! scored, its offset committed up to `kafka.commit_interval_ms` later. A
+//! cut that held an uncommitted payment, loaded after a crash, would make
+//! its re-scoring a duplicate (no novelty features). So the writer reads,
+//! after the cut, per payments partition the next offset not yet in the
+//! store (the marks, [`crate::stream::Applied`]; every payment in the cut
+//! is below them), and publishes the cut only once the stream group's
+//! committed offsets have reached them (normally within a commit
+//! interval). A cut whose marks are not committed within the snapshot
+//! interval is dropped (counted `result="deferred"`); the next cut holds
+//! its changes.
+//!
 //! # Restoring
 //! [`restore`] reads the topic from its start to its end (read_committed),
 //! loads every entity, and returns the last cut's offsets, from which the
@@ -47,6 +59,7 @@ use crate::config::Config;
 use crate::engine::features::SnapshotCut as Cut;
 use crate::engine::Engine;
 use crate::proto::SnapshotCut;
+use crate::stream::Applied;
 use crate::telemetry;
 
 /// The key of the cut record (entity keys are 9 bytes).
@@ -232,17 +245,36 @@ struct Shared {
     at_boundary: bool,
     /// A cut is due (the stream takes it at its next boundary).
     want: AtomicBool,
-    taken: Mutex<Option<(HashMap<i32, i64>, Cut)>>,
+    taken: Mutex<Option<Taken>>,
     engine: Arc<Engine>,
     positions: Arc<Positions>,
+    applied: Arc<Applied>,
+}
+
+/// A cut and what it covers.
+struct Taken {
+    /// State-log offsets to replay from.
+    offsets: HashMap<i32, i64>,
+    cut: Cut,
+    /// Per payments partition, an offset past every payment in the cut.
+    marks: HashMap<i32, i64>,
 }
 
 impl Shared {
-    fn cut(&self) -> (HashMap<i32, i64>, Cut) {
+    fn cut(&self) -> Taken {
         // Positions first: a record applied after reading them is in the
         // cut and replayed again (recognised), never missing.
-        let positions = self.positions.get();
-        (positions, self.engine.features().begin_snapshot())
+        let offsets = self.positions.get();
+        let cut = self.engine.features().begin_snapshot();
+        // Marks after: a payment is noted before it is applied, and the cut
+        // waited for the payments in flight, so the marks are past all of
+        // the cut's (and maybe a few later ones: a longer wait, no harm).
+        let marks = self.applied.all();
+        Taken {
+            offsets,
+            cut,
+            marks,
+        }
     }
 }
 
@@ -282,6 +314,7 @@ impl SnapshotWriter {
         cfg: &Config,
         engine: Arc<Engine>,
         positions: Arc<Positions>,
+        applied: Arc<Applied>,
         origin: Arc<str>,
         at_boundary: bool,
     ) -> Result<SnapshotWriter, SnapshotError> {
@@ -293,12 +326,19 @@ impl SnapshotWriter {
             taken: Mutex::new(None),
             engine,
             positions,
+            applied,
         });
         let w = Writer {
             cfg: cfg.clone(),
             shared: shared.clone(),
             origin,
             producer: None,
+            // At-least-once: a cut waits for the group's commits.
+            committed: if at_boundary {
+                None
+            } else {
+                super::committed_reader(cfg)
+            },
         };
         let thread = std::thread::Builder::new()
             .name("state-snapshots".into())
@@ -329,6 +369,8 @@ struct Writer {
     shared: Arc<Shared>,
     origin: Arc<str>,
     producer: Option<BaseProducer>,
+    /// Reads the stream group's committed offsets (at-least-once).
+    committed: Option<BaseConsumer>,
 }
 
 impl Writer {
@@ -357,11 +399,17 @@ impl Writer {
                 self.producer = None;
                 continue;
             }
-            let Some((offsets, cut)) = self.take_cut(interval) else {
+            let Some(taken) = self.take_cut(interval) else {
                 continue;
             };
+            if !self.wait_committed(&taken.marks, interval.min(Duration::from_secs(30))) {
+                metrics::counter!(telemetry::STATE_SNAPSHOTS, "result" => "deferred").increment(1);
+                self.shared.engine.features().snapshot_not_delivered();
+                debug!("snapshot cut dropped: its payments' offsets were not committed in time; the next cut holds its changes");
+                continue;
+            }
             let started = Instant::now();
-            match self.write(offsets, cut) {
+            match self.write(taken.offsets, taken.cut) {
                 Ok(n) => {
                     metrics::counter!(telemetry::STATE_SNAPSHOTS, "result" => "written")
                         .increment(1);
@@ -385,9 +433,38 @@ impl Writer {
         }
     }
 
+    /// At-least-once: waits (up to `limit`) until the stream group's
+    /// committed offsets reach `marks`, so the cut holds no payment that a
+    /// crash would make the stream score again. Exactly-once cuts are taken
+    /// between transactions: true at once.
+    fn wait_committed(&self, marks: &HashMap<i32, i64>, limit: Duration) -> bool {
+        let Some(c) = &self.committed else {
+            return true;
+        };
+        let topic = &self.cfg.kafka.payments_topic;
+        let started = Instant::now();
+        loop {
+            match super::group_committed(c, topic) {
+                Ok(done) => {
+                    let behind = marks
+                        .iter()
+                        .filter(|(p, m)| done.get(p).is_none_or(|c| c < m))
+                        .count();
+                    if behind == 0 {
+                        return true;
+                    }
+                }
+                Err(e) => debug!(error = %e, "cannot read the group's committed offsets; retrying"),
+            }
+            if started.elapsed() >= limit || !self.sleep(Duration::from_millis(50)) {
+                return false;
+            }
+        }
+    }
+
     /// The cut: taken here (at-least-once) or by the stream at its next
     /// transaction boundary (exactly-once; waits up to `limit`).
-    fn take_cut(&self, limit: Duration) -> Option<(HashMap<i32, i64>, Cut)> {
+    fn take_cut(&self, limit: Duration) -> Option<Taken> {
         if !self.shared.at_boundary {
             return Some(self.shared.cut());
         }

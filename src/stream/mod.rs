@@ -93,7 +93,9 @@ pub struct StateLink {
 /// into feature state (scored live or replayed by a warm-up). A warm-up
 /// starts no earlier than this, so a partition that comes back to the same
 /// instance after a rebalance is not counted twice: only what another
-/// instance processed meanwhile is replayed.
+/// instance processed meanwhile is replayed. With the state log, the
+/// follower notes the payments it applies too, and the snapshot writer
+/// publishes a cut only once the group's commits reach these marks.
 #[derive(Debug, Default)]
 pub struct Applied {
     next: dashmap::DashMap<i32, i64, ahash::RandomState>,
@@ -114,6 +116,11 @@ impl Applied {
     /// The first offset of `partition` not yet in the state, if any was.
     pub fn next(&self, partition: i32) -> Option<i64> {
         self.next.get(&partition).map(|n| *n)
+    }
+
+    /// Every partition's first offset not yet in the state.
+    pub fn all(&self) -> std::collections::HashMap<i32, i64> {
+        self.next.iter().map(|e| (*e.key(), *e.value())).collect()
     }
 }
 

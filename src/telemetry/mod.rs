@@ -186,7 +186,7 @@ pub const CATALOGUE: &[MetricSpec] = {
         spec(STATE_PROPAGATION, Histogram, &[], "State log: time from a payment's state record being written by another instance to this instance applying it (after the start-up replay)"),
         spec(STATE_APPLIED, Counter, &["result"], "State log records read, by result: applied (another instance's payment, now in this instance's features), own (written by this process, already applied), refused (undecodable)"),
         spec(STATE_RESTORE_DURATION, Gauge, &[], "Duration of the start-up restore: snapshot load plus state log replay"),
-        spec(STATE_SNAPSHOTS, Counter, &["result"], "Snapshot cuts by result: written (committed to the snapshot topic) or failed (the next cut covers it); only the holder of payments partition 0 writes"),
+        spec(STATE_SNAPSHOTS, Counter, &["result"], "Snapshot cuts by result: written (committed to the snapshot topic), failed, or deferred (at-least-once: its payments' offsets not committed within the interval); the next cut covers a failed or deferred one; only the holder of payments partition 0 writes"),
         spec(STATE_SNAPSHOT_RECORDS, Counter, &[], "Entity records and tombstones written to the snapshot topic"),
         spec(STATE_SNAPSHOT_DURATION, Gauge, &[], "Duration of the last snapshot cut written, from cut to commit"),
         spec(STATE_SNAPSHOT_LAST, Gauge, &[], "Unix time of the last snapshot cut written by this instance"),
@@ -350,7 +350,7 @@ impl Metrics {
         for result in ["applied", "own", "refused"] {
             metrics::counter!(STATE_APPLIED, "result" => result).absolute(0);
         }
-        for result in ["written", "failed"] {
+        for result in ["written", "failed", "deferred"] {
             metrics::counter!(STATE_SNAPSHOTS, "result" => result).absolute(0);
         }
         for outcome in ["replaced", "unwritable"] {

@@ -503,6 +503,38 @@ pub fn wait_http(addr: &str, path: &str, limit: Duration) -> Option<(u16, String
 }
 
 /// A plain HTTP/1.1 GET over a real socket.
+/// How many payments partitions an instance holds (its per-partition lag
+/// series).
+pub fn partitions_held(f: &Fraudline) -> usize {
+    http_get(&f.http, "/metrics")
+        .map(|(_, body)| {
+            body.lines()
+                .filter(|l| l.starts_with("fraudline_consumer_lag_messages{"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits (up to 90 s) until every instance holds partitions, all
+/// `partitions` are held, and that stays so for 3 s (a rebalance meanwhile
+/// pauses the moved partitions). Returns whether it settled.
+pub async fn wait_settled(group: &[&Fraudline], partitions: usize) -> bool {
+    let started = Instant::now();
+    let mut stable_since: Option<Instant> = None;
+    while started.elapsed() < Duration::from_secs(90) {
+        let counts: Vec<usize> = group.iter().map(|f| partitions_held(f)).collect();
+        let settled = counts.iter().all(|c| *c > 0) && counts.iter().sum::<usize>() == partitions;
+        match (settled, stable_since) {
+            (true, None) => stable_since = Some(Instant::now()),
+            (true, Some(t)) if t.elapsed() > Duration::from_secs(3) => return true,
+            (false, _) => stable_since = None,
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
