@@ -183,7 +183,7 @@ fn score(c: &mut Criterion) {
         // three built-in checks.
         let engine = warmed_engine(&warm);
         let pack = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rules/default.toml");
-        match fraudline::engine::rules::file::load(std::path::Path::new(pack)) {
+        match fraudline::reload::rules::load_file(std::path::Path::new(pack)) {
             Ok(f) => engine.set_rules(f.rules),
             Err(e) => panic!("{e}"),
         }

@@ -183,7 +183,7 @@ fn features(c: &mut Criterion) {
         // empty blocklist, the decision.
         let engine = Engine::new(EngineConfig::default());
         let pack = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rules/default.toml");
-        match fraudline::engine::rules::file::load(std::path::Path::new(pack)) {
+        match fraudline::reload::rules::load_file(std::path::Path::new(pack)) {
             Ok(f) => engine.set_rules(f.rules),
             Err(e) => panic!("{e}"),
         }

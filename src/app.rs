@@ -10,8 +10,8 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::config::Config;
-use crate::engine::rules::reload;
 use crate::engine::Engine;
+use crate::reload::rules as reload;
 use crate::serve::idempotency::RecentVerdicts;
 use crate::serve::{self, HttpState};
 use crate::stream::{self, StreamParts};

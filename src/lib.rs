@@ -17,15 +17,16 @@
 //! | score | [`engine`] | [`engine::Engine::score`], the one hot path: features, rules, blocklist, decision |
 //! | Kafka in/out | [`stream`] | consumer group, verdict producer, DLQ, offsets, transactions |
 //! | state across instances and restarts | [`state`] | the state log: every scored payment, followed by every instance |
-//! | HTTP | [`serve`] | `/metrics`, `/healthz`, `/readyz` |
+//! | HTTP | [`serve`] | `/metrics`, `/healthz`, `/readyz` (per path: [`serve::ready`]) |
+//! | live reloads | [`reload`] | rule file (watch, SIGHUP), blocklist files and topic: every file, signal and Kafka read the engine's tables need |
 //! | in-line API | [`serve::inline`], [`serve::scorer`] | gRPC `fraudline.v1.Scoring/Score` (+ health, reflection) and HTTP `POST /v1/score`: auth, idempotency, admission and shedding, audit |
 //! | wiring | [`app`] | builds the Engine, runs the stream and/or the in-line API, drains on shutdown |
 //! | config | [`config`] | one TOML file + `FRAUDLINE_*` env overrides |
 //! | metrics | [`telemetry`] | every metric name, tracing set-up |
 //! | analyst tools | [`tools`] | synthetic traffic generator, demo |
 //!
-//! The engine never touches the outside world: stream, serve and tools are
-//! adapters around it.
+//! The engine never touches the outside world: stream, state, serve, reload
+//! and tools are adapters around it.
 
 pub mod app;
 pub mod config;

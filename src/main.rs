@@ -375,7 +375,7 @@ fn score(file: Option<PathBuf>, explain: bool, rules: Option<PathBuf>) -> Result
     };
     let engine = Engine::new(EngineConfig::default());
     if let Some(r) = rules {
-        engine.set_rules(fraudline::engine::rules::file::load(&r)?.rules);
+        engine.set_rules(fraudline::reload::rules::load_file(&r)?.rules);
     }
     let list = gen::Generator::new(gen::GenConfig::default()).blocklist_entries();
     engine.set_blocklist(Blocklist::new(1, list));

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fraudline::engine::rules::reload;
 use fraudline::engine::{Engine, EngineConfig};
+use fraudline::reload::rules as reload;
 
 fn rules(version: &str) -> String {
     format!(

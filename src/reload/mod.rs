@@ -1,9 +1,11 @@
-//! Sources that replace engine state while it runs. The rule file's reload
-//! lives beside the rules (`engine::rules::reload`); the blocklist's sources
-//! are here: files (CSV with a header, or JSON lines), validated aside and
-//! swapped in whole.
+//! Sources that replace engine state while it runs: the rule file (read,
+//! watched, SIGHUP) and the blocklist's files and topic. Every file, signal
+//! and Kafka read is here; the engine only compiles and swaps what it is
+//! given (it does no I/O), so the same engine serves the stream, the
+//! in-line API and the backtest.
 
 pub mod blocklist;
+pub mod rules;
 
 /// The identity of a file (its inode on Unix, 0 elsewhere), for the file
 /// watchers: a file replaced by a new one (an editor's rename, a ConfigMap

@@ -143,9 +143,9 @@ fn is_fraud(label: &str) -> bool {
 /// Runs the backtest; writes verdict lines to `opts.verdicts_out` if given.
 pub fn run(opts: &Options) -> Result<Report, BacktestError> {
     let started = Instant::now();
-    let rules = file::load(&opts.rules)?.rules;
+    let rules = crate::reload::rules::load_file(&opts.rules)?.rules;
     let baseline = match &opts.baseline {
-        Some(b) => Some(file::load(b)?.rules),
+        Some(b) => Some(crate::reload::rules::load_file(b)?.rules),
         None => None,
     };
     let list = match &opts.blocklist {

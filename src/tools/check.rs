@@ -23,7 +23,7 @@ pub struct CheckReport {
 
 pub fn check(path: &Path) -> CheckReport {
     let name = path.display().to_string();
-    match file::load(path) {
+    match crate::reload::rules::load_file(path) {
         Err(e) => CheckReport {
             file: name,
             ok: false,

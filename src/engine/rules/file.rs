@@ -44,7 +44,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::path::Path;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -249,16 +248,6 @@ pub const DEFAULT_PACK: &str = include_str!("../../../deploy/rules/default.toml"
 /// Compiles the built-in default pack.
 pub fn default_pack() -> Result<RuleFile, LoadError> {
     compile("deploy/rules/default.toml (built in)", DEFAULT_PACK)
-}
-
-/// Reads and compiles a rule file.
-pub fn load(path: &Path) -> Result<RuleFile, LoadError> {
-    let name = path.display().to_string();
-    let src = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-        file: name.clone(),
-        source,
-    })?;
-    compile(&name, &src)
 }
 
 /// Compiles rule-file text; `name` is what errors call the file.

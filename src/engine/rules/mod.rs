@@ -8,7 +8,6 @@
 pub mod breaker;
 pub mod expr;
 pub mod file;
-pub mod reload;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

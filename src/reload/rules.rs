@@ -12,9 +12,20 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{error, info};
 
-use super::file::{self, LoadError};
+use crate::engine::rules::file::{self, LoadError, RuleFile};
 use crate::engine::Engine;
 use crate::telemetry;
+
+/// Reads and compiles a rule file (the engine compiles text; reading files
+/// is this module's).
+pub fn load_file(path: &Path) -> Result<RuleFile, LoadError> {
+    let name = path.display().to_string();
+    let src = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        file: name.clone(),
+        source,
+    })?;
+    file::compile(&name, &src)
+}
 
 /// What one reload attempt did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +41,7 @@ pub enum Reload {
 /// Loads `path` and, if valid and different (or `force`: SIGHUP, which
 /// also restores rules their breaker demoted), swaps it into `engine`.
 pub fn reload(engine: &Engine, path: &Path, force: bool) -> Reload {
-    match file::load(path) {
+    match load_file(path) {
         Ok(f) => {
             let active = engine.rules();
             if !force && active.hash == f.rules.hash {
@@ -75,7 +86,7 @@ pub fn reload(engine: &Engine, path: &Path, force: bool) -> Reload {
 
 /// Loads the rule file at start: a bad file refuses to start the service.
 pub fn load_at_start(engine: &Engine, path: &Path) -> Result<(), LoadError> {
-    let f = file::load(path)?;
+    let f = load_file(path)?;
     info!(
         file = %path.display(),
         version = %f.rules.version,
