@@ -2,6 +2,13 @@
 //! [`Engine`], produce the verdict (or a dead-letter record), and commit
 //! offsets only for what the broker has acknowledged.
 //!
+//! The shape (vector's): [`source`] (the consumer, its assignment and the
+//! restore a new partition waits for), [`record`] (decode, score, encode:
+//! the one scoring path, shared with the in-line API through the engine),
+//! [`sink`] (the producer, its record limit, the state-log enqueue), and a
+//! delivery policy that drives them. The client settings are written once
+//! ([`base_config`], [`consumer_config`], [`producer_config`]).
+//!
 //! Two delivery modes (config `kafka.delivery`):
 //! - [`at_least_once`]: idempotent producer; a partition's offset is stored
 //!   for commit only once every record before it is acknowledged
@@ -14,6 +21,8 @@ mod context;
 pub mod exactly_once;
 pub mod lag;
 pub mod record;
+pub mod sink;
+pub mod source;
 pub mod tracker;
 pub mod warmup;
 
@@ -21,16 +30,20 @@ use std::future::Future;
 use std::sync::Arc;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
-use rdkafka::TopicPartitionList;
 
 use crate::config::{Config, Delivery};
 use crate::engine::Engine;
 use crate::telemetry::Metrics;
 pub use context::StreamContext;
 pub use record::{process, Outcome, ProcessOptions, HDR_CONTENT_TYPE};
+use sink::options_for;
+pub(crate) use sink::send_state_record;
+pub use sink::{output_record_limit, producer_config};
+pub use source::consumer_config;
+use source::{handoff, subscribe};
 
 /// Errors that stop the stream. Anything per-record is a DLQ record instead.
 #[derive(Debug, thiserror::Error)]
@@ -155,75 +168,6 @@ impl Drop for WarmupGuard {
     }
 }
 
-/// The largest record the output topics take: the smallest of
-/// `kafka.max_record_bytes` and the verdicts and DLQ topics'
-/// `max.message.bytes` (read from the broker). The producer is set to it, so
-/// that librdkafka refuses an oversize record itself at enqueue (naming that
-/// record) and never builds a batch the broker would refuse as a whole,
-/// which would fail every record in it.
-pub async fn output_record_limit(cfg: &Config) -> usize {
-    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
-    let configured = cfg.kafka.max_record_bytes;
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = match base_config(cfg).create()
-    {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the output topics' size limits; using kafka.max_record_bytes");
-            return configured;
-        }
-    };
-    let topics = [
-        ResourceSpecifier::Topic(&cfg.kafka.verdicts_topic),
-        ResourceSpecifier::Topic(&cfg.kafka.dlq_topic),
-    ];
-    let opts = AdminOptions::new().request_timeout(Some(std::time::Duration::from_secs(10)));
-    let mut limit = configured;
-    match admin.describe_configs(topics.iter(), &opts).await {
-        Ok(results) => {
-            for r in results.into_iter().flatten() {
-                let topic_limit = r
-                    .get("max.message.bytes")
-                    .and_then(|e| e.value.as_deref())
-                    .and_then(|v| v.parse::<usize>().ok());
-                if let Some(t) = topic_limit {
-                    if t < limit {
-                        tracing::info!(
-                            resource = ?r.specifier,
-                            max_message_bytes = t,
-                            "an output topic takes smaller records than kafka.max_record_bytes; producing to its limit"
-                        );
-                        limit = t;
-                    }
-                }
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the output topics' size limits; using kafka.max_record_bytes")
-        }
-    }
-    limit
-}
-
-/// The process options under the output record limit: the dead-letter
-/// payload bound shrinks to fit it (a dead letter must always be
-/// producible), or the start is refused if not even an empty one fits.
-fn options_for(cfg: &Config, limit: usize) -> Result<ProcessOptions, StreamError> {
-    let mut opts = ProcessOptions::from_config(cfg);
-    let needed = cfg.limits.max_key_bytes + crate::config::DEAD_LETTER_ENVELOPE;
-    if limit <= needed {
-        return Err(StreamError::RecordLimit { limit, needed });
-    }
-    if opts.dlq_max_payload_bytes > limit - needed {
-        tracing::warn!(
-            configured = opts.dlq_max_payload_bytes,
-            used = limit - needed,
-            "kafka.dlq_max_payload_bytes lowered to fit the output topics' record limit"
-        );
-        opts.dlq_max_payload_bytes = limit - needed;
-    }
-    Ok(opts)
-}
-
 /// The stream's clients and the options they run with.
 struct Clients {
     consumer: SharedConsumer,
@@ -295,76 +239,6 @@ async fn clients(cfg: &Config, parts: &StreamParts) -> Result<Clients, StreamErr
     })
 }
 
-/// With the state log: newly assigned partitions (paused by the context)
-/// resume once the follower has read the log to where it ends now, so the
-/// payments their previous owner scored are in this instance's state. The
-/// in-line API's readiness is not touched: a rebalance of the stream does
-/// not take it out of service.
-async fn handoff(
-    cfg: Config,
-    follower: crate::state::FollowerHandle,
-    consumer: SharedConsumer,
-    mut assigned: tokio::sync::mpsc::UnboundedReceiver<Vec<i32>>,
-    ready: Arc<crate::serve::ready::Readiness>,
-) {
-    let limit = std::time::Duration::from_millis(cfg.kafka.state_catch_up_ms);
-    while let Some(mut partitions) = assigned.recv().await {
-        while let Ok(more) = assigned.try_recv() {
-            partitions.extend(more);
-        }
-        ready.set_stream(false);
-        let started = std::time::Instant::now();
-        if follower.wait_for_end(limit).await {
-            tracing::info!(
-                ?partitions,
-                seconds = started.elapsed().as_secs_f64(),
-                "state log read to its end; scoring the new partitions"
-            );
-        } else {
-            tracing::warn!(
-                ?partitions,
-                "state log not read to its end in kafka.state_catch_up_ms; scoring the new partitions anyway"
-            );
-        }
-        let mut tpl = TopicPartitionList::new();
-        for p in &partitions {
-            tpl.add_partition(&cfg.kafka.payments_topic, *p);
-        }
-        if let Err(e) = consumer.resume(&tpl) {
-            tracing::warn!(error = %e, "cannot resume partitions after the state catch-up");
-        }
-        ready.set_stream(true);
-    }
-}
-
-/// The warm-up reader: same brokers and security settings, the group's id
-/// (to read its committed offsets; it never joins), committed data only.
-fn warmup_reader_config(cfg: &Config) -> ClientConfig {
-    let mut c = base_config(cfg);
-    c.set("group.id", &cfg.kafka.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        .set("statistics.interval.ms", "0")
-        .set(
-            "client.id",
-            format!("fraudline-{}-warmup", cfg.kafka.group_id),
-        );
-    for (key, v) in &cfg.kafka.consumer {
-        c.set(key, v);
-    }
-    c
-}
-
-fn subscribe(cfg: &Config, consumer: &StreamConsumer<StreamContext>) -> Result<(), StreamError> {
-    consumer
-        .subscribe(&[&cfg.kafka.payments_topic])
-        .map_err(|source| StreamError::Subscribe {
-            topic: cfg.kafka.payments_topic.clone(),
-            source,
-        })
-}
-
 /// Settings shared by the consumer and the producer: brokers and the
 /// pass-through `kafka.librdkafka` table (TLS, SASL, ...). Consumer lag comes
 /// from positions and watermarks ([`lag`]), not librdkafka statistics.
@@ -374,57 +248,6 @@ pub(crate) fn base_config(cfg: &Config) -> ClientConfig {
     c.set("bootstrap.servers", &k.brokers)
         .set("client.id", format!("fraudline-{}", k.group_id));
     for (key, v) in &k.librdkafka {
-        c.set(key, v);
-    }
-    c
-}
-
-/// The consumer's settings. Offsets are never stored automatically: the
-/// delivery loops store (or transact) them once the output is safe.
-pub fn consumer_config(cfg: &Config) -> ClientConfig {
-    let k = &cfg.kafka;
-    let mut c = base_config(cfg);
-    c.set("group.id", &k.group_id)
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", &k.auto_offset_reset)
-        .set("session.timeout.ms", k.session_timeout_ms.to_string())
-        .set("fetch.wait.max.ms", k.fetch_wait_max_ms.to_string())
-        .set("fetch.queue.backoff.ms", "10")
-        .set("partition.assignment.strategy", "cooperative-sticky");
-    match k.delivery {
-        Delivery::AtLeastOnce => {
-            c.set("enable.auto.commit", "true")
-                .set("auto.commit.interval.ms", k.commit_interval_ms.to_string());
-        }
-        Delivery::ExactlyOnce => {
-            c.set("enable.auto.commit", "false")
-                .set("isolation.level", "read_committed");
-        }
-    }
-    for (key, v) in &k.consumer {
-        c.set(key, v);
-    }
-    c
-}
-
-/// The producer's settings: idempotent always, transactional in exactly-once.
-pub fn producer_config(cfg: &Config) -> ClientConfig {
-    let k = &cfg.kafka;
-    let mut c = base_config(cfg);
-    c.set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("message.max.bytes", k.max_record_bytes.to_string())
-        .set("linger.ms", k.linger_ms.to_string())
-        .set("message.timeout.ms", k.message_timeout_ms.to_string())
-        .set(
-            "queue.buffering.max.messages",
-            (k.max_in_flight * 2).max(100_000).to_string(),
-        );
-    if k.delivery == Delivery::ExactlyOnce {
-        c.set("transactional.id", &k.transactional_id)
-            .set("transaction.timeout.ms", "60000");
-    }
-    for (key, v) in &k.producer {
         c.set(key, v);
     }
     c
@@ -468,51 +291,6 @@ impl Stop {
         tokio::select! {
             _ = tokio::time::sleep(d) => false,
             () = self.stopped() => true,
-        }
-    }
-}
-
-/// Enqueues one state-log record (header: this process's origin), waiting
-/// while librdkafka's queue is full or the broker is away. `None` on
-/// shutdown, or when it is refused for good or after
-/// `kafka.produce_max_attempts`: the payment's features then stay on this
-/// instance, which is logged.
-pub(crate) async fn send_state_record(
-    cfg: &Config,
-    producer: &FutureProducer<StreamContext>,
-    stop: &mut Stop,
-    origin: &str,
-    key: &[u8],
-    state: &[u8],
-) -> Option<rdkafka::producer::DeliveryFuture> {
-    use at_least_once::{classify, Failure};
-    let mut attempts = 0;
-    loop {
-        let headers =
-            rdkafka::message::OwnedHeaders::new_with_capacity(1).insert(rdkafka::message::Header {
-                key: crate::state::HDR_ORIGIN,
-                value: Some(origin.as_bytes()),
-            });
-        let record = rdkafka::producer::FutureRecord::to(&cfg.kafka.state_topic)
-            .key(key)
-            .payload(state)
-            .headers(headers);
-        match producer.send_result(record) {
-            Ok(f) => return Some(f),
-            Err((e, _)) => {
-                let class = classify(&e);
-                if class != Failure::Outage {
-                    attempts += 1;
-                }
-                if class == Failure::Permanent || attempts >= cfg.kafka.produce_max_attempts {
-                    tracing::warn!(error = %e, "state record cannot be produced; this payment's features stay on this instance");
-                    return None;
-                }
-                let wait = if class == Failure::Outage { 1 } else { 100 };
-                if stop.pause(std::time::Duration::from_millis(wait)).await {
-                    return None;
-                }
-            }
         }
     }
 }

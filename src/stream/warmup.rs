@@ -149,7 +149,7 @@ pub async fn run(
             applied.clone(),
             partitions.clone(),
         );
-        let reader_cfg = super::warmup_reader_config(&cfg);
+        let reader_cfg = super::source::warmup_reader_config(&cfg);
         let result = tokio::task::spawn_blocking(move || replay(&c, reader_cfg, &e, &a, &p)).await;
         let took = started.elapsed();
         duration.set(took.as_secs_f64());
