@@ -7,7 +7,7 @@
 //! the one scoring path, shared with the in-line API through the engine),
 //! [`sink`] (the producer, its record limit, the state-log enqueue), and a
 //! delivery policy that drives them. The client settings are written once
-//! ([`base_config`], [`consumer_config`], [`producer_config`]).
+//! (`base_config`, [`consumer_config`], [`producer_config`]).
 //!
 //! Two delivery modes (config `kafka.delivery`):
 //! - [`at_least_once`]: idempotent producer; a partition's offset is stored
