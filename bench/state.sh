@@ -26,7 +26,8 @@ if ! deploy/kafka/broker.sh status >/dev/null 2>&1; then
   trap 'deploy/kafka/broker.sh stop' EXIT
 fi
 brokers="$(deploy/kafka/broker.sh start)"
+broker_pid="$(cat "$FRAUDLINE_KAFKA_STATE/pid")"
 
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p')), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 echo
-"$target/release/examples/state_bench" --brokers "$brokers" --bin "$target/release/fraudline" "$@"
+"$target/release/examples/state_bench" --brokers "$brokers" --bin "$target/release/fraudline" --broker-pid "$broker_pid" "$@"

@@ -72,11 +72,61 @@ struct Args {
     /// A quick pass (50,000 accounts, 100,000 payments, 5 s of paced traffic).
     #[arg(long)]
     short: bool,
+    /// Pid of the broker, to report its CPU time per run too.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// kafka.snapshot_interval_ms of the instances (the production default).
+    #[arg(long, default_value_t = 60_000)]
+    snapshot_interval_ms: u64,
+    /// TOML lines added to every instance's [kafka] section (to try a
+    /// setting, e.g. 'linger_ms = 5').
+    #[arg(long, default_value = "")]
+    kafka_extra: String,
+    /// Throughput runs per configuration (median reported).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+}
+
+/// CPU seconds (user + system) of a process so far.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = text.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Which parts of the state layer a throughput run has on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layer {
+    Off,
+    Log,
+    LogAndSnapshots,
+}
+
+impl Layer {
+    fn slug(self) -> &'static str {
+        match self {
+            Layer::Off => "nostate",
+            Layer::Log => "logonly",
+            Layer::LogAndSnapshots => "state",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Layer::Off => "without the state layer",
+            Layer::Log => "state log, no snapshots",
+            Layer::LogAndSnapshots => "state log + snapshots",
+        }
+    }
 }
 
 fn main() -> Result<()> {
     let mut args = Args::parse();
     if args.short {
+        args.repeat = 1;
         args.accounts = 50_000;
         args.payments = 100_000;
         args.secs = 5;
@@ -96,24 +146,66 @@ fn main() -> Result<()> {
     );
     let produced = preproduce(&args, &payments)?;
 
-    // 1 and 2: throughput without, then with, the state layer (the second
-    // run also fills the state log and the snapshot topic).
-    let without = Topics::new("nostate");
-    let r_without = throughput(&args, &work, &payments, &without, false)?;
-    let with = Topics::new("state");
-    create(
-        &args,
-        &with.state,
-        args.partitions,
-        &[("cleanup.policy", "delete")],
-    )?;
-    create(
-        &args,
-        &with.snapshots,
-        1,
-        &[("cleanup.policy", "compact"), ("segment.ms", "3600000")],
-    )?;
-    let r_with = throughput(&args, &work, &payments, &with, true)?;
+    // 1 and 2: throughput without the state layer, with the log only, and
+    // with log and snapshots, `repeat` times in a rotating order (the
+    // machine is noisy; the median is reported). Every run has fresh
+    // topics and group; the last log + snapshots run's state is what the
+    // restores read.
+    let layers = [Layer::Off, Layer::Log, Layer::LogAndSnapshots];
+    let mut runs: Vec<Throughput> = Vec::new();
+    let mut with = None;
+    for r in 0..args.repeat.max(1) {
+        for k in 0..layers.len() {
+            let layer = layers[(k + r) % layers.len()];
+            let t = Topics::new(layer.slug());
+            if layer != Layer::Off {
+                create(
+                    &args,
+                    &t.state,
+                    args.partitions,
+                    &[("cleanup.policy", "delete")],
+                )?;
+            }
+            if layer == Layer::LogAndSnapshots {
+                create(
+                    &args,
+                    &t.snapshots,
+                    1,
+                    &[("cleanup.policy", "compact"), ("segment.ms", "3600000")],
+                )?;
+            }
+            // Only the last state run's cuts are restored: it alone waits
+            // for a cut after its last payment.
+            let last = r + 1 == args.repeat.max(1);
+            runs.push(throughput(&args, &work, &payments, &t, layer, last)?);
+            if layer == Layer::LogAndSnapshots {
+                with = Some(t);
+            }
+        }
+    }
+    let with = with.ok_or_else(|| anyhow!("no state run"))?;
+    let median_of = |layer: Layer| -> Throughput {
+        let mut rs: Vec<&Throughput> = runs.iter().filter(|r| r.layer == layer).collect();
+        rs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+        let m = rs[rs.len() / 2];
+        Throughput {
+            layer,
+            rate: m.rate,
+            rss_mib: m.rss_mib,
+            cpu: m.cpu,
+            broker_cpu: m.broker_cpu,
+        }
+    };
+    let all_of = |layer: Layer| -> String {
+        runs.iter()
+            .filter(|r| r.layer == layer)
+            .map(|r| format!("{:.0}", r.rate))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let r_without = median_of(Layer::Off);
+    let r_log = median_of(Layer::Log);
+    let r_with = median_of(Layer::LogAndSnapshots);
 
     // 3: restore, from the snapshot, then from the whole log.
     let from_snapshot = restore(&args, &work, &payments, &with, true)?;
@@ -130,12 +222,28 @@ fn main() -> Result<()> {
         args.accounts, produced.0, produced.1, args.partitions, args.brokers
     );
     println!();
+    println!(
+        "| stream run, at-least-once, {} payments | events/s, median (every run) | CPU s per 100k events: fraudline / broker | ratio to without |",
+        args.payments
+    );
+    println!("| --- | ---: | ---: | ---: |");
+    for r in [&r_without, &r_log, &r_with] {
+        println!(
+            "| {} | {:.0} ({}) | {:.2} / {} | {:.2} |",
+            r.layer.name(),
+            r.rate,
+            all_of(r.layer),
+            r.cpu * 1e5 / args.payments as f64,
+            r.broker_cpu.map_or("–".to_string(), |b| format!(
+                "{:.2}",
+                b * 1e5 / args.payments as f64
+            )),
+            r.rate / r_without.rate
+        );
+    }
+    println!();
     println!("| measure | fraudline | floor / comparison | ratio |");
     println!("| --- | ---: | ---: | ---: |");
-    println!(
-        "| stream throughput, at-least-once | {:.0} events/s with state log + snapshots | {:.0} events/s without | {:.2} |",
-        r_with.rate, r_without.rate, r_with.rate / r_without.rate
-    );
     println!(
         "| RSS of the instance after the run | {:.0} MiB with the state layer | {:.0} MiB without | {:.2} |",
         r_with.rss_mib,
@@ -305,6 +413,9 @@ fn read_topic(args: &Args, topic: &str) -> Result<Floor> {
         .set("group.id", unique("floor"))
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
+        // The restore's fetch sizes (src/state/snapshot.rs).
+        .set("fetch.max.bytes", "104857600")
+        .set("max.partition.fetch.bytes", "52428800")
         .create()?;
     let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
@@ -471,10 +582,10 @@ fn config(args: &Args, payments: &str, t: &Topics, state: bool, extra: &str) -> 
     format!(
         "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\npayments_topic = \"{payments}\"\n\
          verdicts_topic = \"{}\"\ndlq_topic = \"{}\"\nstate_topic = \"{state_topic}\"\n\
-         snapshot_topic = \"{snapshots}\"\nsnapshot_interval_ms = 10000\n\
+         snapshot_topic = \"{snapshots}\"\nsnapshot_interval_ms = {}\n\
          warmup_lookback_ms = 86400000\nstate_catch_up_ms = 600000\n{extra}\n\
          [http]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"text\"\nlevel = \"info\"\n",
-        args.brokers, t.group, t.verdicts, t.dlq
+        args.brokers, t.group, t.verdicts, t.dlq, args.snapshot_interval_ms
     )
 }
 
@@ -492,8 +603,11 @@ fn wait(what: &str, limit: Duration, mut done: impl FnMut() -> Result<bool>) -> 
 // ----------------------------------------------------------- measurements --
 
 struct Throughput {
+    layer: Layer,
     rate: f64,
     rss_mib: f64,
+    cpu: f64,
+    broker_cpu: Option<f64>,
 }
 
 fn throughput(
@@ -501,11 +615,25 @@ fn throughput(
     work: &tempfile::TempDir,
     payments: &str,
     t: &Topics,
-    state: bool,
+    layer: Layer,
+    wait_cut: bool,
 ) -> Result<Throughput> {
-    let name = if state { "with-state" } else { "without-state" };
+    let name = match layer {
+        Layer::Off => "without-state",
+        Layer::Log => "log-only",
+        Layer::LogAndSnapshots => "with-state",
+    };
+    let state = layer != Layer::Off;
     eprintln!("state_bench: throughput, {name}");
-    let mut i = Instance::start(args, work, name, &config(args, payments, t, state, ""))?;
+    let mut toml = config(args, payments, t, state, &args.kafka_extra);
+    if layer == Layer::Log {
+        toml = toml.replace(
+            &format!("snapshot_topic = \"{}\"", t.snapshots),
+            "snapshot_topic = \"\"",
+        );
+    }
+    let broker_before = args.broker_pid.and_then(cpu_secs);
+    let mut i = Instance::start(args, work, name, &toml)?;
     let n = args.payments as f64;
     let consumed = |i: &Instance| metric(&i.metrics(), "fraudline_events_consumed_total");
     let mut first: Option<Instant> = None;
@@ -528,12 +656,18 @@ fn throughput(
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    let cpu = cpu_secs(i.child.id()).unwrap_or(0.0);
+    let broker_cpu = args
+        .broker_pid
+        .and_then(cpu_secs)
+        .zip(broker_before)
+        .map(|(a, b)| a - b);
     let body = i.metrics();
     let dead = metric(&body, "fraudline_dlq_records_total");
     if dead > 0.0 {
         bail!("{name}: {dead} dead letters: the bench measured something else");
     }
-    if state {
+    if layer == Layer::LogAndSnapshots && wait_cut {
         // A cut after the last payment, so the restore below has it all.
         let before = metric(&body, "fraudline_state_snapshots_total{result=\"written\"}");
         wait("a snapshot after the run", Duration::from_secs(600), || {
@@ -547,7 +681,13 @@ fn throughput(
     i.stop().with_context(|| name.to_string())?;
     let rate = n / secs.max(1e-3);
     eprintln!("state_bench: {name}: {rate:.0} events/s, RSS {rss_mib:.0} MiB");
-    Ok(Throughput { rate, rss_mib })
+    Ok(Throughput {
+        layer,
+        rate,
+        rss_mib,
+        cpu,
+        broker_cpu,
+    })
 }
 
 struct Restore {

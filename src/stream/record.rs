@@ -92,7 +92,8 @@ pub fn process(
         };
         return dead_letter(msg, bytes, &e, now, opts, metrics);
     }
-    match event::decode(bytes, content_type(msg), &opts.limits, now) {
+    let format = content_type(msg).unwrap_or_else(|| Format::detect(bytes));
+    match event::decode(bytes, Some(format), &opts.limits, now) {
         Ok(p) => {
             let started = std::time::Instant::now();
             let v = engine.score_owned_at(&p, now);
@@ -127,11 +128,13 @@ pub fn process(
                 "scored"
             );
             let state = opts.state_origin.as_deref().map(|origin| {
-                let source = crate::state::Source::Stream {
-                    partition: msg.partition(),
-                    offset: msg.offset(),
-                };
-                crate::state::encode(&p, origin, source, None)
+                let (partition, offset) = (msg.partition(), msg.offset());
+                if format == Format::Protobuf && bytes.len() <= crate::state::RAW_PAYMENT_MAX {
+                    // The input bytes decode to this payment: no second encoding.
+                    crate::state::encode_stream(bytes, origin, partition, offset)
+                } else {
+                    crate::state::encode_stream(&p.to_protobuf(), origin, partition, offset)
+                }
             });
             Outcome::Verdict {
                 key,
