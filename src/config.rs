@@ -143,6 +143,7 @@ pub struct KafkaConfig {
     pub warmup_timeout_ms: u64,
     pub state_topic: String,
     pub state_catch_up_ms: u64,
+    pub stall_grace_ms: u64,
     pub snapshot_topic: String,
     pub snapshot_interval_ms: u64,
     pub max_record_bytes: usize,
@@ -359,6 +360,12 @@ impl Config {
                 "kafka.payments_topic: must not be empty (empty means in-line only, which needs inline.enabled = true)"
                     .into(),
             );
+        }
+        if k.stall_grace_ms < 1_000 {
+            e.push(format!(
+                "kafka.stall_grace_ms: {} is under 1000; a broker round trip or a rebalance would turn the stream not ready",
+                k.stall_grace_ms
+            ));
         }
         if !k.state_topic.is_empty()
             && [&k.payments_topic, &k.verdicts_topic, &k.dlq_topic].contains(&&k.state_topic)

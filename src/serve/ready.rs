@@ -35,6 +35,10 @@ pub struct Readiness {
     state_loaded: AtomicBool,
     /// Shutdown began: every path reports not ready.
     stopping: AtomicBool,
+    /// The stream's health probe: false once it has been unable to reach
+    /// the brokers, unassigned, or stalled behind its lag for longer than
+    /// `kafka.stall_grace_ms`.
+    stream_healthy: AtomicBool,
 }
 
 /// A path whose readiness is reported on its own.
@@ -63,6 +67,7 @@ impl Readiness {
             inline_up: AtomicBool::new(false),
             state_loaded: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            stream_healthy: AtomicBool::new(true),
         };
         r.publish();
         r
@@ -87,6 +92,18 @@ impl Readiness {
         self.publish();
     }
 
+    /// The stream's health probe's finding (see [`crate::stream::lag`]).
+    pub fn set_stream_healthy(&self, healthy: bool) {
+        self.stream_healthy.store(healthy, Ordering::SeqCst);
+        self.publish();
+    }
+
+    /// Whether the stream's own flag is up (partitions held, no warm-up),
+    /// whatever the probe says: the probe judges progress only then.
+    pub fn stream_running(&self) -> bool {
+        self.stream.load(Ordering::SeqCst)
+    }
+
     /// Shutdown began: every path is not ready from now on.
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::SeqCst);
@@ -99,7 +116,9 @@ impl Readiness {
             return false;
         }
         match path {
-            Path::Stream => self.stream.load(Ordering::SeqCst),
+            Path::Stream => {
+                self.stream.load(Ordering::SeqCst) && self.stream_healthy.load(Ordering::SeqCst)
+            }
             Path::Inline => {
                 self.inline_enabled
                     && self.inline_up.load(Ordering::SeqCst)
@@ -159,5 +178,19 @@ mod tests {
         assert!(!r.path(Path::Inline), "no in-line API, never ready");
         r.set_stream(false);
         assert!(!r.overall());
+    }
+
+    #[test]
+    fn an_unhealthy_stream_is_not_ready_and_the_inline_path_stays() {
+        let r = Readiness::new(true);
+        r.set_inline_up();
+        r.set_state_loaded();
+        r.set_stream(true);
+        r.set_stream_healthy(false);
+        assert!(!r.path(Path::Stream));
+        assert!(r.stream_running());
+        assert!(r.overall(), "a broker outage does not stop in-line answers");
+        r.set_stream_healthy(true);
+        assert!(r.path(Path::Stream));
     }
 }

@@ -14,6 +14,9 @@ pub struct StreamContext {
     pub(crate) assigned: Option<tokio::sync::mpsc::UnboundedSender<Vec<i32>>>,
     /// The snapshot writer, whose role is holding partition 0.
     pub(crate) snapshots: Option<crate::state::SnapshotHandle>,
+    /// The revoke being handled was a lost assignment (read before the
+    /// revoke is applied, when librdkafka still says so).
+    pub(crate) lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Whether `tpl` holds partition 0 (the snapshot writer's role).
@@ -29,6 +32,13 @@ impl ClientContext for StreamContext {
 }
 
 impl ConsumerContext for StreamContext {
+    fn pre_rebalance(&self, c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(_) = rebalance {
+            self.lost
+                .store(c.assignment_lost(), std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     fn post_rebalance(&self, c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
@@ -55,8 +65,16 @@ impl ConsumerContext for StreamContext {
                         s.set_role(false);
                     }
                 }
-                for e in tpl.elements() {
-                    telemetry::consumer_lag().remove(e.topic(), e.partition());
+                if self.lost.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    // Lost, not handed over (the brokers were away past the
+                    // session timeout): the backlog is still ours to show
+                    // until the group settles; the next measurement after
+                    // it replaces the table whole.
+                    warn!("assignment lost (brokers away?): keeping the last consumer-lag figures");
+                } else {
+                    for e in tpl.elements() {
+                        telemetry::consumer_lag().remove(e.topic(), e.partition());
+                    }
                 }
             }
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),

@@ -6,7 +6,11 @@
 //! offset the application will get), and for partitions with no position
 //! yet the group's committed offset; then asks the broker for each high
 //! watermark. The table is replaced whole, so revoked partitions drop out
-//! (the rebalance callback also drops them at once).
+//! (the rebalance callback also drops them at once, unless the assignment
+//! was lost in an outage: then the last figures stay).
+//!
+//! The same task is the stream's health probe: brokers reachable, a
+//! partition held, positions moving while records wait ([`spawn`]).
 
 use std::time::Duration;
 
@@ -80,26 +84,118 @@ fn offset_value(o: Offset) -> Option<i64> {
     }
 }
 
-/// Refreshes the `fraudline_consumer_lag_messages` table every `interval`
-/// until aborted; clears it when dropped with the task.
+/// What the probe found wrong with the stream, if anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trouble {
+    /// The brokers did not answer the watermark requests.
+    Unreachable,
+    /// The consumer holds no partition.
+    Unassigned,
+    /// Records wait (lag > 0) and no position moved since the last round.
+    Stalled,
+}
+
+impl Trouble {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trouble::Unreachable => "brokers unreachable",
+            Trouble::Unassigned => "no partition assigned",
+            Trouble::Stalled => "no progress with records waiting",
+        }
+    }
+}
+
+/// The stream's health probe, and the consumer-lag table when `publish`
+/// (`kafka.statistics_interval_ms` > 0). Every `interval` it measures the
+/// lag (broker round trips, off the async workers): a failure sets
+/// `fraudline_kafka_connected` to 0 at once, and keeps the last lag figures
+/// (an outage must not hide the backlog it builds); no assignment, or no
+/// position moving while records wait, is trouble too. Trouble that lasts
+/// longer than `grace` turns the stream path not ready (`/readyz/stream`,
+/// and `/readyz` without the in-line API), with a log line naming it, until
+/// a round finds none. Runs until aborted; clears the lag table when
+/// dropped with the task.
 pub(crate) fn spawn(
     consumer: super::SharedConsumer,
+    topic: String,
     interval: Duration,
+    publish: bool,
+    ready: std::sync::Arc<crate::serve::ready::Readiness>,
+    grace: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let _clear = ClearOnDrop;
+        let connected = metrics::gauge!(telemetry::KAFKA_CONNECTED);
         let timeout = interval.clamp(Duration::from_millis(500), Duration::from_secs(5));
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut since: Option<(std::time::Instant, Trouble)> = None;
+        let mut reported = false;
+        let mut last: Vec<(i32, i64)> = Vec::new();
         loop {
             tick.tick().await;
-            let c = consumer.clone();
-            match tokio::task::spawn_blocking(move || measure(&*c, timeout)).await {
-                Ok(Ok(lags)) => telemetry::consumer_lag()
-                    .replace(lags.into_iter().map(|l| (l.topic, l.partition, l.lag))),
-                // Broker away: keep the last figures; librdkafka reconnects.
-                Ok(Err(e)) => tracing::debug!(error = %e, "consumer lag not measured this round"),
+            let (c, topic) = (consumer.clone(), topic.clone());
+            let round = tokio::task::spawn_blocking(move || {
+                // Reachability apart from the assignment: a consumer whose
+                // assignment was lost in an outage asks the brokers nothing.
+                let reachable = c.fetch_metadata(Some(&topic), timeout).is_ok();
+                let held = c.assignment().map_or(0, |a| a.count());
+                let lags = (reachable && held > 0).then(|| measure(&*c, timeout));
+                (reachable, held, lags)
+            });
+            let trouble = match round.await {
                 Err(_) => return,
+                Ok((false, _, _)) | Ok((true, _, Some(Err(_)))) => {
+                    // Broker away: keep the last figures; librdkafka reconnects.
+                    connected.set(0.0);
+                    Some(Trouble::Unreachable)
+                }
+                // Keep the last figures too: an assignment lost in an
+                // outage leaves the backlog where it was.
+                Ok((true, _, None)) => {
+                    connected.set(1.0);
+                    Some(Trouble::Unassigned)
+                }
+                Ok((true, _, Some(Ok(lags)))) => {
+                    connected.set(1.0);
+                    let positions: Vec<(i32, i64)> =
+                        lags.iter().map(|l| (l.partition, l.position)).collect();
+                    let waiting = lags.iter().any(|l| l.lag > 0);
+                    let trouble = if waiting && positions == last && ready.stream_running() {
+                        Some(Trouble::Stalled)
+                    } else {
+                        None
+                    };
+                    last = positions;
+                    if publish {
+                        telemetry::consumer_lag()
+                            .replace(lags.into_iter().map(|l| (l.topic, l.partition, l.lag)));
+                    }
+                    trouble
+                }
+            };
+            match (trouble, since) {
+                (None, _) => {
+                    if reported {
+                        tracing::info!("stream healthy again: ready");
+                        ready.set_stream_healthy(true);
+                    }
+                    since = None;
+                    reported = false;
+                }
+                (Some(t), None) => since = Some((std::time::Instant::now(), t)),
+                (Some(t), Some((from, _))) => {
+                    since = Some((from, t));
+                    if !reported && from.elapsed() >= grace {
+                        tracing::warn!(
+                            trouble = t.as_str(),
+                            seconds = from.elapsed().as_secs_f64(),
+                            "stream not ready: trouble for longer than kafka.stall_grace_ms"
+                        );
+                        ready.set_stream_healthy(false);
+                        reported = true;
+                    }
+                }
             }
         }
     })

@@ -190,6 +190,7 @@ async fn clients(cfg: &Config, parts: &StreamParts) -> Result<Clients, StreamErr
     let ctx = StreamContext {
         assigned: (warm || parts.state.is_some()).then_some(tx),
         snapshots: parts.state.as_ref().and_then(|s| s.snapshots.clone()),
+        ..StreamContext::default()
     };
     let consumer: SharedConsumer = consumer_config(cfg)
         .create_with_context(ctx)
@@ -225,12 +226,22 @@ async fn clients(cfg: &Config, parts: &StreamParts) -> Result<Clients, StreamErr
             ))
         })
     };
-    let lag = (cfg.kafka.statistics_interval_ms > 0).then(|| {
-        lag::spawn(
-            consumer.clone(),
-            std::time::Duration::from_millis(cfg.kafka.statistics_interval_ms),
-        )
-    });
+    // The health probe always runs; it publishes the lag table only when
+    // statistics are on.
+    let publish = cfg.kafka.statistics_interval_ms > 0;
+    let every = if publish {
+        cfg.kafka.statistics_interval_ms
+    } else {
+        5_000
+    };
+    let lag = Some(lag::spawn(
+        consumer.clone(),
+        cfg.kafka.payments_topic.clone(),
+        std::time::Duration::from_millis(every),
+        publish,
+        parts.ready.clone(),
+        std::time::Duration::from_millis(cfg.kafka.stall_grace_ms),
+    ));
     Ok(Clients {
         consumer,
         producer,
