@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use fraudline::config::Config;
-use fraudline::engine::{Blocklist, Engine, EngineConfig};
+use fraudline::engine::{Engine, EngineConfig};
 use fraudline::event::{self, Limits};
 use fraudline::tools::{demo, gen};
 
@@ -92,6 +92,10 @@ enum Command {
         /// Rule file (default: the built-in checks).
         #[arg(long)]
         rules: Option<PathBuf>,
+        /// Blocklist, as the service reads it (CSV with a header, or .jsonl).
+        /// Without it no list is checked.
+        #[arg(long)]
+        blocklist: Option<PathBuf>,
     },
     /// Tools for blocklist files.
     Blocklist {
@@ -211,7 +215,8 @@ async fn main() -> Result<()> {
             file,
             explain,
             rules,
-        } => score(file, explain, rules),
+            blocklist,
+        } => score(file, explain, rules, blocklist),
         Command::Blocklist {
             command:
                 BlocklistCommand::Check {
@@ -366,7 +371,12 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received; draining");
 }
 
-fn score(file: Option<PathBuf>, explain: bool, rules: Option<PathBuf>) -> Result<()> {
+fn score(
+    file: Option<PathBuf>,
+    explain: bool,
+    rules: Option<PathBuf>,
+    blocklist: Option<PathBuf>,
+) -> Result<()> {
     let input: Box<dyn BufRead> = match file {
         Some(p) if p.as_os_str() != "-" => Box::new(std::io::BufReader::new(
             std::fs::File::open(&p).with_context(|| format!("cannot open {}", p.display()))?,
@@ -377,8 +387,11 @@ fn score(file: Option<PathBuf>, explain: bool, rules: Option<PathBuf>) -> Result
     if let Some(r) = rules {
         engine.set_rules(fraudline::reload::rules::load_file(&r)?.rules);
     }
-    let list = gen::Generator::new(gen::GenConfig::default()).blocklist_entries();
-    engine.set_blocklist(Blocklist::new(1, list));
+    // Only the list it is given: an empty one otherwise (earlier builds
+    // loaded the generator's 50 fake accounts as a HOLD list).
+    if let Some(b) = blocklist {
+        engine.set_blocklist(fraudline::tools::backtest::load_blocklist(&b)?);
+    }
     let limits = Limits::default();
     let mut out = std::io::stdout().lock();
     let mut bad = 0usize;

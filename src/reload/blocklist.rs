@@ -703,9 +703,7 @@ impl Sources {
             tracing::warn!(line = %b, "blocklist line skipped (within max_bad_lines)");
         }
         let old = {
-            let Ok(mut st) = self.state.lock() else {
-                return Ok(());
-            };
+            let mut st = self.lock_state();
             let old = std::mem::replace(&mut st.files, Arc::new(built.table));
             self.files_loaded.store(true, Ordering::SeqCst);
             self.publish(&st, "files", started);
@@ -721,10 +719,23 @@ impl Sources {
         updates: impl IntoIterator<Item = (ListKind, String, Option<ListEntry>)>,
     ) {
         let started = std::time::Instant::now();
-        if let Ok(mut st) = self.state.lock() {
-            st.topic.apply(updates);
-            self.publish(&st, "topic", started);
-        }
+        let mut st = self.lock_state();
+        st.topic.apply(updates);
+        self.publish(&st, "topic", started);
+    }
+
+    /// The tables' lock. A panic while it was held (in a publish) leaves
+    /// the tables whole (each is replaced in one move), so the lock is
+    /// taken back, and said loudly, rather than dropping every later
+    /// reload with no trace (as an earlier build did).
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| {
+            tracing::error!(
+                "blocklist tables' lock poisoned by an earlier panic; recovering it (the tables are whole)"
+            );
+            self.state.clear_poison();
+            poisoned.into_inner()
+        })
     }
 
     /// Publishes a list over the current tables with the next version.
@@ -942,6 +953,37 @@ pub fn follow_topic(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_poisoned_lock_does_not_drop_later_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("list.csv");
+        std::fs::write(&path, "kind,value\naccount,111\n").unwrap();
+        let engine = Arc::new(Engine::new(Default::default()));
+        let sources = Arc::new(Sources::new(
+            engine.clone(),
+            vec![path.clone()],
+            0,
+            "84".into(),
+        ));
+        sources.reload_files().unwrap();
+        assert_eq!(engine.blocklist().len(), 1);
+        // A panic while the lock is held (as a publish could).
+        let s = sources.clone();
+        let _ = std::thread::spawn(move || {
+            let _held = s.state.lock().unwrap();
+            panic!("poisoning the lock on purpose");
+        })
+        .join();
+        assert!(sources.state.is_poisoned());
+        std::fs::write(&path, "kind,value\naccount,111\naccount,222\n").unwrap();
+        sources.reload_files().unwrap();
+        assert_eq!(
+            engine.blocklist().len(),
+            2,
+            "the reload after the panic is active"
+        );
+    }
 
     fn refused(name: &str, text: &[u8]) -> Vec<String> {
         match parse(name, text, 0) {
