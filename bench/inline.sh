@@ -31,7 +31,8 @@ trap cleanup EXIT
 
 command -v ghz >/dev/null || { echo "inline.sh: installing ghz" >&2; go install github.com/bojand/ghz/cmd/ghz@latest; }
 command -v vegeta >/dev/null || { echo "inline.sh: installing vegeta" >&2; go install github.com/tsenart/vegeta/v12@latest; }
-cargo build -q --release --bin fraudline >&2
+# The floor (inline.constant_verdict) is a test-only setting: this build has it.
+cargo build -q --release --features test-knobs --bin fraudline >&2
 bin="${CARGO_TARGET_DIR:-$repo/target}/release/fraudline"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }

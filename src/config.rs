@@ -94,8 +94,12 @@ pub struct InlineSection {
     /// served, so a load balancer stops sending before the listeners close.
     pub shutdown_delay_ms: u64,
     /// Testing only: hold each admitted call this long before scoring.
+    /// Refused unless built with the `test-knobs` feature.
+    #[serde(default)]
     pub debug_hold_ms: u64,
     /// Benchmark only: answer a constant ALLOW without calling the engine.
+    /// Refused unless built with the `test-knobs` feature.
+    #[serde(default)]
     pub constant_verdict: bool,
 }
 
@@ -679,6 +683,9 @@ impl Config {
         if i.drain_timeout_ms == 0 {
             e.push("inline.drain_timeout_ms: must be at least 1".into());
         }
+        if let Some(refused) = test_knobs_refused(i, cfg!(feature = "test-knobs")) {
+            e.push(refused);
+        }
         if i.shutdown_delay_ms > 300_000 {
             e.push(format!(
                 "inline.shutdown_delay_ms: {} is over 5 minutes; a deploy would wait that long per pod",
@@ -742,9 +749,46 @@ impl Config {
     }
 }
 
+/// The test-only in-line settings are refused unless the build has them
+/// (`test-knobs`, which `cargo build --release` and the Dockerfile leave off):
+/// a production config cannot make every answer ALLOW with no reason, or
+/// slow every call.
+fn test_knobs_refused(i: &InlineSection, built_with_knobs: bool) -> Option<String> {
+    (!built_with_knobs && (i.debug_hold_ms != 0 || i.constant_verdict)).then(|| {
+        "inline.debug_hold_ms / inline.constant_verdict: test-only settings (a slow engine, \
+         a constant ALLOW with no reason); this build refuses them (they need the \
+         test-knobs feature, which production builds leave off)"
+            .to_string()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_production_build_refuses_the_test_knobs() {
+        let on = |extra: &str| {
+            Config::from_parts(
+                Some(&format!("[inline]\nenabled = true\n{extra}")),
+                None,
+                env(&[]),
+            )
+            .expect("parses")
+            .inline
+        };
+        for extra in ["constant_verdict = true\n", "debug_hold_ms = 500\n"] {
+            let i = on(extra);
+            let refused = test_knobs_refused(&i, false).expect("refused without the feature");
+            assert!(refused.contains("test-only"), "{refused}");
+            assert_eq!(test_knobs_refused(&i, true), None, "{extra}");
+        }
+        assert_eq!(
+            test_knobs_refused(&on(""), false),
+            None,
+            "the defaults pass"
+        );
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
