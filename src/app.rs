@@ -284,7 +284,20 @@ async fn start_blocklist(cfg: &Config, engine: &Arc<Engine>) -> Result<ListSourc
         )
         .with_reload_duty(b.reload_duty_cycle),
     );
-    sources.reload_files()?;
+    // Reading and building a list of millions of entries takes seconds: on
+    // a blocking thread, not an async worker (the /metrics and /healthz
+    // server shares them).
+    {
+        let s = sources.clone();
+        tokio::task::spawn_blocking(move || s.reload_files())
+            .await
+            .map_err(|e| {
+                AppError::Blocklist(crate::reload::blocklist::BlocklistFileError::Io {
+                    file: "(start-up load: the loading thread failed)".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })??;
+    }
     let files = (!b.files.is_empty()).then(|| {
         bl::watch_files(
             sources.clone(),

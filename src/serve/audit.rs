@@ -39,6 +39,8 @@ pub enum AuditError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot start the audit thread: {0}")]
+    Thread(std::io::Error),
     #[error("cannot create the audit producer: {0}")]
     Producer(rdkafka::error::KafkaError),
 }
@@ -216,9 +218,12 @@ impl AuditHandle {
 }
 
 /// The running audit task; [`AuditTask::close`] sends what it can and stops.
+/// It runs on a thread of its own (a one-thread runtime): its spill file is
+/// plain blocking file I/O, which must not hold an async worker the in-line
+/// API answers on.
 pub struct AuditTask {
     stop: oneshot::Sender<Duration>,
-    task: tokio::task::JoinHandle<()>,
+    done: oneshot::Receiver<()>,
 }
 
 impl AuditTask {
@@ -226,7 +231,7 @@ impl AuditTask {
     /// acknowledged, and spills whatever is left for the next start.
     pub async fn close(self, grace: Duration) {
         let _ = self.stop.send(grace);
-        let _ = self.task.await;
+        let _ = self.done.await;
     }
 }
 
@@ -266,12 +271,23 @@ pub fn spawn(
         metrics: metrics.clone(),
         max_in_flight: buffer.max(1),
     };
-    let task = tokio::spawn(sender.run(rx, stop_rx));
+    let (done_tx, done_rx) = oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AuditError::Thread)?;
+    std::thread::Builder::new()
+        .name("inline-audit".into())
+        .spawn(move || {
+            runtime.block_on(sender.run(rx, stop_rx));
+            let _ = done_tx.send(());
+        })
+        .map_err(AuditError::Thread)?;
     Ok((
         AuditHandle { tx, metrics },
         AuditTask {
             stop: stop_tx,
-            task,
+            done: done_rx,
         },
     ))
 }
