@@ -93,6 +93,13 @@ pub struct InlineSection {
     /// After SIGTERM, how long `/readyz` answers 503 while calls are still
     /// served, so a load balancer stops sending before the listeners close.
     pub shutdown_delay_ms: u64,
+    /// In-line HTTP: connections open at once; past it a new connection is
+    /// closed at once (counted).
+    pub max_connections: usize,
+    /// In-line HTTP: a connection that has not sent a whole request head
+    /// this long after it opened, or after its previous answer (idle
+    /// keep-alive), is closed.
+    pub header_read_timeout_ms: u64,
     /// Testing only: hold each admitted call this long before scoring.
     /// Refused unless built with the `test-knobs` feature.
     #[serde(default)]
@@ -685,6 +692,18 @@ impl Config {
         }
         if let Some(refused) = test_knobs_refused(i, cfg!(feature = "test-knobs")) {
             e.push(refused);
+        }
+        if !(1..=1_000_000).contains(&i.max_connections) {
+            e.push(format!(
+                "inline.max_connections: {} is outside 1..=1000000",
+                i.max_connections
+            ));
+        }
+        if !(100..=600_000).contains(&i.header_read_timeout_ms) {
+            e.push(format!(
+                "inline.header_read_timeout_ms: {} is outside 100..=600000",
+                i.header_read_timeout_ms
+            ));
         }
         if i.shutdown_delay_ms > 300_000 {
             e.push(format!(

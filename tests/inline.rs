@@ -930,3 +930,145 @@ async fn config_refuses_bad_inline_keys_by_name() {
     .to_string();
     assert!(err.contains("max_queu"), "{err}");
 }
+
+/// Reads until the peer closes (Ok(bytes read)) or `limit` passes (Err).
+async fn until_closed(s: &mut tokio::net::TcpStream, limit: Duration) -> Result<Vec<u8>, ()> {
+    use tokio::io::AsyncReadExt as _;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return Err(()),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Issue 12: a stalled body got no answer for 15 s despite
+/// `x-fraudline-timeout-ms: 100`. Now it gets 408 by its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_is_answered_by_the_calls_deadline() {
+    use tokio::io::AsyncWriteExt as _;
+    let s = Server::start("").await;
+    let mut c = tokio::net::TcpStream::connect(s.bound.inline_http.unwrap())
+        .await
+        .unwrap();
+    c.write_all(
+        b"POST /v1/score HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+          content-length: 200\r\nx-fraudline-timeout-ms: 100\r\n\r\n{\"event_id\":",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), async {
+        use tokio::io::AsyncReadExt as _;
+        c.read(&mut buf).await
+    })
+    .await
+    .expect("an answer, not a hang")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert!(s
+        .metrics()
+        .await
+        .contains("fraudline_inline_requests_total{protocol=\"http\",code=\"408\"} 1"));
+    s.shutdown().await;
+}
+
+/// Issue 12: idle connections stayed open for minutes and, past the file
+/// limit, locked every caller out. Now an idle or stalled connection is cut
+/// after `header_read_timeout_ms`, connections past `max_connections` are
+/// closed at once (counted), and a caller gets in once the idle ones are
+/// gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_cut_and_cannot_lock_callers_out() {
+    use tokio::io::AsyncWriteExt as _;
+    let s = Server::start("max_connections = 8\nheader_read_timeout_ms = 500\n").await;
+    let addr = s.bound.inline_http.unwrap();
+    // A kept-alive connection that answered once, then idles.
+    let client = reqwest::Client::new();
+    let p = &payments(1)[0];
+    let r = client
+        .post(s.url())
+        .body(p.to_json())
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A kept-alive connection idle after its answer is cut too.
+    let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = payments(1)[0].to_json();
+    kept.write_all(
+        format!(
+            "POST /v1/score HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let answered = until_closed(&mut kept, Duration::from_secs(5))
+        .await
+        .expect("the kept-alive connection is closed after its idle timeout");
+    assert!(
+        String::from_utf8_lossy(&answered).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answered)
+    );
+    // Eight idle sockets take every slot; the ninth is closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut ninth = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = ninth
+        .write_all(b"POST /v1/score HTTP/1.1\r\nhost: x\r\n")
+        .await;
+    let closed = until_closed(&mut ninth, Duration::from_millis(400)).await;
+    assert_eq!(
+        closed,
+        Ok(Vec::new()),
+        "the ninth connection is closed at once, unanswered"
+    );
+    let m = s.metrics().await;
+    assert!(
+        m.contains("fraudline_inline_connections_refused_total{protocol=\"http\"}"),
+        "{m}"
+    );
+    // The idle ones are cut after the header timeout (with no answer: they
+    // sent nothing) ...
+    let started = Instant::now();
+    for c in &mut idle {
+        let r = until_closed(c, Duration::from_secs(5)).await;
+        assert!(r.is_ok(), "an idle connection still open after 5 s");
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "idle connections cut after {took:?}"
+    );
+    // ... so a caller gets in again.
+    let p = &payments(1)[0];
+    let r = reqwest::Client::new()
+        .post(s.url())
+        .body(p.to_json())
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    s.shutdown().await;
+}

@@ -148,9 +148,28 @@ async fn handle(api: &Api, headers: &HeaderMap, body: Body, started: Instant) ->
         },
     };
     let limits = *api.scorer.limits();
-    let bytes = match axum::body::to_bytes(body, limits.max_message_bytes).await {
-        Ok(b) => b,
+    // The body must arrive within the call's deadline (from the head's
+    // arrival): a stalled body gets its answer when the caller still
+    // waits for one, instead of holding the connection.
+    let budget_left = budget
+        .unwrap_or_else(|| api.scorer.default_budget())
+        .saturating_sub(started.elapsed());
+    let read = tokio::time::timeout(
+        budget_left,
+        axum::body::to_bytes(body, limits.max_message_bytes),
+    )
+    .await;
+    let bytes = match read {
         Err(_) => {
+            return problem(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body did not arrive within the call's deadline",
+                None,
+            )
+        }
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
             return problem(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
@@ -201,19 +220,41 @@ async fn handle(api: &Api, headers: &HeaderMap, body: Body, started: Instant) ->
 
 /// Serves `router` on `listener` (TLS when `tls` is given) until `stop`
 /// turns true, then stops accepting and lets in-flight calls finish.
+/// The listener's bounds in time and count (see `inline.max_connections`,
+/// `inline.header_read_timeout_ms`).
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+}
+
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
+    bounds: Bounds,
 ) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // The head of every request (the first, and each next one on a kept-
+    // alive connection) must arrive within the timeout: a client that
+    // stalls or idles is cut, and its file descriptor freed.
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(bounds.header_read_timeout);
+    http.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(bounds.header_read_timeout)
+        .keep_alive_timeout(bounds.header_read_timeout);
     let http = Arc::new(http);
+    let slots = Arc::new(tokio::sync::Semaphore::new(bounds.max_connections));
+    let refused = metrics::counter!(crate::telemetry::INLINE_CONN_REFUSED, "protocol" => "http");
+    refused.increment(0);
     loop {
         let (tcp, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
             r = listener.accept() => match r {
@@ -226,17 +267,34 @@ pub async fn serve(
             },
             _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
         };
+        // Past the bound, closed at once: a flood of idle connections costs
+        // the callers nothing but this.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused.increment(1);
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let svc = TowerToHyperService::new(router.clone());
         let http = http.clone();
+        let first_bytes = bounds.header_read_timeout;
         match &acceptor {
             None => {
-                let conn = http
-                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-                    .into_owned();
-                let conn = graceful.watch(conn);
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    // The HTTP/1-or-2 detection waits for the first bytes
+                    // with no timer of its own: a connection that sends
+                    // nothing is cut here.
+                    let mut b = [0u8; 1];
+                    match tokio::time::timeout(first_bytes, tcp.peek(&mut b)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return,
+                    }
+                    let conn = http
+                        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                        .into_owned();
+                    let _ = watcher.watch(conn).await;
+                    drop(slot);
                 });
             }
             Some(acceptor) => {
@@ -244,7 +302,7 @@ pub async fn serve(
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let tls = match tokio::time::timeout(
-                        Duration::from_secs(10),
+                        first_bytes.max(Duration::from_secs(1)),
                         acceptor.accept(tcp),
                     )
                     .await
@@ -260,6 +318,7 @@ pub async fn serve(
                         .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                         .into_owned();
                     let _ = watcher.watch(conn).await;
+                    drop(slot);
                 });
             }
         }

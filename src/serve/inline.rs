@@ -145,6 +145,10 @@ pub async fn start(
             rustls,
             stop.clone(),
             drain,
+            super::http_api::Bounds {
+                max_connections: i.max_connections,
+                header_read_timeout: Duration::from_millis(i.header_read_timeout_ms),
+            },
         )));
         tracing::info!(addr = %bound, tls = tls.is_some(), "in-line HTTP API: POST /v1/score");
         http_addr = Some(bound);

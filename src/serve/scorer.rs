@@ -126,6 +126,11 @@ impl Scorer {
         &self.limits
     }
 
+    /// The deadline of a call that names none (`inline.default_budget_ms`).
+    pub fn default_budget(&self) -> Duration {
+        self.default_budget
+    }
+
     /// Scores one wire event. `started` is when the call arrived; `budget`
     /// is the caller's deadline (None: the configured default).
     pub async fn score(

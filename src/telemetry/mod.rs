@@ -53,6 +53,7 @@ pub const RULES_INFO: &str = "fraudline_rules_info";
 pub const READY: &str = "fraudline_ready";
 pub const READY_PATH: &str = "fraudline_ready_path";
 pub const KAFKA_CONNECTED: &str = "fraudline_kafka_connected";
+pub const INLINE_CONN_REFUSED: &str = "fraudline_inline_connections_refused_total";
 pub const WARMUP_EVENTS: &str = "fraudline_warmup_events_total";
 pub const WARMUP_DURATION: &str = "fraudline_warmup_duration_seconds";
 pub const BUILD_INFO: &str = "fraudline_build_info";
@@ -91,7 +92,9 @@ pub const INLINE_GRPC_CODES: &[&str] = &[
     "RESOURCE_EXHAUSTED",
     "INTERNAL",
 ];
-pub const INLINE_HTTP_CODES: &[&str] = &["200", "400", "401", "409", "413", "415", "503", "500"];
+pub const INLINE_HTTP_CODES: &[&str] = &[
+    "200", "400", "401", "408", "409", "413", "415", "503", "500",
+];
 
 /// What a metric is, for Prometheus's `# TYPE` line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +176,7 @@ pub const CATALOGUE: &[MetricSpec] = {
         spec(FEATURE_SKETCHES, Counter, &[], "Distinct counters that outgrew their exact list and switched to a HyperLogLog estimate"),
         spec(FEATURE_SWEEP_DURATION, Gauge, &[], "Duration of the last feature-state sweep (TTL and cap eviction)"),
         spec(READY, Gauge, &[], "1 when /readyz answers 200: the in-line path when the in-line API is on, else the stream"),
+        spec(INLINE_CONN_REFUSED, Counter, &["protocol"], "In-line connections closed at once because inline.max_connections were open"),
         spec(KAFKA_CONNECTED, Gauge, &[], "1 when the stream's last probe reached the brokers (every kafka.statistics_interval_ms, else 5 s), 0 when it did not; the consumer-lag figures keep their last values meanwhile; absent in in-line-only mode (no stream)"),
         spec(READY_PATH, Gauge, &["path"], "1 when a path is ready: stream (partitions held and scored) or inline (listeners up, state loaded); 0 from shutdown on"),
         spec(BUILD_INFO, Gauge, &["version", "git_hash"], "Build information; the value is always 1"),
