@@ -1072,3 +1072,87 @@ async fn idle_connections_are_cut_and_cannot_lock_callers_out() {
     assert_eq!(r.status(), 200);
     s.shutdown().await;
 }
+
+/// Bytes as they are, for sending what a broken client sends.
+#[derive(Clone, Default)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut as _;
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf as _;
+        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+    }
+}
+
+/// Issue 12: an undecodable gRPC message got INTERNAL (a switch retries that
+/// as a server fault) with no error code, and was not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_grpc_message_is_invalid_argument() {
+    let s = Server::start("").await;
+    let channel = Channel::from_shared(format!("http://{}", s.grpc()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/fraudline.v1.Scoring/Score");
+    // Field 1 (event_id, a string) claiming 200 bytes that are not there.
+    let garbage = vec![0x0a, 0xc8, 0x01, b'x'];
+    let err = grpc
+        .unary::<Vec<u8>, Vec<u8>, Raw>(tonic::Request::new(garbage), path, Raw)
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert_eq!(
+        err.metadata()
+            .get("fraudline-error-code")
+            .and_then(|v| v.to_str().ok()),
+        Some("undecodable"),
+        "{err:?}"
+    );
+    let m = s.metrics().await;
+    assert!(
+        m.contains(
+            "fraudline_inline_requests_total{protocol=\"grpc\",code=\"INVALID_ARGUMENT\"} 1"
+        ),
+        "{}",
+        m.lines()
+            .filter(|l| l.contains("inline_requests_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    s.shutdown().await;
+}

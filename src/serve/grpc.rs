@@ -92,6 +92,42 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// When a gRPC call reached the server, before its message was read and
+/// decoded ([`stamp_arrival`] puts it in the request's extensions).
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival(pub Instant);
+
+/// A tower `map_request` function: stamps [`Arrival`] on every call.
+pub fn stamp_arrival<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
+    req.extensions_mut().insert(Arrival(Instant::now()));
+    req
+}
+
+/// A tower `map_response` function: a message tonic could not decode is
+/// answered INVALID_ARGUMENT with `fraudline-error-code: undecodable` (the
+/// caller's bytes are wrong; INTERNAL would read as a server fault a switch
+/// retries), and counted with the calls (the handler never ran).
+pub fn undecodable_is_invalid_argument<B>(
+    mut res: axum::http::Response<B>,
+) -> axum::http::Response<B> {
+    let h = res.headers_mut();
+    let internal = h.get("grpc-status").is_some_and(|v| v == "13");
+    let decode = h.get("grpc-message").is_some_and(|m| {
+        let m = m.as_bytes();
+        m.starts_with(b"failed to decode") || m.starts_with(b"failed%20to%20decode")
+    });
+    if internal && decode {
+        h.insert("grpc-status", axum::http::HeaderValue::from_static("3"));
+        h.insert(
+            "fraudline-error-code",
+            axum::http::HeaderValue::from_static("undecodable"),
+        );
+        metrics::counter!(crate::telemetry::INLINE_REQUESTS, "protocol" => "grpc", "code" => "INVALID_ARGUMENT")
+            .increment(1);
+    }
+    res
+}
+
 impl GrpcScoring {
     async fn handle(
         &self,
@@ -161,7 +197,12 @@ impl GrpcScoring {
 #[tonic::async_trait]
 impl Scoring for GrpcScoring {
     async fn score(&self, req: Request<PaymentEvent>) -> Result<Response<Verdict>, Status> {
-        let started = Instant::now();
+        // The budget counts from the call's arrival (stamped before the
+        // body was read and decoded), as the caller's deadline does.
+        let started = req
+            .extensions()
+            .get::<Arrival>()
+            .map_or_else(Instant::now, |a| a.0);
         let m = &self.metrics;
         m.in_flight.increment(1.0);
         let _in_flight = InFlight(m);

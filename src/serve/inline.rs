@@ -105,6 +105,12 @@ pub async fn start(
                 .map_err(|e| ServeError::Grpc(e.to_string()))?;
         }
         let router = builder
+            .layer(tower::util::MapRequestLayer::new(
+                super::grpc::stamp_arrival::<tonic::body::Body>,
+            ))
+            .layer(tower::util::MapResponseLayer::new(
+                super::grpc::undecodable_is_invalid_argument::<tonic::body::Body>,
+            ))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_alpha)
