@@ -1156,3 +1156,48 @@ async fn an_undecodable_grpc_message_is_invalid_argument() {
     );
     s.shutdown().await;
 }
+
+/// Issue 12: the token file was read once at start. A rotated file takes
+/// effect without a restart; a file emptied by mistake leaves the tokens in
+/// use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_file_takes_effect_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "old-token\n").unwrap();
+    let s = Server::start(&format!("bearer_tokens_file = \"{}\"\n", tokens.display())).await;
+    let status = |token: &'static str| {
+        let url = s.url();
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("authorization", format!("Bearer {token}"))
+                .body(payments(1)[0].to_json())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status("old-token").await, 200);
+    assert_eq!(status("new-token").await, 401);
+    // Rotated: written aside and renamed over, as a secret mount does.
+    let aside = dir.path().join("tokens.new");
+    std::fs::write(&aside, "# rotated\nnew-token\n").unwrap();
+    std::fs::rename(&aside, &tokens).unwrap();
+    let started = Instant::now();
+    while status("new-token").await != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the new token never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status("old-token").await, 401, "the old token is gone");
+    // Emptied by mistake: the tokens in use stay.
+    std::fs::write(&tokens, "# nothing\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(status("new-token").await, 200);
+    s.shutdown().await;
+}

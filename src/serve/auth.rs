@@ -28,21 +28,82 @@ pub enum AuthError {
 
 /// The accepted bearer tokens, kept as SHA-256 digests: a lookup compares
 /// digests, so the time taken says nothing about a token's prefix.
+///
+/// The set is replaced whole when the file changes ([`Tokens::watch`]): a
+/// rotated token takes effect without a restart, and a file that holds no
+/// token (or cannot be read) leaves the set in use.
 #[derive(Debug)]
 pub struct Tokens {
-    digests: HashSet<[u8; 32]>,
+    digests: std::sync::RwLock<HashSet<[u8; 32]>>,
+}
+
+fn digests(text: &str) -> HashSet<[u8; 32]> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|t| Sha256::digest(t.as_bytes()).into())
+        .collect()
+}
+
+/// What identifies a version of the token file (size, mtime, inode).
+fn identity(path: &str) -> Option<(u64, Option<std::time::SystemTime>, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok(), crate::reload::file_id(&m)))
 }
 
 impl Tokens {
     /// Parses a token file: one token a line, blank lines and `#` comments skipped.
     pub fn parse(text: &str) -> Tokens {
-        let digests = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(|t| Sha256::digest(t.as_bytes()).into())
-            .collect();
-        Tokens { digests }
+        Tokens {
+            digests: std::sync::RwLock::new(digests(text)),
+        }
+    }
+
+    /// Re-reads `path` every `every` and swaps in its tokens when the file
+    /// changed. Runs until aborted.
+    pub fn watch(
+        self: Arc<Tokens>,
+        path: String,
+        every: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut seen = identity(&path);
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let p = path.clone();
+                let Ok((now, text)) = tokio::task::spawn_blocking(move || {
+                    (identity(&p), std::fs::read_to_string(&p))
+                })
+                .await
+                else {
+                    return;
+                };
+                if now == seen {
+                    continue;
+                }
+                match text {
+                    Ok(t) if !digests(&t).is_empty() => {
+                        let d = digests(&t);
+                        let n = d.len();
+                        *self
+                            .digests
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = d;
+                        tracing::info!(tokens = n, "inline.bearer_tokens_file reloaded");
+                        seen = now;
+                    }
+                    Ok(_) => {
+                        tracing::error!(path = %path, "inline.bearer_tokens_file holds no token; the tokens in use stay");
+                        seen = now;
+                    }
+                    Err(e) => {
+                        tracing::error!(path = %path, error = %e, "inline.bearer_tokens_file unreadable; the tokens in use stay");
+                    }
+                }
+            }
+        })
     }
 
     /// Loads `inline.bearer_tokens_file`; None when it is not set.
@@ -56,7 +117,11 @@ impl Tokens {
             source,
         })?;
         let t = Tokens::parse(&text);
-        if t.digests.is_empty() {
+        if t.digests
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty()
+        {
             return Err(AuthError::NoTokens(path.to_string()));
         }
         Ok(Some(Arc::new(t)))
@@ -75,7 +140,10 @@ impl Tokens {
             return false;
         };
         let d: [u8; 32] = Sha256::digest(token.trim_ascii()).into();
-        self.digests.contains(&d)
+        self.digests
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&d)
     }
 }
 

@@ -24,6 +24,8 @@ pub struct InlineServers {
     health: Option<tonic_health::server::HealthReporter>,
     audit: Option<AuditTask>,
     drain: Duration,
+    /// Re-reads the bearer-token file when it changes.
+    token_watch: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Binds the configured listeners and starts serving. The servers stop
@@ -45,6 +47,10 @@ pub async fn start(
 ) -> Result<InlineServers, ServeError> {
     let i = &cfg.inline;
     let tokens = Tokens::load(&i.bearer_tokens_file)?;
+    // A rotated token file takes effect within two seconds, no restart.
+    let token_watch = tokens
+        .clone()
+        .map(|t| t.watch(i.bearer_tokens_file.clone(), Duration::from_secs(2)));
     let tls = TlsFiles::load(i)?;
     let drain = Duration::from_millis(i.drain_timeout_ms);
     // One worker for the audit trail and the state log: both off the
@@ -166,6 +172,7 @@ pub async fn start(
         health,
         audit: audit_task,
         drain,
+        token_watch,
     })
 }
 
@@ -181,6 +188,9 @@ impl InlineServers {
     /// Waits (up to the drain timeout) for the listeners to finish their
     /// calls, then flushes the audit trail.
     pub async fn finish(self) {
+        if let Some(w) = &self.token_watch {
+            w.abort();
+        }
         let deadline = tokio::time::Instant::now() + self.drain;
         for mut t in self.tasks {
             if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
