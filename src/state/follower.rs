@@ -37,8 +37,11 @@ impl rdkafka::client::ClientContext for Quiet {
             KafkaError::PartitionEOF(_)
                 | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
         );
+        static THROTTLE: crate::telemetry::Throttle = crate::telemetry::Throttle::new(10_000);
         if !eof {
-            warn!(error = %error, reason, "state log client error");
+            if let Some(held) = THROTTLE.allow() {
+                warn!(error = %error, reason, repeats_held_back = held, "state log client error");
+            }
         }
     }
 }

@@ -184,7 +184,11 @@ impl Loop<'_> {
                         self.send(pending).await;
                     }
                     Err(e) => {
-                        warn!(error = %e, "consume error; retrying");
+                        // Every 100 ms while the brokers are away: once per 10 s.
+                        static THROTTLE: crate::telemetry::Throttle = crate::telemetry::Throttle::new(10_000);
+                        if let Some(held) = THROTTLE.allow() {
+                            warn!(error = %e, repeats_held_back = held, "consume error; retrying");
+                        }
                         if self.pause(Duration::from_millis(100)).await {
                             return Ok(());
                         }

@@ -26,8 +26,12 @@ fn has_partition_zero(tpl: &rdkafka::TopicPartitionList) -> bool {
 
 impl ClientContext for StreamContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        // Broker down, connection refused: librdkafka retries by itself.
-        warn!(error = %error, reason, "kafka client error");
+        // Broker down, connection refused: librdkafka retries by itself,
+        // and reports each retry: once per 10 s is enough to say so.
+        static THROTTLE: crate::telemetry::Throttle = crate::telemetry::Throttle::new(10_000);
+        if let Some(held) = THROTTLE.allow() {
+            warn!(error = %error, reason, repeats_held_back = held, "kafka client error");
+        }
     }
 }
 

@@ -114,6 +114,46 @@ impl MetricKind {
     }
 }
 
+/// Lets a repeating log line through at most once per period, counting
+/// the ones held back: a broker outage makes librdkafka and the consume
+/// loop report the same error every 100 ms, which would bury the lines
+/// that say what changed.
+#[derive(Debug)]
+pub struct Throttle {
+    period_ms: i64,
+    last_ms: std::sync::atomic::AtomicI64,
+    held: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    pub const fn new(period_ms: i64) -> Throttle {
+        Throttle {
+            period_ms,
+            last_ms: std::sync::atomic::AtomicI64::new(i64::MIN / 2),
+            held: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(held back since the last one let through)` when this line may
+    /// be logged; `None` (counted) otherwise.
+    pub fn allow(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let now = crate::now_ms();
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if now - last >= self.period_ms
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.held.swap(0, Ordering::Relaxed))
+        } else {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 /// One exported metric: the catalogue entry that `describe()` registers,
 /// docs/METRICS.md lists, and the dashboard and alert rules are checked
 /// against (tests/ops_kit.rs).
@@ -490,4 +530,21 @@ pub fn init_tracing(format: LogFormat, level: &str) {
     } else {
         builder.try_init()
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Throttle;
+
+    #[test]
+    fn a_throttle_lets_one_line_through_per_period_and_counts_the_rest() {
+        let t = Throttle::new(60_000);
+        assert_eq!(t.allow(), Some(0));
+        for _ in 0..5 {
+            assert_eq!(t.allow(), None);
+        }
+        let t = Throttle::new(0);
+        assert_eq!(t.allow(), Some(0));
+        assert_eq!(t.allow(), Some(0), "a zero period lets every line through");
+    }
 }
