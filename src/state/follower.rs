@@ -233,6 +233,24 @@ struct Run {
     requests: mpsc::Receiver<CatchUp>,
 }
 
+/// Which stream payments the start-up replay leaves out: those the stream
+/// will read and score again (at or past the group's committed offset).
+struct Pending {
+    committed: HashMap<i32, i64>,
+    /// A partition with no commit is read from its start.
+    uncommitted_rescored: bool,
+}
+
+impl Pending {
+    fn holds(&self, partition: i32, offset: i64) -> bool {
+        partition >= 0
+            && match self.committed.get(&partition) {
+                Some(c) => offset >= *c,
+                None => self.uncommitted_rescored,
+            }
+    }
+}
+
 /// A catch-up being waited for: per partition, the offset to reach.
 struct Waiter {
     targets: HashMap<i32, i64>,
@@ -361,14 +379,24 @@ impl Run {
     /// again (by whichever instance owns its partition) and written again.
     /// Replaying it would make that re-scoring a duplicate that sees no
     /// novelty features.
-    fn committed_offsets(&self) -> HashMap<i32, i64> {
-        let Some(c) = &self.committed else {
-            return HashMap::new();
-        };
-        super::group_committed(c, &self.payments_topic).unwrap_or_else(|e| {
-            warn!(error = %e, "cannot read the stream's committed offsets; replaying every state record");
-            HashMap::new()
-        })
+    ///
+    /// A partition with no committed offset is read again from its start
+    /// when `kafka.auto_offset_reset` is "earliest": every record of it is
+    /// pending then (an instance killed before its first commit of a
+    /// partition). `None` when the offsets cannot be read: everything is
+    /// replayed (the old behaviour; duplicates over lost state).
+    fn committed_offsets(&self) -> Option<Pending> {
+        let c = self.committed.as_ref()?;
+        match super::group_committed(c, &self.payments_topic) {
+            Ok(committed) => Some(Pending {
+                committed,
+                uncommitted_rescored: self.cfg.kafka.auto_offset_reset == "earliest",
+            }),
+            Err(e) => {
+                warn!(error = %e, "cannot read the stream's committed offsets; replaying every state record");
+                None
+            }
+        }
     }
 
     fn run(self) {
@@ -415,7 +443,7 @@ impl Run {
                         own.increment(1);
                     } else {
                         let skip = if initial.is_some() {
-                            Some(&committed)
+                            committed.as_ref()
                         } else {
                             None
                         };
@@ -495,16 +523,10 @@ impl Run {
         }
     }
 
-    fn apply(&self, bytes: &[u8], skip_from: Option<&HashMap<i32, i64>>) -> Result<(), String> {
+    fn apply(&self, bytes: &[u8], skip: Option<&Pending>) -> Result<(), String> {
         let rec = crate::proto::StateRecord::decode(bytes).map_err(|e| e.to_string())?;
-        if let Some(from) = skip_from {
-            let pending = rec.source_partition >= 0
-                && from
-                    .get(&rec.source_partition)
-                    .is_some_and(|c| rec.source_offset >= *c);
-            if pending {
-                return Ok(());
-            }
+        if skip.is_some_and(|s| s.holds(rec.source_partition, rec.source_offset)) {
+            return Ok(());
         }
         if rec.source_partition >= 0 {
             // Before applying: a snapshot cut that holds this payment reads
@@ -536,5 +558,33 @@ impl Run {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod pending_tests {
+    use super::Pending;
+
+    #[test]
+    fn a_partition_never_committed_is_all_pending_when_read_from_its_start() {
+        let p = Pending {
+            committed: [(0, 100)].into_iter().collect(),
+            uncommitted_rescored: true,
+        };
+        assert!(!p.holds(0, 99), "committed: replayed");
+        assert!(p.holds(0, 100), "at the committed offset: scored again");
+        assert!(
+            p.holds(1, 5),
+            "no commit, read from the start: scored again"
+        );
+        assert!(!p.holds(-1, 5), "in-line payments are always replayed");
+        let latest = Pending {
+            committed: Default::default(),
+            uncommitted_rescored: false,
+        };
+        assert!(
+            !latest.holds(1, 5),
+            "auto_offset_reset latest: never read again"
+        );
     }
 }
