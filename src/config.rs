@@ -154,6 +154,7 @@ pub struct KafkaConfig {
     pub warmup_timeout_ms: u64,
     pub state_topic: String,
     pub state_catch_up_ms: u64,
+    pub state_batch_ms: u64,
     pub stall_grace_ms: u64,
     pub snapshot_topic: String,
     pub snapshot_interval_ms: u64,
@@ -371,6 +372,12 @@ impl Config {
                 "kafka.payments_topic: must not be empty (empty means in-line only, which needs inline.enabled = true)"
                     .into(),
             );
+        }
+        if !(1..=1_000).contains(&k.state_batch_ms) {
+            e.push(format!(
+                "kafka.state_batch_ms: {} is not between 1 and 1000",
+                k.state_batch_ms
+            ));
         }
         if k.stall_grace_ms < 1_000 {
             e.push(format!(

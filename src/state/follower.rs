@@ -18,7 +18,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
 use super::snapshot::{self, Positions};
-use super::HDR_ORIGIN;
+use super::{HDR_BATCH, HDR_ORIGIN};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::event::{self, Format};
@@ -434,31 +434,43 @@ impl Run {
                 Some(Ok(m)) => {
                     progress.next.insert(m.partition(), m.offset() + 1);
                     progress.at_end.insert(m.partition(), false);
-                    let mine = m
-                        .headers()
-                        .and_then(|h| h.iter().find(|h| h.key == HDR_ORIGIN))
-                        .and_then(|h| h.value)
-                        .is_some_and(|v| v == self.origin.as_bytes());
+                    let (mut mine, mut batch) = (false, None);
+                    for h in m.headers().iter().flat_map(|h| h.iter()) {
+                        if h.key == HDR_ORIGIN {
+                            mine = h.value == Some(self.origin.as_bytes());
+                        } else if h.key == HDR_BATCH {
+                            batch = Some(
+                                h.value
+                                    .and_then(|v| std::str::from_utf8(v).ok())
+                                    .and_then(|v| v.parse::<u64>().ok())
+                                    .unwrap_or(0),
+                            );
+                        }
+                    }
                     if mine {
-                        own.increment(1);
+                        own.increment(batch.unwrap_or(1));
                     } else {
                         let skip = if initial.is_some() {
                             committed.as_ref()
                         } else {
                             None
                         };
-                        match self.apply(m.payload().unwrap_or_default(), skip) {
-                            Ok(()) => {
-                                applied.increment(1);
-                                self.shared.applied.fetch_add(1, Ordering::Relaxed);
+                        match self.apply(m.payload().unwrap_or_default(), batch.is_some(), skip) {
+                            Ok((n, bad)) => {
+                                applied.increment(n);
+                                self.shared.applied.fetch_add(n, Ordering::Relaxed);
                                 if initial.is_some() {
-                                    replayed += 1;
+                                    replayed += n;
                                 } else if let Some(t) = m.timestamp().to_millis() {
                                     lag.record((crate::now_ms() - t).max(0) as f64 / 1000.0);
                                 }
+                                if let Some(e) = bad {
+                                    refused.increment(1);
+                                    warn!(partition = m.partition(), offset = m.offset(), error = %e, "a payment in a state batch refused");
+                                }
                             }
                             Err(e) => {
-                                refused.increment(1);
+                                refused.increment(batch.unwrap_or(1).max(1));
                                 warn!(partition = m.partition(), offset = m.offset(), error = %e, "state record refused");
                             }
                         }
@@ -523,10 +535,38 @@ impl Run {
         }
     }
 
-    fn apply(&self, bytes: &[u8], skip: Option<&Pending>) -> Result<(), String> {
-        let rec = crate::proto::StateRecord::decode(bytes).map_err(|e| e.to_string())?;
+    /// Applies the payments of one log record (a batch or a single
+    /// record). Returns how many were applied, and the first error of a
+    /// payment refused inside a batch (the others are applied).
+    fn apply(
+        &self,
+        bytes: &[u8],
+        batch: bool,
+        skip: Option<&Pending>,
+    ) -> Result<(u64, Option<String>), String> {
+        let (_, records) = super::decode_log_record(bytes, batch).map_err(|e| e.to_string())?;
+        let (mut n, mut bad) = (0, None);
+        for rec in &records {
+            match self.apply_one(rec, skip) {
+                Ok(true) => n += 1,
+                Ok(false) => {}
+                Err(e) if batch => {
+                    bad.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((n, bad))
+    }
+
+    /// Applies one payment; `false` when the start-up replay leaves it out.
+    fn apply_one(
+        &self,
+        rec: &crate::proto::StateRecord,
+        skip: Option<&Pending>,
+    ) -> Result<bool, String> {
         if skip.is_some_and(|s| s.holds(rec.source_partition, rec.source_offset)) {
-            return Ok(());
+            return Ok(false);
         }
         if rec.source_partition >= 0 {
             // Before applying: a snapshot cut that holds this payment reads
@@ -557,7 +597,7 @@ impl Run {
                 }));
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -79,7 +79,10 @@ pub async fn ensure_topics(cfg: &crate::config::Config) -> Result<(), String> {
 
 /// The partition count of `topic`, `None` when it does not exist (or is
 /// empty-named).
-async fn partitions_of(cfg: &crate::config::Config, topic: &str) -> Result<Option<usize>, String> {
+pub(crate) async fn partitions_of(
+    cfg: &crate::config::Config,
+    topic: &str,
+) -> Result<Option<usize>, String> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     if topic.is_empty() {
         return Ok(None);
@@ -210,22 +213,22 @@ pub fn encode(p: &Payment, origin: &str, source: Source, verdict: Option<&Verdic
 /// payment is encoded again so the log never carries a bloated record.
 pub const RAW_PAYMENT_MAX: usize = 4096;
 
-/// The state record of a payment scored by the stream, in one allocation:
-/// `payment` is its protobuf encoding (the input bytes themselves when the
-/// input was protobuf, which decode to the same payment: decoding is a pure
-/// function of the bytes). Equal to [`encode`] of the decoded payment with
-/// no verdict, field for field.
-pub fn encode_stream(payment: &[u8], origin: &str, partition: i32, offset: i64) -> Vec<u8> {
-    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, int32, int64, WireType};
-    let delimited =
-        |tag: u32, n: usize| prost::encoding::key_len(tag) + encoded_len_varint(n as u64) + n;
+/// Header on a state-log record that holds a `fraudline.v1.StateBatch`;
+/// its value is the number of payments in it (decimal), so a follower
+/// counts its own batches without decoding them.
+pub const HDR_BATCH: &str = "fraudline.batch";
+
+fn delimited_len(tag: u32, n: usize) -> usize {
+    prost::encoding::key_len(tag) + prost::encoding::encoded_len_varint(n as u64) + n
+}
+
+/// The encoded length of [`encode_stream_into`]'s record.
+fn stream_len(payment: &[u8], origin: &str, partition: i32, offset: i64) -> usize {
+    use prost::encoding::{int32, int64};
     // Proto3: zero values are not written (as prost's derived encoder does).
-    let len = delimited(1, payment.len())
-        + if origin.is_empty() {
-            0
-        } else {
-            delimited(2, origin.len())
-        }
+    let nonempty = |n: usize, tag: u32| if n == 0 { 0 } else { delimited_len(tag, n) };
+    nonempty(payment.len(), 1)
+        + nonempty(origin.len(), 2)
         + if partition == 0 {
             0
         } else {
@@ -235,25 +238,115 @@ pub fn encode_stream(payment: &[u8], origin: &str, partition: i32, offset: i64) 
             0
         } else {
             int64::encoded_len(5, &offset)
-        };
-    let mut out = Vec::with_capacity(len);
+        }
+}
+
+/// Appends the state record of a payment scored by the stream to `out`:
+/// `payment` is its protobuf encoding (the input bytes themselves when the
+/// input was protobuf, which decode to the same payment: decoding is a pure
+/// function of the bytes). Equal to [`encode`] of the decoded payment with
+/// no verdict, field for field.
+fn encode_stream_into(
+    out: &mut Vec<u8>,
+    payment: &[u8],
+    origin: &str,
+    partition: i32,
+    offset: i64,
+) {
+    use prost::encoding::{encode_key, encode_varint, int32, int64, WireType};
     if !payment.is_empty() {
-        encode_key(1, WireType::LengthDelimited, &mut out);
-        encode_varint(payment.len() as u64, &mut out);
+        encode_key(1, WireType::LengthDelimited, out);
+        encode_varint(payment.len() as u64, out);
         out.extend_from_slice(payment);
     }
     if !origin.is_empty() {
-        encode_key(2, WireType::LengthDelimited, &mut out);
-        encode_varint(origin.len() as u64, &mut out);
+        encode_key(2, WireType::LengthDelimited, out);
+        encode_varint(origin.len() as u64, out);
         out.extend_from_slice(origin.as_bytes());
     }
     if partition != 0 {
-        int32::encode(4, &partition, &mut out);
+        int32::encode(4, &partition, out);
     }
     if offset != 0 {
-        int64::encode(5, &offset, &mut out);
+        int64::encode(5, &offset, out);
     }
-    out
+}
+
+/// A `fraudline.v1.StateBatch` being built: the stream payments of one
+/// payments partition, in scoring order, appended as they are scored (no
+/// allocation per payment once the buffer has grown).
+#[derive(Debug)]
+pub struct BatchEncoder {
+    buf: Vec<u8>,
+    /// The payments' source offsets, in order.
+    offsets: Vec<i64>,
+    partition: i32,
+}
+
+impl BatchEncoder {
+    pub fn new(origin: &str, partition: i32) -> BatchEncoder {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        let mut buf = Vec::with_capacity(16 * 1024);
+        if !origin.is_empty() {
+            encode_key(1, WireType::LengthDelimited, &mut buf);
+            encode_varint(origin.len() as u64, &mut buf);
+            buf.extend_from_slice(origin.as_bytes());
+        }
+        BatchEncoder {
+            buf,
+            offsets: Vec::with_capacity(256),
+            partition,
+        }
+    }
+
+    /// Appends one payment (its protobuf bytes) read at `offset`.
+    pub fn push(&mut self, payment: &[u8], offset: i64) {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        let len = stream_len(payment, "", self.partition, offset);
+        encode_key(2, WireType::LengthDelimited, &mut self.buf);
+        encode_varint(len as u64, &mut self.buf);
+        encode_stream_into(&mut self.buf, payment, "", self.partition, offset);
+        self.offsets.push(offset);
+    }
+
+    /// Payments in the batch.
+    pub fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+
+    /// Encoded size so far.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// The encoded batch and its payments' source offsets.
+    pub fn finish(self) -> (Vec<u8>, Vec<i64>) {
+        (self.buf, self.offsets)
+    }
+}
+
+/// The payments of a state-log record, whichever form it has: a
+/// `StateBatch` (header [`HDR_BATCH`]) or one `StateRecord`. Each record
+/// comes with the origin of its writer.
+pub fn decode_log_record(
+    bytes: &[u8],
+    batch: bool,
+) -> Result<(String, Vec<crate::proto::StateRecord>), prost::DecodeError> {
+    if batch {
+        let b = crate::proto::StateBatch::decode(bytes)?;
+        Ok((b.origin, b.records))
+    } else {
+        let r = crate::proto::StateRecord::decode(bytes)?;
+        Ok((r.origin.clone(), vec![r]))
+    }
 }
 
 #[cfg(test)]
@@ -261,16 +354,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_one_allocation_encoding_equals_the_derived_one() {
+    fn a_batch_decodes_to_the_records_the_derived_encoder_writes() {
+        let mut g = crate::tools::gen::Generator::new(Default::default());
+        let payments: Vec<Payment> = (0..5).map(|_| g.next().expect("a payment").0).collect();
+        for partition in [0, 3] {
+            let mut b = BatchEncoder::new("0123456789abcdef", partition);
+            for (i, p) in payments.iter().enumerate() {
+                b.push(&p.to_protobuf(), i as i64 * 1_000_000_007);
+            }
+            assert_eq!(b.len(), 5);
+            let (bytes, offsets) = b.finish();
+            assert_eq!(
+                offsets,
+                (0..5).map(|i| i * 1_000_000_007).collect::<Vec<_>>()
+            );
+            let (origin, records) = decode_log_record(&bytes, true).expect("decodes");
+            assert_eq!(origin, "0123456789abcdef");
+            assert_eq!(records.len(), 5);
+            for (i, (r, p)) in records.iter().zip(&payments).enumerate() {
+                let source = Source::Stream {
+                    partition,
+                    offset: i as i64 * 1_000_000_007,
+                };
+                let derived =
+                    crate::proto::StateRecord::decode(encode(p, "", source, None).as_slice())
+                        .expect("derived decodes");
+                assert_eq!(r, &derived, "payment {i} of partition {partition}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_single_record_still_decodes() {
         let p = crate::tools::gen::Generator::new(Default::default())
             .next()
             .expect("a payment")
             .0;
-        for (partition, offset) in [(0, 0), (3, 0), (0, 17), (5, 1_234_567_890_123)] {
-            let source = Source::Stream { partition, offset };
-            let derived = encode(&p, "0123456789abcdef", source, None);
-            let direct = encode_stream(&p.to_protobuf(), "0123456789abcdef", partition, offset);
-            assert_eq!(direct, derived, "partition {partition} offset {offset}");
-        }
+        let bytes = encode(&p, "abc", Source::Inline, None);
+        let (origin, records) = decode_log_record(&bytes, false).expect("decodes");
+        assert_eq!(origin, "abc");
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].source_partition, -1);
     }
 }

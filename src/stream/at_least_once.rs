@@ -22,6 +22,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
 use super::record::{last_resort, Source};
+use super::state_log::{self, Batch, StateBatches};
 use super::tracker::OffsetTracker;
 use super::{
     clients, process, subscribe, Outcome, ProcessOptions, StreamContext, StreamError, StreamParts,
@@ -48,12 +49,10 @@ struct Pending {
     last_resort: bool,
     /// Already re-sent alone after the broker refused its batch.
     alone: bool,
-    /// The state-log record of a verdict (state log on); its offset is
-    /// committed only when both records are acknowledged.
-    state: Option<Vec<u8>>,
 }
 
 type Acked = Pin<Box<dyn Future<Output = (Pending, Option<OwnedDeliveryResult>)> + Send>>;
+type BatchAcked = Pin<Box<dyn Future<Output = (Batch, Option<OwnedDeliveryResult>)> + Send>>;
 
 /// How a produce error is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +101,11 @@ struct Loop<'a> {
     producer: FutureProducer<StreamContext>,
     tracker: OffsetTracker,
     inflight: FuturesUnordered<Acked>,
+    /// The state-log batches (state log on) and those awaiting their
+    /// acknowledgement: a payment's offset is committed once its verdict
+    /// and its batch are both acknowledged.
+    batches: Option<StateBatches>,
+    batch_acks: FuturesUnordered<BatchAcked>,
     stop: super::Stop,
     opts: ProcessOptions,
 }
@@ -116,6 +120,7 @@ pub async fn run(
         producer,
         tasks: _tasks,
         opts,
+        batches,
     } = clients(cfg, parts).await?;
     subscribe(cfg, &consumer)?;
     let (stop, forward) = super::Stop::new(shutdown);
@@ -126,6 +131,8 @@ pub async fn run(
         producer,
         tracker: OffsetTracker::default(),
         inflight: FuturesUnordered::new(),
+        batches,
+        batch_acks: FuturesUnordered::new(),
         stop,
         opts,
     };
@@ -157,31 +164,39 @@ impl Loop<'_> {
         let max_in_flight = self.cfg.kafka.max_in_flight;
         let parts = self.parts;
         let mut stop = self.stop.clone();
+        // State-log batches older than this are sent (an idle stream's
+        // timer finds none open).
+        let mut flush = tokio::time::interval(Duration::from_millis(self.cfg.kafka.state_batch_ms));
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let logging = self.batches.is_some();
         loop {
             tokio::select! {
                 biased;
                 () = stop.stopped() => return Ok(()),
                 Some((p, r)) = self.inflight.next(), if !self.inflight.is_empty() => self.on_ack(p, r).await?,
+                Some((b, r)) = self.batch_acks.next(), if !self.batch_acks.is_empty() => self.on_batch_ack(b, r).await,
+                _ = flush.tick(), if logging => self.flush_batches(true).await,
                 msg = self.consumer.recv(), if self.inflight.len() < max_in_flight => match msg {
                     Ok(m) => {
                         parts.metrics.events_consumed.increment(1);
                         let (partition, offset) = (m.partition(), m.offset());
                         parts.applied.note(partition, offset);
-                        let pending = match process(&m, &parts.engine, &opts, &parts.metrics) {
-                            Outcome::Verdict { key, payload, headers, event_time_ms, state, .. } => Pending {
+                        let (pending, logged) = match process(&m, &parts.engine, &opts, &parts.metrics, self.batches.as_mut()) {
+                            Outcome::Verdict { key, payload, headers, event_time_ms, state, .. } => (Pending {
                                 partition, offset, dlq_kind: None, key, payload, headers,
                                 event_time_ms: Some(event_time_ms), attempts: 0, last_resort: false, alone: false,
-                                state,
-                            },
-                            Outcome::Dead { key, payload, headers, kind } => Pending {
+                            }, state),
+                            Outcome::Dead { key, payload, headers, kind } => (Pending {
                                 partition, offset, dlq_kind: Some(kind), key, payload, headers,
                                 event_time_ms: None, attempts: 0, last_resort: false, alone: false,
-                                state: None,
-                            },
+                            }, false),
                         };
                         drop(m);
-                        self.tracker.start(partition, offset);
+                        self.tracker.start(partition, offset, 1 + u8::from(logged));
                         self.send(pending).await;
+                        if logged {
+                            self.flush_batches(false).await;
+                        }
                     }
                     Err(e) => {
                         // Every 100 ms while the brokers are away: once per 10 s.
@@ -243,9 +258,6 @@ impl Loop<'_> {
             attempts: 0,
             last_resort: true,
             alone: false,
-            // The payment's state effect stays local: its record goes with
-            // the verdict that could not be produced (logged above).
-            state: None,
             ..p
         }
     }
@@ -321,55 +333,104 @@ impl Loop<'_> {
                 }
             }
         };
-        let origin = self.parts.state.as_ref().map(|s| s.origin.clone());
-        let state = match (&p.state, origin) {
-            (Some(state), Some(origin)) => {
-                super::send_state_record(
-                    self.cfg,
-                    &self.producer,
-                    &mut self.stop,
-                    &origin,
-                    &p.key,
-                    state,
-                )
-                .await
-            }
-            _ => None,
-        };
-        self.inflight.push(Box::pin(async move {
-            let verdict = future.await.ok();
-            let r = match state {
-                // Both must be delivered; the first failure is reported and
-                // both are sent again (a duplicate state record is a
-                // duplicate event_id, which the features ignore).
-                Some(s) => match (verdict, s.await.ok()) {
-                    (Some(Ok(d)), Some(Ok(_))) => Some(Ok(d)),
-                    (Some(Ok(_)), other) => other,
-                    (other, _) => other,
-                },
-                None => verdict,
-            };
-            (p, r)
-        }));
+        self.inflight
+            .push(Box::pin(async move { (p, future.await.ok()) }));
         self.parts.metrics.in_flight.set(self.inflight.len() as f64);
     }
 
-    /// Records that everything for `partition`/`offset` is done and stores
-    /// the partition's committable offset if it moved.
+    /// Sends the state-log batches closed by size, and with `all` every
+    /// open one too.
+    async fn flush_batches(&mut self, all: bool) {
+        let Some(batches) = self.batches.as_mut() else {
+            return;
+        };
+        let ready: Vec<Batch> = if all {
+            batches.take_all()
+        } else {
+            batches.take_full().collect()
+        };
+        for b in ready {
+            self.send_batch(b).await;
+        }
+    }
+
+    /// Enqueues a state-log batch; one that cannot be written is given up
+    /// (logged and counted) and its payments' offsets released.
+    async fn send_batch(&mut self, mut b: Batch) {
+        let Some(batches) = self.batches.as_ref() else {
+            return;
+        };
+        match state_log::enqueue(self.cfg, batches, &self.producer, &mut self.stop, &mut b).await {
+            Some(f) => self
+                .batch_acks
+                .push(Box::pin(async move { (b, f.await.ok()) })),
+            None if self.stopping() => {}
+            None => self.finished_many(b.partition, &b.offsets),
+        }
+    }
+
+    /// A state-log batch acknowledged, or failed: re-sent while the failure
+    /// may pass, else given up (its payments' features stay on this
+    /// instance, counted).
+    async fn on_batch_ack(&mut self, mut b: Batch, r: Option<OwnedDeliveryResult>) {
+        let e = match r {
+            Some(Ok(_)) => return self.finished_many(b.partition, &b.offsets),
+            Some(Err((e, _))) => e,
+            None => KafkaError::Canceled,
+        };
+        if self.stopping() {
+            // Its offsets stay uncommitted: read and logged again after the restart.
+            return;
+        }
+        let class = classify(&e);
+        if class != Failure::Outage {
+            b.attempts += 1;
+        }
+        if class == Failure::Permanent || b.attempts >= self.cfg.kafka.produce_max_attempts {
+            state_log::unwritten(&b, &e);
+            return self.finished_many(b.partition, &b.offsets);
+        }
+        warn!(error = %e, partition = b.partition, "state batch delivery failed; re-sending");
+        if self.pause(Duration::from_millis(50)).await {
+            return;
+        }
+        self.send_batch(b).await;
+    }
+
+    /// Records one acknowledgement for each of `offsets` of `partition`
+    /// and stores the partition's committable offset once if it moved.
+    fn finished_many(&mut self, partition: i32, offsets: &[i64]) {
+        let mut moved = None;
+        for o in offsets {
+            if let Some(next) = self.tracker.finish(partition, *o) {
+                moved = Some(next);
+            }
+        }
+        if let Some(next) = moved {
+            self.store(partition, next);
+        }
+    }
+
+    /// Records one acknowledgement for `partition`/`offset` and stores the
+    /// partition's committable offset if it moved.
     fn finished(&mut self, partition: i32, offset: i64) {
         if let Some(next) = self.tracker.finish(partition, offset) {
-            // Fails only when the partition was revoked meanwhile; the
-            // new owner re-reads from the last commit (at-least-once).
-            // `store_offsets` stores the offset as given: the next one
-            // to read. (`store_offset` would add one itself.)
-            let mut tpl = TopicPartitionList::new();
-            let topic = &self.cfg.kafka.payments_topic;
-            let stored = tpl
-                .add_partition_offset(topic, partition, Offset::Offset(next))
-                .and_then(|()| self.consumer.store_offsets(&tpl));
-            if let Err(e) = stored {
-                tracing::debug!(error = %e, partition, "offset not stored");
-            }
+            self.store(partition, next);
+        }
+    }
+
+    fn store(&mut self, partition: i32, next: i64) {
+        // Fails only when the partition was revoked meanwhile; the new
+        // owner re-reads from the last commit (at-least-once).
+        // `store_offsets` stores the offset as given: the next one to read.
+        // (`store_offset` would add one itself.)
+        let mut tpl = TopicPartitionList::new();
+        let topic = &self.cfg.kafka.payments_topic;
+        let stored = tpl
+            .add_partition_offset(topic, partition, Offset::Offset(next))
+            .and_then(|()| self.consumer.store_offsets(&tpl));
+        if let Err(e) = stored {
+            tracing::debug!(error = %e, partition, "offset not stored");
         }
     }
 
@@ -456,15 +517,31 @@ impl Loop<'_> {
         Box::pin(self.on_ack(p, r)).await
     }
 
-    /// Waits for every record in flight (failed ones are not re-sent: their
-    /// offsets stay uncommitted), then commits the final offsets.
+    /// Sends the open state-log batches, waits for every record in flight
+    /// (failed ones are not re-sent: their offsets stay uncommitted), then
+    /// commits the final offsets.
     async fn drain(mut self) -> Result<(), StreamError> {
         info!(
             in_flight = self.inflight.len(),
             "draining: waiting for in-flight verdicts"
         );
+        // The shutdown is already signalled: a batch that cannot be
+        // enqueued at once keeps its offsets uncommitted (read again after
+        // the restart).
+        let open = self.batches.as_mut().map(StateBatches::take_all);
+        if let (Some(open), Some(batches)) = (open, self.batches.as_ref()) {
+            for b in open {
+                if let Some(f) = state_log::enqueue_now(batches, &self.producer, &b).await {
+                    self.batch_acks
+                        .push(Box::pin(async move { (b, f.await.ok()) }));
+                }
+            }
+        }
         while let Some((p, r)) = self.inflight.next().await {
             self.on_ack(p, r).await?;
+        }
+        while let Some((b, r)) = self.batch_acks.next().await {
+            self.on_batch_ack(b, r).await;
         }
         let consumer = self.consumer.clone();
         let producer = self.producer.clone();

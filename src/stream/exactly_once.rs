@@ -26,6 +26,7 @@ use tracing::{error, info, warn};
 
 use super::at_least_once::{classify, Failure};
 use super::record::{last_resort, Source};
+use super::state_log::{self, StateBatches};
 use super::{
     clients, process, subscribe, Outcome, ProcessOptions, SharedConsumer, StreamContext,
     StreamError, StreamParts,
@@ -41,6 +42,9 @@ struct Sent {
     partition: i32,
     offset: i64,
     last_resort: bool,
+    /// A state-log batch (`offset` is its first payment's): its failure
+    /// names no single record.
+    batch: bool,
     delivery: DeliveryFuture,
 }
 
@@ -96,6 +100,9 @@ struct Loop<'a> {
     producer: FutureProducer<StreamContext>,
     txn: Txn,
     isolation: Isolation,
+    /// The state-log batches of the open transaction (state log on): sent
+    /// when full and, at the latest, just before the commit.
+    batches: Option<StateBatches>,
     stop: super::Stop,
     opts: ProcessOptions,
 }
@@ -110,6 +117,7 @@ pub async fn run(
         producer,
         tasks: _tasks,
         opts,
+        batches,
     } = clients(cfg, parts).await?;
     {
         let p = producer.clone();
@@ -143,6 +151,7 @@ pub async fn run(
             sent: Vec::new(),
         },
         isolation: Isolation::default(),
+        batches,
         stop,
         opts,
     };
@@ -210,7 +219,7 @@ impl Loop<'_> {
                                 "the broker refused this record's output in an earlier transaction",
                                 self.cfg.limits.max_key_bytes))
                         } else {
-                            Some(process(&m, &self.parts.engine, &opts, &self.parts.metrics))
+                            Some(process(&m, &self.parts.engine, &opts, &self.parts.metrics, self.batches.as_mut()))
                         };
                         drop(m);
                         if let Some(outcome) = outcome {
@@ -248,46 +257,42 @@ impl Loop<'_> {
     /// Sends one output record in the open transaction. A record librdkafka
     /// refuses for good is replaced by its minimal dead letter; if that is
     /// refused too, the record is skipped (logged and counted).
-    async fn produce(&mut self, partition: i32, offset: i64, mut outcome: Outcome, isolated: bool) {
-        let state = match &mut outcome {
-            Outcome::Verdict { state, .. } => state.take(),
-            Outcome::Dead { .. } => None,
-        };
-        let key_for_state = match (&state, &outcome) {
-            (Some(_), Outcome::Verdict { key, .. }) => key.clone(),
-            _ => Vec::new(),
-        };
+    async fn produce(&mut self, partition: i32, offset: i64, outcome: Outcome, isolated: bool) {
         self.produce_output(partition, offset, outcome, isolated)
             .await;
-        if let (Some(state), Some(origin)) =
-            (state, self.parts.state.as_ref().map(|s| s.origin.clone()))
-        {
-            self.produce_state(partition, offset, &key_for_state, &state, &origin)
-                .await;
-        }
+        self.send_batches(false).await;
     }
 
-    /// Sends a state-log record in the open transaction: it commits with the
-    /// verdict and the offsets, so other instances (read_committed) apply
-    /// the payment exactly when its verdict becomes visible.
-    async fn produce_state(
-        &mut self,
-        partition: i32,
-        offset: i64,
-        key: &[u8],
-        state: &[u8],
-        origin: &str,
-    ) {
-        let sent =
-            super::send_state_record(self.cfg, &self.producer, &mut self.stop, origin, key, state)
-                .await;
-        if let Some(delivery) = sent {
-            self.txn.sent.push(Sent {
-                partition,
-                offset,
-                last_resort: false,
-                delivery,
-            });
+    /// Sends state-log batches in the open transaction (those closed by
+    /// size, and with `all` every open one): they commit with the verdicts
+    /// and the offsets, so other instances (read_committed) apply the
+    /// payments exactly when their verdicts become visible. A batch that
+    /// cannot be enqueued is given up (logged and counted); its payments'
+    /// verdicts still commit.
+    async fn send_batches(&mut self, all: bool) {
+        let Some(batches) = self.batches.as_mut() else {
+            return;
+        };
+        let ready: Vec<state_log::Batch> = if all {
+            batches.take_all()
+        } else {
+            batches.take_full().collect()
+        };
+        for mut b in ready {
+            let Some(batches) = self.batches.as_ref() else {
+                return;
+            };
+            let sent =
+                state_log::enqueue(self.cfg, batches, &self.producer, &mut self.stop, &mut b).await;
+            if let Some(delivery) = sent {
+                self.txn.sent.push(Sent {
+                    partition: b.partition,
+                    offset: b.offsets.first().copied().unwrap_or(-1),
+                    last_resort: false,
+                    batch: true,
+                    delivery,
+                });
+            }
         }
     }
 
@@ -313,6 +318,7 @@ impl Loop<'_> {
                         partition,
                         offset,
                         last_resort: last,
+                        batch: false,
                         delivery,
                     });
                     if let Some(t) = event_time {
@@ -372,6 +378,8 @@ impl Loop<'_> {
     /// failure is retried; one that needs an abort aborts and rewinds the
     /// consumer, so the same events are processed again in a new transaction.
     async fn commit(&mut self) -> Result<(), StreamError> {
+        // The transaction's payments go to the state log with it.
+        self.send_batches(true).await;
         let mut tpl = TopicPartitionList::new();
         for (p, o) in &self.txn.offsets {
             if let Err(e) =
@@ -449,6 +457,10 @@ impl Loop<'_> {
                 source,
             })?;
         metrics::counter!(telemetry::TRANSACTIONS, "result" => "aborted").increment(1);
+        if let Some(b) = self.batches.as_mut() {
+            // Their payments are read and scored again.
+            b.clear();
+        }
         match self.parts.engine.abort_txn() {
             Ok(reapplied) => info!(
                 reapplied,
@@ -479,14 +491,20 @@ impl Loop<'_> {
     /// aborted range is re-read one event per transaction.
     async fn find_culprits(&mut self, sent: Vec<Sent>, touched: &[(i32, i64)]) {
         let mut culprits = Vec::new();
+        let mut state_batch_refused = false;
         let reports = futures::future::join_all(sent.into_iter().map(|s| async move {
             let r = tokio::time::timeout(Duration::from_secs(5), s.delivery).await;
-            (s.partition, s.offset, s.last_resort, r)
+            (s.partition, s.offset, s.last_resort, s.batch, r)
         }))
         .await;
-        for (partition, offset, last, r) in reports {
+        for (partition, offset, last, batch, r) in reports {
             let Ok(Ok(Err((e, _)))) = r else { continue };
             if classify(&e) != Failure::Permanent {
+                continue;
+            }
+            if batch {
+                warn!(partition, first_offset = offset, error = %e, "the broker refused a state-log batch");
+                state_batch_refused = true;
                 continue;
             }
             warn!(partition, offset, error = %e, "the broker refused this record's output");
@@ -494,8 +512,10 @@ impl Loop<'_> {
         }
         // A broker refuses a whole batch: with several records refused, the
         // innocent cannot be told from the guilty, so the range is re-read
-        // one event per transaction, where a refusal names one record.
-        if let [(partition, offset, last)] = culprits[..] {
+        // one event per transaction, where a refusal names one record (a
+        // state-log batch then holds one payment too).
+        if let ([(partition, offset, last)], false) = (&culprits[..], state_batch_refused) {
+            let (partition, offset, last) = (*partition, *offset, *last);
             warn!(
                 partition,
                 offset, "isolating the record that failed the transaction"

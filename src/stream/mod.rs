@@ -23,6 +23,7 @@ pub mod lag;
 pub mod record;
 pub mod sink;
 pub mod source;
+mod state_log;
 pub mod tracker;
 pub mod warmup;
 
@@ -38,9 +39,9 @@ use crate::config::{Config, Delivery};
 use crate::engine::Engine;
 use crate::telemetry::Metrics;
 pub use context::StreamContext;
-pub use record::{process, Outcome, ProcessOptions, HDR_CONTENT_TYPE};
+pub(crate) use record::process;
+pub use record::{Outcome, ProcessOptions, HDR_CONTENT_TYPE};
 use sink::options_for;
-pub(crate) use sink::send_state_record;
 pub use sink::{output_record_limit, producer_config};
 pub use source::consumer_config;
 use source::{handoff, subscribe};
@@ -174,6 +175,8 @@ struct Clients {
     producer: FutureProducer<StreamContext>,
     tasks: WarmupGuard,
     opts: ProcessOptions,
+    /// The state-log batches, when the state log is on.
+    batches: Option<state_log::StateBatches>,
 }
 
 /// Creates the consumer and the producer; a bad pass-through setting is
@@ -181,8 +184,7 @@ struct Clients {
 /// on, also starts the warm-up task (stopped when the guard drops).
 async fn clients(cfg: &Config, parts: &StreamParts) -> Result<Clients, StreamError> {
     let limit = output_record_limit(cfg).await;
-    let mut opts = options_for(cfg, limit)?;
-    opts.state_origin = parts.state.as_ref().map(|s| s.origin.clone());
+    let opts = options_for(cfg, limit)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     // With the state log, state comes from the log (every instance holds it
     // all): a new partition waits for the follower, not for a replay.
@@ -242,11 +244,27 @@ async fn clients(cfg: &Config, parts: &StreamParts) -> Result<Clients, StreamErr
         parts.ready.clone(),
         std::time::Duration::from_millis(cfg.kafka.stall_grace_ms),
     ));
+    let batches = match &parts.state {
+        Some(s) => {
+            let n = crate::state::partitions_of(cfg, &cfg.kafka.state_topic)
+                .await
+                .ok()
+                .flatten();
+            Some(state_log::StateBatches::new(
+                cfg,
+                s.origin.clone(),
+                n.and_then(|n| i32::try_from(n).ok()),
+                limit,
+            ))
+        }
+        None => None,
+    };
     Ok(Clients {
         consumer,
         producer,
         tasks: WarmupGuard(warmup.into_iter().chain(lag).collect()),
         opts,
+        batches,
     })
 }
 

@@ -30,8 +30,8 @@ pub enum Outcome {
         headers: OwnedHeaders,
         event_time_ms: i64,
         decision: Decision,
-        /// The state-log record, when the state log is on.
-        state: Option<Vec<u8>>,
+        /// The payment went into a state-log batch (state log on).
+        state: bool,
     },
     Dead {
         key: Vec<u8>,
@@ -44,8 +44,6 @@ pub enum Outcome {
 /// How records are turned into verdicts; fixed for the life of the stream.
 #[derive(Debug, Clone)]
 pub struct ProcessOptions {
-    /// This process's origin id when the state log is on.
-    pub state_origin: Option<std::sync::Arc<str>>,
     pub limits: Limits,
     /// Put the feature values into each verdict.
     pub explain: bool,
@@ -56,7 +54,6 @@ pub struct ProcessOptions {
 impl ProcessOptions {
     pub fn from_config(cfg: &crate::config::Config) -> ProcessOptions {
         ProcessOptions {
-            state_origin: None,
             limits: cfg.limits(),
             explain: cfg.engine.explain_in_verdicts,
             dlq_max_payload_bytes: cfg.kafka.dlq_max_payload_bytes,
@@ -75,12 +72,14 @@ fn content_type(msg: &BorrowedMessage<'_>) -> Option<Format> {
 }
 
 /// Decodes, scores and encodes one record. Never fails: what cannot be
-/// scored becomes a dead letter naming why.
-pub fn process(
+/// scored becomes a dead letter naming why. With the state log on, a scored
+/// payment is added to `state`'s batch of its partition.
+pub(crate) fn process(
     msg: &BorrowedMessage<'_>,
     engine: &Engine,
     opts: &ProcessOptions,
     metrics: &Metrics,
+    state: Option<&mut super::state_log::StateBatches>,
 ) -> Outcome {
     let now = crate::now_ms();
     let bytes = msg.payload().unwrap_or(&[]);
@@ -127,22 +126,23 @@ pub fn process(
                 score = v.score,
                 "scored"
             );
-            let state = opts.state_origin.as_deref().map(|origin| {
+            let logged = state.is_some();
+            if let Some(batches) = state {
                 let (partition, offset) = (msg.partition(), msg.offset());
                 if format == Format::Protobuf && bytes.len() <= crate::state::RAW_PAYMENT_MAX {
                     // The input bytes decode to this payment: no second encoding.
-                    crate::state::encode_stream(bytes, origin, partition, offset)
+                    batches.push(bytes, partition, offset);
                 } else {
-                    crate::state::encode_stream(&p.to_protobuf(), origin, partition, offset)
+                    batches.push(&p.to_protobuf(), partition, offset);
                 }
-            });
+            }
             Outcome::Verdict {
                 key,
                 payload,
                 headers,
                 event_time_ms: p.event_time_ms,
                 decision: v.decision,
-                state,
+                state: logged,
             }
         }
         Err(e) => dead_letter(msg, bytes, &e, now, opts, metrics),

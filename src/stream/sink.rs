@@ -1,10 +1,10 @@
 //! The sink: the verdict / dead-letter / state-log producer, its settings,
-//! the output record limit it is sized to, and the state-log enqueue.
+//! and the output record limit it is sized to (the state-log batches are
+//! in [`super::state_log`]).
 
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::FutureProducer;
 
-use super::{at_least_once, base_config, ProcessOptions, Stop, StreamContext, StreamError};
+use super::{base_config, ProcessOptions, StreamError};
 use crate::config::{Config, Delivery};
 
 /// The producer's settings: idempotent always, transactional in exactly-once.
@@ -97,49 +97,4 @@ pub(super) fn options_for(cfg: &Config, limit: usize) -> Result<ProcessOptions, 
         opts.dlq_max_payload_bytes = limit - needed;
     }
     Ok(opts)
-}
-
-/// Enqueues one state-log record (header: this process's origin), waiting
-/// while librdkafka's queue is full or the broker is away. `None` on
-/// shutdown, or when it is refused for good or after
-/// `kafka.produce_max_attempts`: the payment's features then stay on this
-/// instance, which is logged.
-pub(crate) async fn send_state_record(
-    cfg: &Config,
-    producer: &FutureProducer<StreamContext>,
-    stop: &mut Stop,
-    origin: &str,
-    key: &[u8],
-    state: &[u8],
-) -> Option<rdkafka::producer::DeliveryFuture> {
-    use at_least_once::{classify, Failure};
-    let mut attempts = 0;
-    loop {
-        let headers =
-            rdkafka::message::OwnedHeaders::new_with_capacity(1).insert(rdkafka::message::Header {
-                key: crate::state::HDR_ORIGIN,
-                value: Some(origin.as_bytes()),
-            });
-        let record = rdkafka::producer::FutureRecord::to(&cfg.kafka.state_topic)
-            .key(key)
-            .payload(state)
-            .headers(headers);
-        match producer.send_result(record) {
-            Ok(f) => return Some(f),
-            Err((e, _)) => {
-                let class = classify(&e);
-                if class != Failure::Outage {
-                    attempts += 1;
-                }
-                if class == Failure::Permanent || attempts >= cfg.kafka.produce_max_attempts {
-                    tracing::warn!(error = %e, "state record cannot be produced; this payment's features stay on this instance");
-                    return None;
-                }
-                let wait = if class == Failure::Outage { 1 } else { 100 };
-                if stop.pause(std::time::Duration::from_millis(wait)).await {
-                    return None;
-                }
-            }
-        }
-    }
 }

@@ -27,6 +27,7 @@ pub const LAST_RESORT: &str = "fraudline_dlq_last_resort_total";
 const UNPRODUCIBLE: &str = "unproducible";
 pub const STATE_PROPAGATION: &str = "fraudline_state_propagation_seconds";
 pub const STATE_APPLIED: &str = "fraudline_state_records_total";
+pub const STATE_UNWRITTEN: &str = "fraudline_state_unwritten_total";
 pub const STATE_RESTORE_DURATION: &str = "fraudline_state_restore_duration_seconds";
 pub const STATE_SNAPSHOTS: &str = "fraudline_state_snapshots_total";
 pub const STATE_SNAPSHOT_RECORDS: &str = "fraudline_state_snapshot_records_total";
@@ -230,7 +231,8 @@ pub const CATALOGUE: &[MetricSpec] = {
         spec(AUDIT_DROPPED, Counter, &[], "In-line verdict audit records dropped because the spill bound was hit"),
         spec(AUDIT_SENT, Counter, &[], "In-line verdict audit records acknowledged by Kafka"),
         spec(STATE_PROPAGATION, Histogram, &[], "State log: time from a payment's state record being written by another instance to this instance applying it (after the start-up replay)"),
-        spec(STATE_APPLIED, Counter, &["result"], "State log records read, by result: applied (another instance's payment, now in this instance's features), own (written by this process, already applied), refused (undecodable)"),
+        spec(STATE_APPLIED, Counter, &["result"], "State log payments read (a stream batch counts its payments), by result: applied (another instance's payment, now in this instance's features), own (written by this process, already applied), refused (undecodable)"),
+        spec(STATE_UNWRITTEN, Counter, &[], "Stream payments whose state-log batch could not be written (refused for good, or kafka.produce_max_attempts failures): their features stay on the instance that scored them"),
         spec(STATE_RESTORE_DURATION, Gauge, &[], "Duration of the start-up restore: snapshot load plus state log replay"),
         spec(STATE_SNAPSHOTS, Counter, &["result"], "Snapshot cuts by result: written (committed to the snapshot topic), failed, or deferred (at-least-once: its payments' offsets not committed within the interval); the next cut covers a failed or deferred one; only the holder of payments partition 0 writes"),
         spec(STATE_SNAPSHOT_RECORDS, Counter, &[], "Entity records and tombstones written to the snapshot topic"),
@@ -396,6 +398,7 @@ impl Metrics {
         for result in ["applied", "own", "refused"] {
             metrics::counter!(STATE_APPLIED, "result" => result).absolute(0);
         }
+        metrics::counter!(STATE_UNWRITTEN).absolute(0);
         for result in ["written", "failed", "deferred"] {
             metrics::counter!(STATE_SNAPSHOTS, "result" => result).absolute(0);
         }
