@@ -79,6 +79,7 @@ pub async fn run_with(
             std::time::Duration::from_millis(cfg.rules.watch_interval_ms),
         ))
     };
+    telemetry::register_rules(&engine.rules());
     let ready = Arc::new(serve::ready::Readiness::new(cfg.inline.enabled));
     let (stop_http_tx, mut stop_http_rx) = watch::channel(false);
     let mut addrs = Bound::default();

@@ -7,135 +7,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use fraudline::app::{self, Bound};
 use fraudline::config::Config;
-use fraudline::event::Payment;
 use fraudline::proto::scoring_client::ScoringClient;
 use fraudline::proto::{self, PaymentEvent};
-use fraudline::tools::gen::{GenConfig, Generator};
-use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
-struct Server {
-    bound: Bound,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), app::AppError>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    /// Starts fraudline in-line only; `inline` lines go into `[inline]`.
-    async fn start(inline: &str) -> Server {
-        Server::start_env(inline, &[]).await
-    }
-
-    async fn start_env(inline: &str, env: &[(&str, &str)]) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let toml = format!(
-            "[kafka]\npayments_topic = \"\"\nstate_topic = \"\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-             [log]\nformat = \"text\"\nlevel = \"warn\"\n\
-             [inline]\nenabled = true\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
-             audit = false\naudit_spill_dir = \"{}\"\n{inline}\n",
-            dir.path().display()
-        );
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let cfg = Config::from_parts(Some(&toml), Some("test.toml"), env).unwrap();
-        let (bound, stop_tx, task) = common::start_in_process(cfg).await;
-        Server {
-            bound,
-            stop: Some(stop_tx),
-            task,
-            _dir: dir,
-        }
-    }
-
-    fn grpc(&self) -> SocketAddr {
-        self.bound.grpc.unwrap()
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/v1/score", self.bound.inline_http.unwrap())
-    }
-
-    async fn client(&self) -> ScoringClient<Channel> {
-        ScoringClient::connect(format!("http://{}", self.grpc()))
-            .await
-            .unwrap()
-    }
-
-    async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.bound.http.unwrap()))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    async fn shutdown(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        let r = tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("drains within 30 s")
-            .unwrap();
-        assert!(r.is_ok(), "{r:?}");
-    }
-}
-
-static SEED: AtomicU64 = AtomicU64::new(1);
-
-/// Fresh, valid payments with unique event ids.
-fn payments(n: usize) -> Vec<Payment> {
-    let seed = SEED.fetch_add(1, Ordering::Relaxed) * 7919 + std::process::id() as u64;
-    Generator::new(GenConfig {
-        seed,
-        start_ms: fraudline::now_ms() - 120_000,
-        events_per_sec: 1000.0,
-        ..GenConfig::default()
-    })
-    .take(n)
-    .map(|(mut p, _)| {
-        p.event_id = format!("{}-{seed}", p.event_id);
-        p
-    })
-    .collect()
-}
-
-fn payment() -> Payment {
-    payments(1).remove(0)
-}
-
-async fn post(url: &str, body: String) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn json(r: reqwest::Response) -> serde_json::Value {
-    let text = r.text().await.unwrap();
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
-/// The value of a Prometheus series (exact label text), 0 when absent.
-fn series(metrics: &str, name_and_labels: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
+use common::inline::{json, payment, payments, post, series, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_scores_and_serves_health_and_reflection() {
@@ -535,7 +414,8 @@ async fn a_call_queued_past_its_deadline_gets_the_policy_answer_in_time() {
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    // HTTP with a 200 ms budget: the server gives up at 180 ms.
+    // HTTP with a 200 ms budget: the server gives up at 160 ms (a fifth of
+    // the budget left for the answer's way back).
     let http = reqwest::Client::new();
     let t = Instant::now();
     let r = http
@@ -548,10 +428,10 @@ async fn a_call_queued_past_its_deadline_gets_the_policy_answer_in_time() {
     let took = t.elapsed();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["fraudline-degraded"], "deadline");
-    // Given up at 180 ms, not after the 800 ms the slot is held. (The upper
+    // Given up at 160 ms, not after the 800 ms the slot is held. (The upper
     // bound has slack: the test shares 2 cores with the server and the client.)
     assert!(
-        took >= Duration::from_millis(175),
+        took >= Duration::from_millis(155),
         "answered after {took:?}"
     );
     assert!(took < Duration::from_millis(400), "answered after {took:?}");
@@ -560,14 +440,14 @@ async fn a_call_queued_past_its_deadline_gets_the_policy_answer_in_time() {
     assert_eq!(v["reasons"][0]["rule_id"], "DEGRADED");
 
     // gRPC with a 200 ms deadline: the answer is a verdict, not
-    // DEADLINE_EXCEEDED, given up at 180 ms.
+    // DEADLINE_EXCEEDED, given up at 160 ms.
     let mut c = s.client().await;
     let mut req = tonic::Request::new(payment().to_wire());
     req.set_timeout(Duration::from_millis(200));
     let t = Instant::now();
     let r = c.score(req).await.expect("a verdict before the deadline");
     let took = t.elapsed();
-    assert!(took >= Duration::from_millis(175), "{took:?}");
+    assert!(took >= Duration::from_millis(155), "{took:?}");
     assert!(took < Duration::from_millis(400), "{took:?}");
     assert_eq!(r.metadata().get("fraudline-degraded").unwrap(), "deadline");
     let v = r.into_inner();

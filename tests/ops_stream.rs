@@ -284,3 +284,75 @@ async fn lag_reaches_zero_past_transaction_markers_for_a_read_committed_consumer
     assert_eq!(l[&0].1, 12, "10 records and 2 commit markers");
     assert_eq!(l[&0].0, 0, "lag past the last marker: {:?}", l[&0]);
 }
+
+/// The sample lines of `name` in a /metrics body (a histogram's are its
+/// `_bucket`, `_sum` and `_count` lines).
+fn has_series(body: &str, name: &str) -> bool {
+    body.lines().filter(|l| !l.starts_with('#')).any(|l| {
+        let series = l.split(['{', ' ']).next().unwrap_or_default();
+        series == name
+            || series
+                .strip_prefix(name)
+                .is_some_and(|rest| ["_bucket", "_sum", "_count"].contains(&rest))
+    })
+}
+
+/// Every metric in the catalogue (docs/METRICS.md) has a series as soon as
+/// the service is ready, before the first payment: a dashboard or an alert
+/// (`rate(...)`, `absent(...)`) must not wait for the first error. The
+/// service runs everything a bank turns on: stream with state log and
+/// snapshots, in-line API with audit, a blocklist file and topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_catalogued_metric_exists_before_the_first_payment() {
+    let brokers = broker();
+    let t = create_topics(brokers, "allmetrics", 2).await;
+    let list_topic = create_topics(brokers, "allmetrics-list", 1).await.payments;
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.csv");
+    std::fs::write(
+        &list,
+        "kind,value,action,reason\ndevice,dev-none,HOLD,placeholder\n",
+    )
+    .unwrap();
+    let spill = dir.path().join("spill");
+    let extra = format!(
+        "warmup_lookback_ms = 0\n[blocklist]\nfiles = [\"{}\"]\ncountry_code = \"84\"\ntopic = \"{list_topic}\"\n\
+         [inline]\nenabled = true\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
+         audit = true\naudit_spill_dir = \"{}\"\n",
+        list.display(),
+        spill.display()
+    );
+    let mut f = Fraudline::start(&config_toml(brokers, &t, "at-least-once", ANY_PORT, &extra));
+    let http = f.http.clone();
+    let started = Instant::now();
+    let mut body = String::new();
+    while started.elapsed() < Duration::from_secs(60) {
+        // Ready, and the lag table published once (it names the assigned
+        // partitions, so it exists from the first assignment on).
+        if http_get(&http, "/readyz/stream").is_some_and(|(s, _)| s == 200) {
+            if let Some((_, b)) = http_get(&http, "/metrics") {
+                body = b;
+                if has_series(&body, "fraudline_consumer_lag_messages") {
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!body.is_empty(), "never ready\n{}", f.log_tail());
+    assert!(
+        !has_series(&body, "fraudline_verdicts_total")
+            || body.contains("fraudline_events_consumed_total 0"),
+        "a payment was scored before the scrape: the test would prove nothing"
+    );
+    let missing: Vec<&str> = fraudline::telemetry::CATALOGUE
+        .iter()
+        .map(|m| m.name)
+        .filter(|n| !has_series(&body, n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "catalogued metrics with no series at start: {missing:?}"
+    );
+    assert_eq!(f.sigterm_and_wait(Duration::from_secs(30)), Some(0));
+}

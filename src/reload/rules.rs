@@ -53,7 +53,7 @@ pub fn reload(engine: &Engine, path: &Path, force: bool) -> Reload {
             engine.set_rules(f.rules);
             metrics::counter!(telemetry::RULES_RELOADS, "result" => "ok").increment(1);
             metrics::gauge!(telemetry::RULES_INFO, "version" => active.version.to_string(), "sha256" => active.hash.to_string()).set(0.0);
-            metrics::gauge!(telemetry::RULES_INFO, "version" => version.clone(), "sha256" => hash.clone()).set(1.0);
+            telemetry::register_rules(&engine.rules());
             for r in &active.rules {
                 if r.is_demoted() {
                     metrics::gauge!(telemetry::RULE_DEMOTED, "rule_id" => r.id.to_string())

@@ -29,8 +29,12 @@ impl Shed {
 }
 
 /// A call's time budget. `give_up_at` leaves a margin before the caller's
-/// own deadline (a tenth of the budget, at most 20 ms) so that the shed
-/// answer reaches the caller before it stops listening.
+/// own deadline (a fifth of the budget, at most 50 ms) so that the shed
+/// answer reaches the caller before it stops listening. The caller's clock
+/// started before the server's (its own queue, the connection, the
+/// transport's decoding): in a burst of 1,000 gRPC calls from 200 callers
+/// (ghz, 100 ms deadline) the answers shed with a tenth's margin reached
+/// the callers 96-118 ms after they started, and half of them too late.
 #[derive(Debug, Clone, Copy)]
 pub struct Deadline {
     pub at: Instant,
@@ -39,7 +43,7 @@ pub struct Deadline {
 
 impl Deadline {
     pub fn from_budget(start: Instant, budget: Duration) -> Deadline {
-        let margin = (budget / 10).min(Duration::from_millis(20));
+        let margin = (budget / 5).min(Duration::from_millis(50));
         Deadline {
             at: start + budget,
             give_up_at: start + (budget - margin),
@@ -133,7 +137,7 @@ mod tests {
         let d = Deadline::from_budget(start, Duration::from_millis(100));
         assert_eq!(a.admit(&d).await.unwrap_err(), Shed::Deadline);
         let waited = start.elapsed();
-        assert!(waited >= Duration::from_millis(90), "{waited:?}");
+        assert!(waited >= Duration::from_millis(80), "{waited:?}");
         assert!(
             waited < Duration::from_millis(100) + Duration::from_millis(40),
             "{waited:?}"

@@ -84,14 +84,6 @@ fn status(code: Code, message: String, err_code: &str, field: Option<&str>) -> S
     s
 }
 
-struct InFlight<'a>(&'a InlineMetrics);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.decrement(1.0);
-    }
-}
-
 /// When a gRPC call reached the server, before its message was read and
 /// decoded ([`stamp_arrival`] puts it in the request's extensions).
 #[derive(Debug, Clone, Copy)]
@@ -203,15 +195,12 @@ impl Scoring for GrpcScoring {
             .extensions()
             .get::<Arrival>()
             .map_or_else(Instant::now, |a| a.0);
-        let m = &self.metrics;
-        m.in_flight.increment(1.0);
-        let _in_flight = InFlight(m);
+        let call = self.metrics.call(started);
         let r = self.handle(req, started).await;
-        m.request(match &r {
+        call.answered(match &r {
             Ok(_) => "OK",
             Err(s) => code_name(s.code()),
         });
-        m.duration.record(started.elapsed().as_secs_f64());
         r
     }
 }

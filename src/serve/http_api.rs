@@ -75,22 +75,11 @@ fn problem(status: StatusCode, code: &str, detail: &str, field: Option<&str>) ->
     r
 }
 
-struct InFlight<'a>(&'a InlineMetrics);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.decrement(1.0);
-    }
-}
-
 async fn score(State(api): State<Api>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
-    let m = &api.metrics;
-    m.in_flight.increment(1.0);
-    let _in_flight = InFlight(m);
+    let call = api.metrics.call(started);
     let r = handle(&api, &headers, body, started).await;
-    m.request(r.status().as_str());
-    m.duration.record(started.elapsed().as_secs_f64());
+    call.answered(r.status().as_str());
     r
 }
 

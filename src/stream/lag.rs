@@ -38,6 +38,20 @@ pub fn measure<C: ConsumerContext, K: Consumer<C>>(
     consumer: &K,
     timeout: Duration,
 ) -> KafkaResult<Vec<PartitionLag>> {
+    measure_or_reset(consumer, timeout, None)
+}
+
+/// [`measure`], where a partition with no position and no committed offset
+/// starts where the consumer's `auto.offset.reset` will put it:
+/// `Some(true)` (earliest) at the low watermark, `Some(false)` (latest) at
+/// the high watermark. That is where librdkafka will read from, not a
+/// guess, so a stream that has just been given an empty or untouched
+/// partition reports its lag at once.
+pub fn measure_or_reset<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    timeout: Duration,
+    reset_earliest: Option<bool>,
+) -> KafkaResult<Vec<PartitionLag>> {
     let assignment = consumer.assignment()?;
     if assignment.count() == 0 {
         return Ok(Vec::new());
@@ -64,8 +78,15 @@ pub fn measure<C: ConsumerContext, K: Consumer<C>>(
                     .and_then(|c| c.find_partition(topic, partition))
                     .and_then(|p| offset_value(p.offset()))
             });
-        let Some(position) = position else { continue };
-        let (_low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        if position.is_none() && reset_earliest.is_none() {
+            continue;
+        }
+        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        let position = match (position, reset_earliest) {
+            (Some(p), _) => p,
+            (None, Some(true)) => low,
+            (None, _) => high,
+        };
         out.push(PartitionLag {
             topic: topic.to_string(),
             partition,
@@ -122,6 +143,7 @@ pub(crate) fn spawn(
     publish: bool,
     ready: std::sync::Arc<crate::serve::ready::Readiness>,
     grace: Duration,
+    reset_earliest: bool,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let _clear = ClearOnDrop;
@@ -140,7 +162,8 @@ pub(crate) fn spawn(
                 // assignment was lost in an outage asks the brokers nothing.
                 let reachable = c.fetch_metadata(Some(&topic), timeout).is_ok();
                 let held = c.assignment().map_or(0, |a| a.count());
-                let lags = (reachable && held > 0).then(|| measure(&*c, timeout));
+                let lags = (reachable && held > 0)
+                    .then(|| measure_or_reset(&*c, timeout, Some(reset_earliest)));
                 (reachable, held, lags)
             });
             let trouble = match round.await {

@@ -243,6 +243,7 @@ async fn clients(cfg: &Config, parts: &StreamParts) -> Result<Clients, StreamErr
         publish,
         parts.ready.clone(),
         std::time::Duration::from_millis(cfg.kafka.stall_grace_ms),
+        cfg.kafka.auto_offset_reset == "earliest",
     ));
     let batches = match &parts.state {
         Some(s) => {

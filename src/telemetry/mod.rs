@@ -86,6 +86,7 @@ const INLINE_BUCKETS: &[f64] = &[
 /// names, and HTTP status codes (a fixed set: the API answers no others).
 pub const INLINE_GRPC_CODES: &[&str] = &[
     "OK",
+    ABANDONED,
     "INVALID_ARGUMENT",
     "UNAUTHENTICATED",
     "ALREADY_EXISTS",
@@ -94,8 +95,13 @@ pub const INLINE_GRPC_CODES: &[&str] = &[
     "INTERNAL",
 ];
 pub const INLINE_HTTP_CODES: &[&str] = &[
-    "200", "400", "401", "408", "409", "413", "415", "503", "500",
+    "200", ABANDONED, "400", "401", "408", "409", "413", "415", "503", "500",
 ];
+
+/// The `code` of an in-line call the caller gave up on before it was
+/// answered (its deadline passed, it cancelled, or the connection closed):
+/// no answer was written, so it has no gRPC or HTTP code of its own.
+pub const ABANDONED: &str = "abandoned";
 
 /// What a metric is, for Prometheus's `# TYPE` line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,7 +227,7 @@ pub const CATALOGUE: &[MetricSpec] = {
         spec(KAFKA_CONNECTED, Gauge, &[], "1 when the stream's last probe reached the brokers (every kafka.statistics_interval_ms, else 5 s), 0 when it did not; the consumer-lag figures keep their last values meanwhile; absent in in-line-only mode (no stream)"),
         spec(READY_PATH, Gauge, &["path"], "1 when a path is ready: stream (partitions held and scored) or inline (listeners up, state loaded); 0 from shutdown on"),
         spec(BUILD_INFO, Gauge, &["version", "git_hash"], "Build information; the value is always 1"),
-        spec(INLINE_REQUESTS, Counter, &["protocol", "code"], "In-line scoring calls answered, by protocol (grpc, http) and code (gRPC code name or HTTP status)"),
+        spec(INLINE_REQUESTS, Counter, &["protocol", "code"], "In-line scoring calls, by protocol (grpc, http) and code: the gRPC code name or HTTP status of the answer, or abandoned (the caller went away before the answer: deadline passed, cancelled, connection closed)"),
         spec(INLINE_DURATION, Histogram, &["protocol"], "In-line call time inside the server, request decoded to response ready, by protocol"),
         spec(INLINE_IN_FLIGHT, Gauge, &["protocol"], "In-line calls in progress, by protocol"),
         spec(INLINE_SHED, Counter, &["protocol", "reason"], "In-line calls answered with the overload policy (reason DEGRADED), by protocol and reason (overload: bounds full; deadline: the budget ran out while queued)"),
@@ -405,12 +411,42 @@ impl Metrics {
         for outcome in ["replaced", "unwritable"] {
             metrics::counter!(LAST_RESORT, "outcome" => outcome).absolute(0);
         }
+        // Series that only some paths move (exactly-once, snapshots, the
+        // per-partition warm-up, list reloads): present from start.
+        for result in ["committed", "aborted"] {
+            metrics::counter!(TRANSACTIONS, "result" => result).increment(0);
+        }
+        metrics::counter!(BLOCKLIST_LOAD_FAILURES).increment(0);
+        metrics::counter!(WARMUP_EVENTS).increment(0);
+        metrics::counter!(STATE_SNAPSHOT_RECORDS).increment(0);
+        for g in [
+            WARMUP_DURATION,
+            STATE_SNAPSHOT_DURATION,
+            STATE_SNAPSHOT_LAST,
+            STATE_SNAPSHOT_RESTORED,
+        ] {
+            metrics::gauge!(g).increment(0.0);
+        }
     }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// Registers the rule-set series of `rules` (the active set): its info
+/// gauge, the reload counters, and per rule a zero demotion count and
+/// demoted flag, so a dashboard sees every rule before its breaker trips.
+pub fn register_rules(rules: &crate::engine::rules::RuleSet) {
+    metrics::gauge!(RULES_INFO, "version" => rules.version.to_string(), "sha256" => rules.hash.to_string()).set(1.0);
+    for result in ["ok", "unchanged", "refused"] {
+        metrics::counter!(RULES_RELOADS, "result" => result).increment(0);
+    }
+    for r in &rules.rules {
+        metrics::counter!(RULE_DEMOTIONS, "rule_id" => r.id.to_string()).increment(0);
+        metrics::gauge!(RULE_DEMOTED, "rule_id" => r.id.to_string()).increment(0.0);
     }
 }
 
@@ -459,6 +495,19 @@ impl InlineMetrics {
         self.requests[i].increment(1);
     }
 
+    /// Starts counting one call that arrived at `started`: in flight until
+    /// the guard drops, then counted once under the code given to
+    /// [`InlineCall::answered`], or under `abandoned` if the call's future
+    /// was dropped first (the caller went away).
+    pub fn call(&self, started: std::time::Instant) -> InlineCall<'_> {
+        self.in_flight.increment(1.0);
+        InlineCall {
+            m: self,
+            started,
+            answered: false,
+        }
+    }
+
     /// Registers zero-valued series for every code and shed reason.
     pub fn register_zeroes(&self) {
         for c in &self.requests {
@@ -468,6 +517,31 @@ impl InlineMetrics {
         self.shed_deadline.increment(0);
         self.replays.increment(0);
         self.in_flight.set(0.0);
+    }
+}
+
+/// One in-line call being answered (see [`InlineMetrics::call`]).
+pub struct InlineCall<'a> {
+    m: &'a InlineMetrics,
+    started: std::time::Instant,
+    answered: bool,
+}
+
+impl InlineCall<'_> {
+    /// The call is answered with `code`: counted, and its duration recorded.
+    pub fn answered(mut self, code: &str) {
+        self.answered = true;
+        self.m.request(code);
+        self.m.duration.record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for InlineCall<'_> {
+    fn drop(&mut self) {
+        self.m.in_flight.decrement(1.0);
+        if !self.answered {
+            self.m.request(ABANDONED);
+        }
     }
 }
 
