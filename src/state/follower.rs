@@ -31,6 +31,10 @@ use crate::telemetry;
 struct Quiet;
 
 impl rdkafka::client::ClientContext for Quiet {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::telemetry::librdkafka_log(level, fac, log_message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         let eof = matches!(
             error,

@@ -25,6 +25,10 @@ fn has_partition_zero(tpl: &rdkafka::TopicPartitionList) -> bool {
 }
 
 impl ClientContext for StreamContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::telemetry::librdkafka_log(level, fac, log_message);
+    }
+
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         // Broker down, connection refused: librdkafka retries by itself,
         // and reports each retry: once per 10 s is enough to say so.

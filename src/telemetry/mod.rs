@@ -450,6 +450,23 @@ pub fn register_rules(rules: &crate::engine::rules::RuleSet) {
     }
 }
 
+/// librdkafka's own log lines, through tracing. While a broker is away
+/// every client logs a FAIL line per reconnect attempt ("Connection
+/// refused", "Disconnected"): warnings and errors go through one shared
+/// throttle (once per 10 s, with the count held back), the rest at debug.
+pub fn librdkafka_log(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    static THROTTLE: Throttle = Throttle::new(10_000);
+    match level {
+        L::Emerg | L::Alert | L::Critical | L::Error | L::Warning => {
+            if let Some(held) = THROTTLE.allow() {
+                tracing::warn!(target: "librdkafka", facility = fac, repeats_held_back = held, "{message}");
+            }
+        }
+        _ => tracing::debug!(target: "librdkafka", facility = fac, "{message}"),
+    }
+}
+
 /// Handles for the in-line API metrics of one protocol, registered once.
 #[derive(Clone)]
 pub struct InlineMetrics {
