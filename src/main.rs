@@ -109,8 +109,15 @@ enum Command {
     },
     /// Replay historical events (JSON lines, .gz ok) through a rule file offline.
     Backtest {
+        /// The service's config file: its [features] and [engine] settings,
+        /// limits, rule file and blocklist files, so the replay's verdicts
+        /// are the service's.
         #[arg(long)]
-        rules: PathBuf,
+        config: Option<PathBuf>,
+        /// The rule file (default: the config's rules.file, else the
+        /// built-in rules).
+        #[arg(long)]
+        rules: Option<PathBuf>,
         /// Compare against this rule file: the verdicts that changed, and why.
         #[arg(long)]
         baseline: Option<PathBuf>,
@@ -259,6 +266,7 @@ async fn main() -> Result<()> {
             std::process::exit(if r.ok { 0 } else { 1 });
         }
         Command::Backtest {
+            config,
             rules,
             baseline,
             events,
@@ -267,7 +275,12 @@ async fn main() -> Result<()> {
             format,
         } => {
             use std::io::IsTerminal;
+            let config = match &config {
+                Some(path) => Some(fraudline::config::Config::load(Some(path))?),
+                None => None,
+            };
             let opts = fraudline::tools::backtest::Options {
+                config,
                 rules,
                 baseline,
                 events,

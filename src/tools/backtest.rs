@@ -1,5 +1,8 @@
 //! `fraudline backtest`: replay historical events through the engine offline
-//! (the same feature store, in event-time order) with a rule file, and
+//! (the service's own [`Engine`], built from the service's config file when
+//! one is given: the `[features]` and `[engine]` sections, its rule file and
+//! blocklist files; in event-time order, each scored at its event time) with
+//! a rule file, and
 //! report decisions, hits per rule and, where events carry a fraud `label`
 //! (`gen` output does; anything but `legit` is fraud), precision, recall and
 //! F1 overall and per rule, and the money held that was fraud or not. With
@@ -15,13 +18,20 @@ use serde::Serialize;
 
 use crate::engine::blocklist::Blocklist;
 use crate::engine::decision::{Decision, Verdict};
-use crate::engine::features::{FeatureConfig, FeatureStore};
 use crate::engine::rules::file;
+use crate::engine::Engine;
 use crate::event::{self, JsonEvent, Limits, Payment};
 
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub rules: PathBuf,
+    /// The service's configuration (`Config::load` of its file): the
+    /// engine, features and limits it scores with, and the rule file and
+    /// blocklist files it loads unless `rules` / `blocklist` say otherwise.
+    /// `None`: the defaults.
+    pub config: Option<crate::config::Config>,
+    /// The rule file; `None`: the config's `rules.file`, or the service's
+    /// built-in rules when that is empty too.
+    pub rules: Option<PathBuf>,
     pub baseline: Option<PathBuf>,
     pub events: PathBuf,
     pub blocklist: Option<PathBuf>,
@@ -143,15 +153,45 @@ fn is_fraud(label: &str) -> bool {
 /// Runs the backtest; writes verdict lines to `opts.verdicts_out` if given.
 pub fn run(opts: &Options) -> Result<Report, BacktestError> {
     let started = Instant::now();
-    let rules = crate::reload::rules::load_file(&opts.rules)?.rules;
+    let defaults;
+    let cfg = match &opts.config {
+        Some(c) => c,
+        None => {
+            defaults = crate::config::Config::from_parts(None, None, [])
+                .expect("the embedded defaults are valid");
+            &defaults
+        }
+    };
+    // The service's engine: the same feature store settings, thresholds and
+    // built-in rules, so a verdict here is the stream's verdict.
+    let engine = Engine::new(cfg.engine());
+    let rule_file = opts
+        .rules
+        .clone()
+        .or_else(|| (!cfg.rules.file.is_empty()).then(|| PathBuf::from(&cfg.rules.file)));
+    if let Some(path) = &rule_file {
+        engine.set_rules(crate::reload::rules::load_file(path)?.rules);
+    }
+    let rules = engine.rules();
     let baseline = match &opts.baseline {
         Some(b) => Some(crate::reload::rules::load_file(b)?.rules),
         None => None,
     };
     let list = match &opts.blocklist {
         Some(b) => load_blocklist(b)?,
+        None if !cfg.blocklist.files.is_empty() => {
+            let files: Vec<PathBuf> = cfg.blocklist.files.iter().map(PathBuf::from).collect();
+            crate::reload::blocklist::build(
+                &files,
+                cfg.blocklist.max_bad_lines,
+                &cfg.blocklist.country_code,
+            )?
+            .into_list(1)
+        }
         None => Blocklist::empty(),
     };
+    engine.set_blocklist(list);
+    let list = engine.blocklist();
     let mut report = Report {
         rules_version: rules.version.to_string(),
         baseline_version: baseline.as_ref().map(|b| b.version.to_string()),
@@ -159,7 +199,11 @@ pub fn run(opts: &Options) -> Result<Report, BacktestError> {
     };
 
     // Read everything, then replay in event-time order.
-    let limits = Limits::default();
+    let limits = if opts.config.is_some() {
+        cfg.limits()
+    } else {
+        Limits::default()
+    };
     // History has no "future": the event-time skew check is for live input.
     let now = i64::MAX / 4;
     let mut events: Vec<(Payment, Option<String>)> = Vec::new();
@@ -210,12 +254,11 @@ pub fn run(opts: &Options) -> Result<Report, BacktestError> {
         .map(|(i, r)| (&*r.id, i))
         .collect();
     let mut overall = Quality::default();
-    let store = FeatureStore::new(FeatureConfig::default());
     let total = events.len();
     let mut last_progress = Instant::now();
     for (n, (p, label)) in events.iter().enumerate() {
-        let fv = store.update_and_read(p);
-        let v = crate::engine::decide(p, fv, &rules, &list, p.event_time_ms);
+        // Scored as the stream scores it, at the time it happened.
+        let v = engine.score_at(p, p.event_time_ms);
         report.events += 1;
         *report.decisions.entry(v.decision).or_default() += 1;
         let fraud = label.as_deref().map(is_fraud);
@@ -262,7 +305,7 @@ pub fn run(opts: &Options) -> Result<Report, BacktestError> {
             }
         }
         if let Some(base) = &baseline {
-            let b = crate::engine::decide(p, fv, base, &list, p.event_time_ms);
+            let b = crate::engine::decide(p, v.features, base, &list, p.event_time_ms);
             diff(&mut report, p, &b, &v);
         }
         if let Some(w) = out.as_mut() {
@@ -477,7 +520,8 @@ reason = "trial"
         std::fs::write(&events, lines.join("\n")).expect("write");
         let out = dir.path().join("v.jsonl");
         let r = run(&Options {
-            rules: rules.clone(),
+            config: None,
+            rules: Some(rules.clone()),
             baseline: None,
             events,
             blocklist: None,
@@ -522,7 +566,8 @@ reason = "trial"
         )
         .expect("write");
         let r = run(&Options {
-            rules: stricter,
+            config: None,
+            rules: Some(stricter),
             baseline: Some(rules),
             events: dir.path().join("e.jsonl"),
             blocklist: None,
