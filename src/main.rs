@@ -129,6 +129,10 @@ enum Command {
         /// Write one JSON verdict per event here.
         #[arg(long)]
         verdicts_out: Option<PathBuf>,
+        /// Write the report as one self-contained HTML page here (charts,
+        /// precision / recall curves, per-rule table; no network needed).
+        #[arg(long)]
+        html: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = OutFormat::Text)]
         format: OutFormat,
     },
@@ -272,6 +276,7 @@ async fn main() -> Result<()> {
             events,
             blocklist,
             verdicts_out,
+            html,
             format,
         } => {
             use std::io::IsTerminal;
@@ -289,6 +294,10 @@ async fn main() -> Result<()> {
                 progress: std::io::stderr().is_terminal(),
             };
             let r = fraudline::tools::backtest::run(&opts)?;
+            if let Some(path) = &html {
+                std::fs::write(path, fraudline::tools::report_html::render(&r))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
             match format {
                 OutFormat::Text => print!("{}", fraudline::tools::backtest::render_text(&r)),
                 OutFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),

@@ -27,6 +27,13 @@ if ! have promtool || ! have prometheus; then
     || echo "WARNING: apt-get install prometheus failed; the Prometheus checks will be skipped"
 fi
 
+if ! have chromium; then
+  echo "installing chromium (apt)"
+  as_root apt-get update -qq >/dev/null 2>&1 || true
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+    || echo "WARNING: apt-get install chromium failed; the HTML report test will fail"
+fi
+
 # PyPI tools go to their own directory (no venv module or system pip
 # needed, nothing installed into a system Python), with wrappers in
 # $TOOLS/bin; .ci/run puts that first on PATH.
@@ -62,7 +69,7 @@ fi
 export PATH="$TOOLS/bin:$PATH"
 hash -r
 
-for t in prometheus promtool hadolint kubernetes-validate ghz; do
+for t in prometheus promtool hadolint kubernetes-validate ghz chromium; do
   if have "$t"; then
     printf '  %-20s %s\n' "$t" "$("$t" --version 2>&1 | sed -n 1p)"
   else

@@ -87,6 +87,114 @@ pub struct RuleReport {
     pub hits: u64,
     /// The rule's hits as a fraud predictor (labelled events only).
     pub quality: Option<Quality>,
+    /// Hits where no other active rule hit the same event.
+    pub unique_hits: u64,
+    /// The active rule that hit the same events most often, and how often.
+    pub overlaps_most_with: Option<(String, u64)>,
+}
+
+/// Labelled events by score, for curves over the thresholds: per score, the
+/// fraud and legit events whose decision the score alone sets (no forcing
+/// rule or list hit), and apart those a forcing rule or list hit flagged.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Scores {
+    /// The rule set's thresholds in this run.
+    pub review: i32,
+    pub hold: i32,
+    /// score -> (fraud, legit), events not forced to REVIEW or HOLD.
+    pub unforced_flag: BTreeMap<i32, (u64, u64)>,
+    /// (fraud, legit) forced to REVIEW or HOLD whatever the score.
+    pub forced_flag: (u64, u64),
+    /// score -> (fraud, legit), events not forced to HOLD.
+    pub unforced_hold: BTreeMap<i32, (u64, u64)>,
+    /// (fraud, legit) forced to HOLD whatever the score.
+    pub forced_hold: (u64, u64),
+}
+
+/// One point of a precision / recall curve: what a threshold would give.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct CurvePoint {
+    pub threshold: i32,
+    pub precision: f64,
+    pub recall: f64,
+    pub flagged: u64,
+}
+
+impl Scores {
+    fn add(&mut self, v: &Verdict, fraud: bool) {
+        let forced = v.forced.unwrap_or(Decision::Allow);
+        let bump = |m: &mut BTreeMap<i32, (u64, u64)>| {
+            let e = m.entry(v.score).or_default();
+            if fraud {
+                e.0 += 1
+            } else {
+                e.1 += 1
+            }
+        };
+        let count = |c: &mut (u64, u64)| {
+            if fraud {
+                c.0 += 1
+            } else {
+                c.1 += 1
+            }
+        };
+        if forced >= Decision::Review {
+            count(&mut self.forced_flag);
+        } else {
+            bump(&mut self.unforced_flag);
+        }
+        if forced == Decision::Hold {
+            count(&mut self.forced_hold);
+        } else {
+            bump(&mut self.unforced_hold);
+        }
+    }
+
+    /// Precision and recall of "flagged" (`hold` false: REVIEW or HOLD; true:
+    /// HOLD) at every threshold from the lowest score seen to one past the
+    /// highest, the forced events flagged at any threshold.
+    pub fn curve(&self, hold: bool) -> Vec<CurvePoint> {
+        let (by_score, forced) = if hold {
+            (&self.unforced_hold, self.forced_hold)
+        } else {
+            (&self.unforced_flag, self.forced_flag)
+        };
+        let fraud_total = forced.0 + by_score.values().map(|c| c.0).sum::<u64>();
+        let (Some(lo), Some(hi)) = (by_score.keys().next(), by_score.keys().next_back()) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        // From the top down: the events at or above the threshold.
+        let (mut tp, mut fp) = forced;
+        let mut at = by_score.iter().rev().peekable();
+        for t in (*lo..=hi.saturating_add(1)).rev() {
+            while let Some((s, c)) = at.peek() {
+                if **s >= t {
+                    tp += c.0;
+                    fp += c.1;
+                    at.next();
+                } else {
+                    break;
+                }
+            }
+            out.push(CurvePoint {
+                threshold: t,
+                precision: if tp + fp > 0 {
+                    tp as f64 / (tp + fp) as f64
+                } else {
+                    1.0
+                },
+                recall: if fraud_total > 0 {
+                    tp as f64 / fraud_total as f64
+                } else {
+                    0.0
+                },
+                flagged: tp + fp,
+            });
+        }
+        out.reverse();
+        out
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -120,6 +228,8 @@ pub struct Report {
     pub overall: Option<Quality>,
     pub by_label: BTreeMap<String, (u64, u64)>,
     pub money: Money,
+    /// Labelled events by score (curves over the thresholds).
+    pub scores: Scores,
     pub baseline_version: Option<String>,
     pub changed: u64,
     pub transitions: BTreeMap<String, u64>,
@@ -254,6 +364,17 @@ pub fn run(opts: &Options) -> Result<Report, BacktestError> {
         .map(|(i, r)| (&*r.id, i))
         .collect();
     let mut overall = Quality::default();
+    let n_rules = rules.rules.len();
+    // co[i * n + j]: events both active rules i and j hit.
+    let mut co = vec![0u64; n_rules * n_rules];
+    let mut unique = vec![0u64; n_rules];
+    let active: Vec<bool> = rules
+        .rules
+        .iter()
+        .map(|r| r.mode == crate::engine::rules::Mode::Active)
+        .collect();
+    report.scores.review = rules.thresholds.review;
+    report.scores.hold = rules.thresholds.hold;
     let total = events.len();
     let mut last_progress = Instant::now();
     for (n, (p, label)) in events.iter().enumerate() {
@@ -266,6 +387,17 @@ pub fn run(opts: &Options) -> Result<Report, BacktestError> {
         for r in v.reasons.iter().chain(v.shadow_hits.iter()) {
             if let Some(&i) = index.get(&*r.rule_id) {
                 hit[i] = true;
+            }
+        }
+        let active_hits: Vec<usize> = (0..n_rules).filter(|i| hit[*i] && active[*i]).collect();
+        if let [only] = active_hits[..] {
+            unique[only] += 1;
+        }
+        for &i in &active_hits {
+            for &j in &active_hits {
+                if i != j {
+                    co[i * n_rules + j] += 1;
+                }
             }
         }
         for (i, h) in hit.iter().enumerate() {
@@ -283,6 +415,7 @@ pub fn run(opts: &Options) -> Result<Report, BacktestError> {
             }
         }
         if let (Some(f), Some(l)) = (fraud, label) {
+            report.scores.add(&v, f);
             report.labelled += 1;
             report.fraud += u64::from(f);
             let flagged = v.decision != Decision::Allow;
@@ -346,7 +479,13 @@ pub fn run(opts: &Options) -> Result<Report, BacktestError> {
         .rules
         .iter()
         .zip(per_rule)
-        .map(|(r, (hits, q))| RuleReport {
+        .enumerate()
+        .map(|(i, (r, (hits, q)))| RuleReport {
+            unique_hits: unique[i],
+            overlaps_most_with: (0..n_rules)
+                .filter(|j| co[i * n_rules + j] > 0)
+                .max_by_key(|j| co[i * n_rules + j])
+                .map(|j| (rules.rules[j].id.to_string(), co[i * n_rules + j])),
             rule_id: r.id.to_string(),
             mode: match r.mode {
                 crate::engine::rules::Mode::Active => "active".into(),
@@ -539,6 +678,20 @@ reason = "trial"
             (2, 2, 1)
         );
         assert!((q.precision - 0.5).abs() < 1e-9);
+        // The curve over the review threshold passes through the run's own
+        // figures at the current threshold (40), and flags more below it.
+        let curve = r.scores.curve(false);
+        let now = curve
+            .iter()
+            .find(|p| p.threshold == 40)
+            .expect("a point at 40");
+        assert!((now.precision - q.precision).abs() < 1e-9, "{now:?}");
+        assert!((now.recall - q.recall).abs() < 1e-9, "{now:?}");
+        assert_eq!(now.flagged, 4);
+        let lowest = curve.first().expect("points");
+        assert_eq!((lowest.flagged, lowest.recall), (6, 1.0), "{lowest:?}");
+        let html = crate::tools::report_html::render(&r);
+        assert!(html.contains("<svg id=\"pr-review\"") && html.contains("class=\"now\""));
         assert!((q.recall - 2.0 / 3.0).abs() < 1e-9);
         assert!((q.f1 - 4.0 / 7.0).abs() < 1e-9);
         let big = &r.rules[0];

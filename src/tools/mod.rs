@@ -6,3 +6,4 @@ pub mod check;
 pub mod demo;
 pub mod gen;
 pub mod memory;
+pub mod report_html;
