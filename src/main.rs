@@ -136,6 +136,45 @@ enum Command {
         #[arg(long, value_enum, default_value_t = OutFormat::Text)]
         format: OutFormat,
     },
+    /// Search the review / hold thresholds (and, within --bound, rule
+    /// scores) on labelled events for the best recall at a target precision
+    /// or the lowest cost; prints the curve and the change as a diff of the
+    /// rule file (checked: it compiles and the file's own tests pass).
+    Tune {
+        /// The rule file to tune (default: the config's rules.file).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// The service's config file, as for backtest.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Labelled events (gen output, or history with a "label" field).
+        #[arg(long)]
+        events: PathBuf,
+        #[arg(long)]
+        blocklist: Option<PathBuf>,
+        /// The precision flagged payments (REVIEW or HOLD) must reach; the
+        /// search maximises recall under it.
+        #[arg(long, default_value_t = 0.9, conflicts_with = "review_cost")]
+        target_precision: f64,
+        /// Instead: minimise fraud money let through (minor units) plus
+        /// this cost per flagged payment.
+        #[arg(long)]
+        review_cost: Option<f64>,
+        /// The precision the hold threshold is chosen for.
+        #[arg(long, default_value_t = 0.95)]
+        hold_precision: f64,
+        /// A rule score the search may move: RULE_ID=MIN..MAX (repeatable).
+        #[arg(long = "bound")]
+        bounds: Vec<fraudline::tools::tune::Bound>,
+        /// Score step tried within a bound.
+        #[arg(long, default_value_t = 5)]
+        step: i32,
+        /// Write the suggested rule file here.
+        #[arg(long)]
+        write: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = OutFormat::Text)]
+        format: OutFormat,
+    },
     /// Measure feature-state memory: load generated payments into a fresh
     /// feature store and print the RSS it added, per account (JSON).
     FeaturesMemory {
@@ -301,6 +340,55 @@ async fn main() -> Result<()> {
             match format {
                 OutFormat::Text => print!("{}", fraudline::tools::backtest::render_text(&r)),
                 OutFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+            }
+            Ok(())
+        }
+        Command::Tune {
+            rules,
+            config,
+            events,
+            blocklist,
+            target_precision,
+            review_cost,
+            hold_precision,
+            bounds,
+            step,
+            write,
+            format,
+        } => {
+            use fraudline::tools::tune;
+            let config = match &config {
+                Some(path) => Some(fraudline::config::Config::load(Some(path))?),
+                None => None,
+            };
+            let opts = tune::Options {
+                replay: fraudline::tools::backtest::Options {
+                    config,
+                    rules,
+                    baseline: None,
+                    events,
+                    blocklist,
+                    verdicts_out: None,
+                    progress: false,
+                },
+                objective: match review_cost {
+                    Some(c) => tune::Objective::Cost {
+                        review_cost_minor: c,
+                    },
+                    None => tune::Objective::Precision(target_precision),
+                },
+                hold_precision,
+                bounds,
+                step,
+            };
+            let s = tune::run(&opts)?;
+            if let Some(path) = &write {
+                std::fs::write(path, &s.new_text)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            match format {
+                OutFormat::Text => print!("{}", tune::render_text(&s)),
+                OutFormat::Json => println!("{}", serde_json::to_string_pretty(&s)?),
             }
             Ok(())
         }

@@ -260,9 +260,20 @@ fn is_fraud(label: &str) -> bool {
     label != "legit"
 }
 
-/// Runs the backtest; writes verdict lines to `opts.verdicts_out` if given.
-pub fn run(opts: &Options) -> Result<Report, BacktestError> {
-    let started = Instant::now();
+/// What a replay runs over: the service's engine with the rules and list
+/// loaded, the baseline rule set, and the events read and sorted by event
+/// time (labels beside them).
+pub(crate) struct Prepared {
+    pub engine: Engine,
+    pub baseline: Option<crate::engine::rules::RuleSet>,
+    pub events: Vec<(Payment, Option<String>)>,
+    pub refused: u64,
+    pub refused_examples: Vec<String>,
+}
+
+/// Builds the engine from the config (or the defaults), loads the rules and
+/// the list, and reads the events; `backtest` and `tune` replay the result.
+pub(crate) fn prepare(opts: &Options) -> Result<Prepared, BacktestError> {
     let defaults;
     let cfg = match &opts.config {
         Some(c) => c,
@@ -282,7 +293,6 @@ pub fn run(opts: &Options) -> Result<Report, BacktestError> {
     if let Some(path) = &rule_file {
         engine.set_rules(crate::reload::rules::load_file(path)?.rules);
     }
-    let rules = engine.rules();
     let baseline = match &opts.baseline {
         Some(b) => Some(crate::reload::rules::load_file(b)?.rules),
         None => None,
@@ -301,12 +311,7 @@ pub fn run(opts: &Options) -> Result<Report, BacktestError> {
         None => Blocklist::empty(),
     };
     engine.set_blocklist(list);
-    let list = engine.blocklist();
-    let mut report = Report {
-        rules_version: rules.version.to_string(),
-        baseline_version: baseline.as_ref().map(|b| b.version.to_string()),
-        ..Report::default()
-    };
+    let (mut refused, mut refused_examples) = (0u64, Vec::new());
 
     // Read everything, then replay in event-time order.
     let limits = if opts.config.is_some() {
@@ -336,16 +341,42 @@ pub fn run(opts: &Options) -> Result<Report, BacktestError> {
         match parsed {
             Ok(x) => events.push(x),
             Err(e) => {
-                report.refused += 1;
-                if report.refused_examples.len() < 5 {
-                    report
-                        .refused_examples
-                        .push(format!("{name}:{}: {e}", i + 1));
+                refused += 1;
+                if refused_examples.len() < 5 {
+                    refused_examples.push(format!("{name}:{}: {e}", i + 1));
                 }
             }
         }
     }
     events.sort_by_key(|(p, _)| p.event_time_ms);
+    Ok(Prepared {
+        engine,
+        baseline,
+        events,
+        refused,
+        refused_examples,
+    })
+}
+
+/// Runs the backtest; writes verdict lines to `opts.verdicts_out` if given.
+pub fn run(opts: &Options) -> Result<Report, BacktestError> {
+    let started = Instant::now();
+    let Prepared {
+        engine,
+        baseline,
+        events,
+        refused,
+        refused_examples,
+    } = prepare(opts)?;
+    let rules = engine.rules();
+    let list = engine.blocklist();
+    let mut report = Report {
+        rules_version: rules.version.to_string(),
+        baseline_version: baseline.as_ref().map(|b| b.version.to_string()),
+        refused,
+        refused_examples,
+        ..Report::default()
+    };
 
     let mut out = match &opts.verdicts_out {
         Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(

@@ -7,3 +7,4 @@ pub mod demo;
 pub mod gen;
 pub mod memory;
 pub mod report_html;
+pub mod tune;
