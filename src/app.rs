@@ -31,6 +31,8 @@ pub enum AppError {
     #[error(transparent)]
     Blocklist(#[from] crate::reload::blocklist::BlocklistFileError),
     #[error(transparent)]
+    Currencies(#[from] crate::engine::currencies::CurrencyError),
+    #[error(transparent)]
     Serve(#[from] serve::ServeError),
     #[error(transparent)]
     State(#[from] crate::state::FollowerError),
@@ -77,6 +79,17 @@ pub async fn run_with(
             engine.clone(),
             path,
             std::time::Duration::from_millis(cfg.rules.watch_interval_ms),
+        ))
+    };
+    let currency_watcher = if cfg.currencies.file.is_empty() {
+        None
+    } else {
+        let path = std::path::PathBuf::from(&cfg.currencies.file);
+        crate::reload::currencies::load_at_start(&engine, &path)?;
+        Some(crate::reload::currencies::spawn_watcher(
+            engine.clone(),
+            path,
+            std::time::Duration::from_millis(cfg.currencies.watch_interval_ms),
         ))
     };
     telemetry::register_rules(&engine.rules());
@@ -235,6 +248,9 @@ pub async fn run_with(
             drop(follower);
         })
         .await;
+    }
+    if let Some(w) = currency_watcher {
+        w.abort();
     }
     if let Some(w) = watcher {
         w.abort();

@@ -53,6 +53,7 @@ pub struct Config {
     pub engine: EngineSection,
     pub features: FeaturesSection,
     pub rules: RulesSection,
+    pub currencies: CurrenciesSection,
     pub blocklist: BlocklistSection,
     pub log: LogConfig,
     pub inline: InlineSection,
@@ -121,6 +122,15 @@ pub struct BlocklistSection {
     pub country_code: String,
     pub watch_interval_ms: u64,
     pub reload_duty_cycle: f64,
+}
+
+/// `[currencies]`: the currency table file (minor digits and a rate to the
+/// home currency per currency; `engine::currencies`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CurrenciesSection {
+    pub file: String,
+    pub watch_interval_ms: u64,
 }
 
 /// `[rules]`: the analyst rule file.
@@ -564,6 +574,15 @@ impl Config {
                 "rules.file: {:?} is not a readable file",
                 self.rules.file
             ));
+        }
+        if !self.currencies.file.is_empty() && !Path::new(&self.currencies.file).is_file() {
+            e.push(format!(
+                "currencies.file: {:?} is not a readable file",
+                self.currencies.file
+            ));
+        }
+        if self.currencies.watch_interval_ms == 0 {
+            e.push("currencies.watch_interval_ms: must be above 0".into());
         }
         for f in &self.blocklist.files {
             if !Path::new(f).is_file() {

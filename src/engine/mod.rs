@@ -9,6 +9,7 @@
 //! value aside and swaps it in between two events; readers never lock.
 
 pub mod blocklist;
+pub mod currencies;
 pub mod decision;
 pub mod features;
 pub mod rules;
@@ -24,6 +25,10 @@ pub use decision::{Decision, Reason, Thresholds, Verdict};
 pub use features::{FeatureStore, FeatureVector, StateError};
 pub use rules::RuleSet;
 
+/// The reason id of a payment whose currency the currency table does not
+/// list (forced to REVIEW).
+pub const CURRENCY_UNKNOWN: &str = "CURRENCY_UNKNOWN";
+
 /// Builds an [`Engine`]. All fields have working defaults.
 #[derive(Debug, Clone, Default)]
 pub struct EngineConfig {
@@ -38,6 +43,7 @@ pub struct Engine {
     features: FeatureStore,
     rules: ArcSwap<RuleSet>,
     blocklist: ArcSwap<Blocklist>,
+    currencies: ArcSwap<currencies::Currencies>,
     txn: TxnGate,
 }
 
@@ -61,6 +67,7 @@ impl Engine {
             features: FeatureStore::new(cfg.features),
             rules: ArcSwap::from_pointee(RuleSet::builtin(cfg.thresholds, &cfg.builtin)),
             blocklist: ArcSwap::from_pointee(Blocklist::empty()),
+            currencies: ArcSwap::from_pointee(currencies::Currencies::none()),
             txn: TxnGate::default(),
         }
     }
@@ -87,10 +94,31 @@ impl Engine {
     /// because the stream re-consumes them after one.
     pub fn score_owned_at(&self, p: &Payment, now_ms: i64) -> Verdict {
         let started = Instant::now();
-        let fv = self.features.update_and_read(p);
+        let home = self.currencies.load().to_home(p.currency, p.amount_minor);
+        let fv = self.features.update_and_read_in(p, home);
         let rules = self.rules.load();
         let list = self.blocklist.load();
         let mut v = decide(p, fv, &rules, &list, now_ms);
+        if home.is_none() {
+            // Never a silent mix of currencies: the amount is left out of
+            // the features, and a person looks at the payment.
+            v.add_hit(
+                Reason {
+                    rule_id: Arc::from(CURRENCY_UNKNOWN),
+                    reason: Arc::from(
+                        "no rate for this currency in the currency table: amount features left out",
+                    ),
+                    score: 0,
+                },
+                false,
+                None,
+            );
+            // At least REVIEW; a HOLD stays a HOLD.
+            if v.decision == Decision::Allow {
+                v.decision = Decision::Review;
+                v.forced = Some(Decision::Review);
+            }
+        }
         v.engine_time_ns = started.elapsed().as_nanos() as u64;
         v
     }
@@ -99,10 +127,25 @@ impl Engine {
     /// replay after a restart or a rebalance.
     pub fn warm(&self, p: &Payment) {
         let open = self.txn.open.read().unwrap_or_else(PoisonError::into_inner);
-        self.features.update_and_read(p);
+        self.apply(p);
         if *open {
             self.keep_foreign(p);
         }
+    }
+
+    /// Puts `p` into feature state with its amount in home units.
+    fn apply(&self, p: &Payment) {
+        let home = self.currencies.load().to_home(p.currency, p.amount_minor);
+        self.features.update_and_read_in(p, home);
+    }
+
+    /// Swaps in a currency table (at start and on each valid reload).
+    pub fn set_currencies(&self, c: currencies::Currencies) {
+        self.currencies.store(Arc::new(c));
+    }
+
+    pub fn currencies(&self) -> Arc<currencies::Currencies> {
+        self.currencies.load_full()
     }
 
     fn keep_foreign(&self, p: &Payment) {
@@ -168,7 +211,7 @@ impl Engine {
                 .unwrap_or_else(PoisonError::into_inner),
         );
         for p in &foreign {
-            self.features.update_and_read(p);
+            self.apply(p);
         }
         undone.map(|_| foreign.len())
     }

@@ -263,3 +263,41 @@ fn an_aborted_transaction_rescores_to_the_same_verdicts_and_keeps_foreign_paymen
     assert_eq!(v.features.get(F::PayeeInCount1h), 8.0);
     assert_eq!(v.features.get(F::PayeeDistinctPayers1h), 5.0);
 }
+
+/// Issue 13: amounts were compared in raw minor units across currencies:
+/// USD 150,000.00 (15,000,000 cents) counted like 15,000,000 dong, and
+/// `payer.sum_1h` added cents and dong. With a currency table, amount
+/// features count home minor units; a currency the table does not list is
+/// left out of them and the payment goes to REVIEW.
+#[test]
+fn amount_features_count_home_currency_and_never_mix_an_unknown_one() {
+    let e = Engine::new(EngineConfig::default());
+    e.set_currencies(
+        currencies::Currencies::parse(
+            "c.toml",
+            "home = \"VND\"\n[rates]\nVND = { digits = 0, rate = 1 }\nUSD = { digits = 2, rate = 25400 }\n",
+        )
+        .unwrap(),
+    );
+    let mut usd = pay("u1", "A", "B", 15_000_000, T0);
+    usd.currency = Currency::parse("USD").unwrap();
+    let v = e.score_at(&usd, T0);
+    assert_eq!(v.features.get(F::PaymentAmountHome), 3_810_000_000.0);
+    assert_eq!(v.features.get(F::PayerSum1h), 3_810_000_000.0);
+    let v = e.score_at(&pay("v1", "A", "C", 15_000_000, T0 + 1_000), T0);
+    assert_eq!(v.features.get(F::PaymentAmountHome), 15_000_000.0);
+    assert_eq!(
+        v.features.get(F::PayerSum1h),
+        3_825_000_000.0,
+        "dong added to dong, not to cents"
+    );
+    // A currency without a rate: counted, its amount left out, reviewed.
+    let mut eur = pay("e1", "A", "D", 9_999_999, T0 + 2_000);
+    eur.currency = Currency::parse("EUR").unwrap();
+    let v = e.score_at(&eur, T0);
+    assert_eq!(v.features.get(F::PayerCount1h), 3.0);
+    assert_eq!(v.features.get(F::PayerSum1h), 3_825_000_000.0);
+    assert!(v.features.get(F::PaymentAmountHome).is_nan(), "absent");
+    assert_eq!(v.decision, Decision::Review);
+    assert!(v.reasons.iter().any(|r| &*r.rule_id == CURRENCY_UNKNOWN));
+}

@@ -1,11 +1,22 @@
 //! Sources that replace engine state while it runs: the rule file (read,
-//! watched, SIGHUP) and the blocklist's files and topic. Every file, signal
+//! watched, SIGHUP), the currency table (read, watched) and the blocklist's
+//! files and topic. Every file, signal
 //! and Kafka read is here; the engine only compiles and swaps what it is
 //! given (it does no I/O), so the same engine serves the stream, the
 //! in-line API and the backtest.
 
 pub mod blocklist;
+pub mod currencies;
 pub mod rules;
+
+/// Size, modification time and file identity (following symlinks). The
+/// identity catches a file replaced within the filesystem's timestamp
+/// granularity, as a Kubernetes ConfigMap update does (new files behind a
+/// swapped `..data` symlink).
+pub(crate) fn stamp(path: &std::path::Path) -> Option<(u64, std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?, file_id(&m)))
+}
 
 /// The identity of a file (its inode on Unix, 0 elsewhere), for the file
 /// watchers: a file replaced by a new one (an editor's rename, a ConfigMap

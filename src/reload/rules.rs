@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tracing::{error, info};
 
@@ -100,14 +100,7 @@ pub fn load_at_start(engine: &Engine, path: &Path) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Size, modification time and file identity (following symlinks). The
-/// identity catches a file replaced within the filesystem's timestamp
-/// granularity, as a Kubernetes ConfigMap update does (new files behind a
-/// swapped `..data` symlink).
-fn stamp(path: &Path) -> Option<(u64, SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.len(), m.modified().ok()?, crate::reload::file_id(&m)))
-}
+use crate::reload::stamp;
 
 /// Watches `path` every `every` and on SIGHUP until the task is aborted.
 pub fn spawn_watcher(

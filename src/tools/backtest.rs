@@ -51,6 +51,8 @@ pub enum BacktestError {
     Rules(#[from] file::LoadError),
     #[error(transparent)]
     Blocklist(#[from] crate::reload::blocklist::BlocklistFileError),
+    #[error(transparent)]
+    Currencies(#[from] crate::engine::currencies::CurrencyError),
 }
 
 /// Precision, recall and F1 of a predictor against the labels.
@@ -292,6 +294,11 @@ pub(crate) fn prepare(opts: &Options) -> Result<Prepared, BacktestError> {
         .or_else(|| (!cfg.rules.file.is_empty()).then(|| PathBuf::from(&cfg.rules.file)));
     if let Some(path) = &rule_file {
         engine.set_rules(crate::reload::rules::load_file(path)?.rules);
+    }
+    if !cfg.currencies.file.is_empty() {
+        engine.set_currencies(crate::reload::currencies::load_file(Path::new(
+            &cfg.currencies.file,
+        ))?);
     }
     let baseline = match &opts.baseline {
         Some(b) => Some(crate::reload::rules::load_file(b)?.rules),

@@ -418,14 +418,26 @@ impl FeatureStore {
     }
 
     /// Updates the state of every entity in `p` and returns what the rules
-    /// see. A duplicate (see the module docs) updates nothing.
+    /// see. A duplicate (see the module docs) updates nothing. The amount
+    /// counts as it came (one currency).
     pub fn update_and_read(&self, p: &Payment) -> FeatureVector {
+        self.update_and_read_in(p, Some(p.amount_minor))
+    }
+
+    /// [`FeatureStore::update_and_read`] with the amount in home-currency
+    /// minor units (`engine::currencies`); `None` (a currency without a
+    /// rate) leaves the payment's amount out of every amount feature while
+    /// its counts, counterparties and novelty still count.
+    pub fn update_and_read_in(&self, p: &Payment, amount_home: Option<i64>) -> FeatureVector {
         // Shared with every other payment; a snapshot cut or a transaction
         // boundary waits for it, so each payment is wholly on one side.
         let (_gate, epoch) = self.tracker.enter();
         let mut fv = FeatureVector::default();
         let t = p.event_time_ms;
-        let amount = p.amount_minor.max(0);
+        let amount = amount_home.unwrap_or(0).max(0);
+        if let Some(a) = amount_home {
+            fv.set(F::PaymentAmountHome, a as f64);
+        }
         let payer = self.key(Salt::Account, &p.payer.account);
         let payee = self.opt_key(Salt::Account, &p.payee.account);
         let event = self.key(Salt::Event, &p.event_id);
