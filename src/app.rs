@@ -33,6 +33,8 @@ pub enum AppError {
     #[error(transparent)]
     Currencies(#[from] crate::engine::currencies::CurrencyError),
     #[error(transparent)]
+    Model(#[from] crate::engine::model::ModelError),
+    #[error(transparent)]
     Serve(#[from] serve::ServeError),
     #[error(transparent)]
     State(#[from] crate::state::FollowerError),
@@ -90,6 +92,17 @@ pub async fn run_with(
             engine.clone(),
             path,
             std::time::Duration::from_millis(cfg.currencies.watch_interval_ms),
+        ))
+    };
+    let model_watcher = if cfg.model.file.is_empty() {
+        None
+    } else {
+        let path = std::path::PathBuf::from(&cfg.model.file);
+        crate::reload::model::load_at_start(&engine, &path)?;
+        Some(crate::reload::model::spawn_watcher(
+            engine.clone(),
+            path,
+            std::time::Duration::from_millis(cfg.model.watch_interval_ms),
         ))
     };
     telemetry::register_rules(&engine.rules());
@@ -249,7 +262,7 @@ pub async fn run_with(
         })
         .await;
     }
-    if let Some(w) = currency_watcher {
+    for w in [currency_watcher, model_watcher].into_iter().flatten() {
         w.abort();
     }
     if let Some(w) = watcher {

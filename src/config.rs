@@ -54,6 +54,7 @@ pub struct Config {
     pub features: FeaturesSection,
     pub rules: RulesSection,
     pub currencies: CurrenciesSection,
+    pub model: ModelSection,
     pub blocklist: BlocklistSection,
     pub log: LogConfig,
     pub inline: InlineSection,
@@ -129,6 +130,14 @@ pub struct BlocklistSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CurrenciesSection {
+    pub file: String,
+    pub watch_interval_ms: u64,
+}
+
+/// `[model]`: a LightGBM text model rules read as `model.score`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
     pub file: String,
     pub watch_interval_ms: u64,
 }
@@ -580,6 +589,15 @@ impl Config {
                 "currencies.file: {:?} is not a readable file",
                 self.currencies.file
             ));
+        }
+        if !self.model.file.is_empty() && !Path::new(&self.model.file).is_file() {
+            e.push(format!(
+                "model.file: {:?} is not a readable file",
+                self.model.file
+            ));
+        }
+        if self.model.watch_interval_ms == 0 {
+            e.push("model.watch_interval_ms: must be above 0".into());
         }
         if self.currencies.watch_interval_ms == 0 {
             e.push("currencies.watch_interval_ms: must be above 0".into());

@@ -121,6 +121,10 @@ enum Command {
         /// Compare against this rule file: the verdicts that changed, and why.
         #[arg(long)]
         baseline: Option<PathBuf>,
+        /// A LightGBM text model rules read as model.score (default: the
+        /// config's model.file).
+        #[arg(long)]
+        model: Option<PathBuf>,
         #[arg(long)]
         events: PathBuf,
         /// Blocklist for the replay, as the service reads it (CSV with a header, or .jsonl).
@@ -129,6 +133,9 @@ enum Command {
         /// Write one JSON verdict per event here.
         #[arg(long)]
         verdicts_out: Option<PathBuf>,
+        /// Write every event's features and label here (CSV), to train a model.
+        #[arg(long)]
+        features_out: Option<PathBuf>,
         /// Write the report as one self-contained HTML page here (charts,
         /// precision / recall curves, per-rule table; no network needed).
         #[arg(long)]
@@ -312,9 +319,11 @@ async fn main() -> Result<()> {
             config,
             rules,
             baseline,
+            model,
             events,
             blocklist,
             verdicts_out,
+            features_out,
             html,
             format,
         } => {
@@ -327,9 +336,11 @@ async fn main() -> Result<()> {
                 config,
                 rules,
                 baseline,
+                model,
                 events,
                 blocklist,
                 verdicts_out,
+                features_out,
                 progress: std::io::stderr().is_terminal(),
             };
             let r = fraudline::tools::backtest::run(&opts)?;
@@ -366,9 +377,11 @@ async fn main() -> Result<()> {
                     config,
                     rules,
                     baseline: None,
+                    model: None,
                     events,
                     blocklist,
                     verdicts_out: None,
+                    features_out: None,
                     progress: false,
                 },
                 objective: match review_cost {

@@ -66,6 +66,11 @@ if [ ! -x "$TOOLS/bin/ghz" ]; then
     echo "WARNING: no go toolchain; the gRPC burst test will fail"
   fi
 fi
+if ! PYTHONPATH="$TOOLS/py-lgbm" "${PY:-python3}" -c "import lightgbm, numpy" >/dev/null 2>&1; then
+  echo "installing lightgbm and numpy (PyPI) into $TOOLS/py-lgbm"
+  [ -n "$PY" ] && "$PY" -m pip install -q --disable-pip-version-check --target "$TOOLS/py-lgbm" lightgbm numpy >/dev/null 2>&1 \
+    || echo "WARNING: pip could not install lightgbm; the model parity test will fail"
+fi
 export PATH="$TOOLS/bin:$PATH"
 hash -r
 

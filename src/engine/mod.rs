@@ -12,6 +12,7 @@ pub mod blocklist;
 pub mod currencies;
 pub mod decision;
 pub mod features;
+pub mod model;
 pub mod rules;
 
 use std::sync::{Arc, PoisonError};
@@ -44,6 +45,8 @@ pub struct Engine {
     rules: ArcSwap<RuleSet>,
     blocklist: ArcSwap<Blocklist>,
     currencies: ArcSwap<currencies::Currencies>,
+    /// The model rules read as `model.score`, when one is loaded.
+    model: arc_swap::ArcSwapOption<model::Model>,
     txn: TxnGate,
 }
 
@@ -68,6 +71,7 @@ impl Engine {
             rules: ArcSwap::from_pointee(RuleSet::builtin(cfg.thresholds, &cfg.builtin)),
             blocklist: ArcSwap::from_pointee(Blocklist::empty()),
             currencies: ArcSwap::from_pointee(currencies::Currencies::none()),
+            model: arc_swap::ArcSwapOption::empty(),
             txn: TxnGate::default(),
         }
     }
@@ -95,7 +99,10 @@ impl Engine {
     pub fn score_owned_at(&self, p: &Payment, now_ms: i64) -> Verdict {
         let started = Instant::now();
         let home = self.currencies.load().to_home(p.currency, p.amount_minor);
-        let fv = self.features.update_and_read_in(p, home);
+        let mut fv = self.features.update_and_read_in(p, home);
+        if let Some(m) = &*self.model.load() {
+            fv.set(features::F::ModelScore, m.score(&fv));
+        }
         let rules = self.rules.load();
         let list = self.blocklist.load();
         let mut v = decide(p, fv, &rules, &list, now_ms);
@@ -137,6 +144,15 @@ impl Engine {
     fn apply(&self, p: &Payment) {
         let home = self.currencies.load().to_home(p.currency, p.amount_minor);
         self.features.update_and_read_in(p, home);
+    }
+
+    /// Swaps in a model (`None`: rules see no `model.score`).
+    pub fn set_model(&self, m: Option<model::Model>) {
+        self.model.store(m.map(Arc::new));
+    }
+
+    pub fn model(&self) -> Option<Arc<model::Model>> {
+        self.model.load_full()
     }
 
     /// Swaps in a currency table (at start and on each valid reload).

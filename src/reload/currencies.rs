@@ -11,7 +11,6 @@ use tracing::{error, info};
 
 use crate::engine::currencies::{Currencies, CurrencyError};
 use crate::engine::Engine;
-use crate::reload::stamp;
 use crate::telemetry;
 
 /// Reads and validates the table at `path`.
@@ -56,20 +55,8 @@ pub fn spawn_watcher(
     path: PathBuf,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
-    let mut last = stamp(&path);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let now = stamp(&path);
-            if now == last {
-                continue;
-            }
-            last = now;
-            let (e, p) = (engine.clone(), path.clone());
-            let _ = tokio::task::spawn_blocking(move || reload(&e, &p)).await;
-        }
+    crate::reload::watch(path, every, move |p| {
+        reload(&engine, p);
     })
 }
 

@@ -7,7 +7,34 @@
 
 pub mod blocklist;
 pub mod currencies;
+pub mod model;
 pub mod rules;
+
+/// Calls `on_change` (off the async workers: parsing is CPU work) whenever
+/// the file at `path` changes (size, modification time or identity; see
+/// [`stamp`]), checking every `every`, until the task is aborted.
+pub(crate) fn watch(
+    path: std::path::PathBuf,
+    every: std::time::Duration,
+    on_change: impl Fn(&std::path::Path) + Send + Sync + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let mut last = stamp(&path);
+    let on_change = std::sync::Arc::new(on_change);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = stamp(&path);
+            if now == last {
+                continue;
+            }
+            last = now;
+            let (f, p) = (on_change.clone(), path.clone());
+            let _ = tokio::task::spawn_blocking(move || f(&p)).await;
+        }
+    })
+}
 
 /// Size, modification time and file identity (following symlinks). The
 /// identity catches a file replaced within the filesystem's timestamp

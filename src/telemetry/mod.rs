@@ -51,6 +51,7 @@ pub const RULE_DEMOTIONS: &str = "fraudline_rule_demotions_total";
 pub const RULE_DEMOTED: &str = "fraudline_rule_demoted";
 pub const RULES_RELOADS: &str = "fraudline_rules_reloads_total";
 pub const CURRENCY_RELOADS: &str = "fraudline_currency_reloads_total";
+pub const MODEL_RELOADS: &str = "fraudline_model_reloads_total";
 pub const RULES_INFO: &str = "fraudline_rules_info";
 pub const READY: &str = "fraudline_ready";
 pub const READY_PATH: &str = "fraudline_ready_path";
@@ -208,6 +209,7 @@ pub const CATALOGUE: &[MetricSpec] = {
         spec(RULE_DEMOTED, Gauge, &["rule_id"], "1 while a rule's breaker holds it in shadow (reset by a reload)"),
         spec(RULES_RELOADS, Counter, &["result"], "Rule file load attempts, by result (ok, refused, unchanged)"),
         spec(CURRENCY_RELOADS, Counter, &["result"], "Currency table loads, by result: ok (the table in use was replaced), refused (a bad file; the table in use stays)"),
+        spec(MODEL_RELOADS, Counter, &["result"], "Model file loads, by result: ok (the model in use was replaced), refused (a bad or mismatched file; the model in use stays)"),
         spec(RULES_INFO, Gauge, &["version", "sha256"], "The active rule set: 1 for the active version and sha256, 0 for earlier ones"),
         spec(BLOCKLIST_ENTRIES, Gauge, &["kind"], "Blocklist entries, by kind"),
         spec(BLOCKLIST_LOOKUPS, Counter, &["kind"], "Blocklist lookups of payment identifiers, by kind (empty identifiers are not looked up)"),
@@ -421,6 +423,7 @@ impl Metrics {
         metrics::counter!(BLOCKLIST_LOAD_FAILURES).increment(0);
         for result in ["ok", "refused"] {
             metrics::counter!(CURRENCY_RELOADS, "result" => result).increment(0);
+            metrics::counter!(MODEL_RELOADS, "result" => result).increment(0);
         }
         metrics::counter!(WARMUP_EVENTS).increment(0);
         metrics::counter!(STATE_SNAPSHOT_RECORDS).increment(0);

@@ -33,9 +33,15 @@ pub struct Options {
     /// built-in rules when that is empty too.
     pub rules: Option<PathBuf>,
     pub baseline: Option<PathBuf>,
+    /// A LightGBM model for `model.score` (default: the config's model.file).
+    pub model: Option<PathBuf>,
     pub events: PathBuf,
     pub blocklist: Option<PathBuf>,
     pub verdicts_out: Option<PathBuf>,
+    /// Write every event's features and its label here (CSV with a header:
+    /// event_id, label, fraud, then every feature of the catalogue by name;
+    /// an absent feature is an empty cell), for training a model.
+    pub features_out: Option<PathBuf>,
     /// Progress on stderr every second.
     pub progress: bool,
 }
@@ -53,6 +59,8 @@ pub enum BacktestError {
     Blocklist(#[from] crate::reload::blocklist::BlocklistFileError),
     #[error(transparent)]
     Currencies(#[from] crate::engine::currencies::CurrencyError),
+    #[error(transparent)]
+    Model(#[from] crate::engine::model::ModelError),
 }
 
 /// Precision, recall and F1 of a predictor against the labels.
@@ -295,6 +303,13 @@ pub(crate) fn prepare(opts: &Options) -> Result<Prepared, BacktestError> {
     if let Some(path) = &rule_file {
         engine.set_rules(crate::reload::rules::load_file(path)?.rules);
     }
+    let model_file = opts
+        .model
+        .clone()
+        .or_else(|| (!cfg.model.file.is_empty()).then(|| PathBuf::from(&cfg.model.file)));
+    if let Some(path) = &model_file {
+        engine.set_model(Some(crate::reload::model::load_file(path)?));
+    }
     if !cfg.currencies.file.is_empty() {
         engine.set_currencies(crate::reload::currencies::load_file(Path::new(
             &cfg.currencies.file,
@@ -385,15 +400,30 @@ pub fn run(opts: &Options) -> Result<Report, BacktestError> {
         ..Report::default()
     };
 
-    let mut out = match &opts.verdicts_out {
-        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(
-            |source| BacktestError::Io {
+    let create = |p: &PathBuf| {
+        std::fs::File::create(p)
+            .map(std::io::BufWriter::new)
+            .map_err(|source| BacktestError::Io {
                 path: p.display().to_string(),
                 source,
-            },
-        )?)),
-        None => None,
+            })
     };
+    let mut out = opts.verdicts_out.as_ref().map(create).transpose()?;
+    let mut features_out = opts.features_out.as_ref().map(create).transpose()?;
+    if let Some(w) = features_out.as_mut() {
+        // Training data: every feature but the model's own output.
+        let names: Vec<&str> = crate::engine::features::catalogue::CATALOGUE
+            .iter()
+            .map(|f| f.name)
+            .filter(|n| *n != "model.score")
+            .collect();
+        writeln!(w, "event_id,label,fraud,{}", names.join(",")).map_err(|source| {
+            BacktestError::Io {
+                path: "features-out".into(),
+                source,
+            }
+        })?;
+    }
     let mut per_rule: Vec<(u64, Quality)> = vec![(0, Quality::default()); rules.rules.len()];
     let index: BTreeMap<&str, usize> = rules
         .rules
@@ -479,6 +509,14 @@ pub fn run(opts: &Options) -> Result<Report, BacktestError> {
             let b = crate::engine::decide(p, v.features, base, &list, p.event_time_ms);
             diff(&mut report, p, &b, &v);
         }
+        if let Some(w) = features_out.as_mut() {
+            write_features(w, p, label.as_deref(), &v.features).map_err(|source| {
+                BacktestError::Io {
+                    path: "features-out".into(),
+                    source,
+                }
+            })?;
+        }
         if let Some(w) = out.as_mut() {
             let line = serde_json::json!({
                 "event_id": p.event_id,
@@ -505,9 +543,9 @@ pub fn run(opts: &Options) -> Result<Report, BacktestError> {
     if opts.progress {
         eprintln!("\rbacktest: {total}/{total} events (100%)");
     }
-    if let Some(mut w) = out {
+    for w in out.iter_mut().chain(features_out.iter_mut()) {
         w.flush().map_err(|source| BacktestError::Io {
-            path: "verdicts-out".into(),
+            path: "verdicts-out / features-out".into(),
             source,
         })?;
     }
@@ -535,6 +573,42 @@ pub fn run(opts: &Options) -> Result<Report, BacktestError> {
         .collect();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// One CSV row of `--features-out`. Event ids and labels are the CSV's
+/// only text: quoted when they hold a comma, a quote or a line break.
+fn write_features(
+    w: &mut impl Write,
+    p: &Payment,
+    label: Option<&str>,
+    fv: &crate::engine::FeatureVector,
+) -> std::io::Result<()> {
+    let cell = |s: &str| {
+        if s.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
+    };
+    let fraud = match label {
+        Some(l) => u8::from(is_fraud(l)).to_string(),
+        None => String::new(),
+    };
+    write!(
+        w,
+        "{},{},{fraud}",
+        cell(&p.event_id),
+        cell(label.unwrap_or(""))
+    )?;
+    let skip = crate::engine::features::F::ModelScore as usize;
+    for (_, v) in fv.0.iter().enumerate().filter(|(i, _)| *i != skip) {
+        if v.is_nan() {
+            w.write_all(b",")?;
+        } else {
+            write!(w, ",{v}")?;
+        }
+    }
+    w.write_all(b"\n")
 }
 
 fn diff(report: &mut Report, p: &Payment, base: &Verdict, now: &Verdict) {
@@ -700,9 +774,11 @@ reason = "trial"
             config: None,
             rules: Some(rules.clone()),
             baseline: None,
+            model: None,
             events,
             blocklist: None,
             verdicts_out: Some(out.clone()),
+            features_out: None,
             progress: false,
         })
         .expect("runs");
@@ -760,9 +836,11 @@ reason = "trial"
             config: None,
             rules: Some(stricter),
             baseline: Some(rules),
+            model: None,
             events: dir.path().join("e.jsonl"),
             blocklist: None,
             verdicts_out: None,
+            features_out: None,
             progress: false,
         })
         .expect("runs");

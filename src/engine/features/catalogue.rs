@@ -90,6 +90,7 @@ catalogue! {
     IpDistinctAccounts24h = "ip.distinct_accounts_24h", Count, "distinct payer accounts from this IP in the last 24 hours (absent without an IP)";
     IpCount1h = "ip.count_1h", Count, "payments from this IP in the last hour (absent without an IP)";
     PaymentAmountHome = "payment.amount_home", Amount, "the payment's amount in home-currency minor units (the [currencies] table; the amount as it came without one; absent for a currency the table does not list)";
+    ModelScore = "model.score", Number, "the model's output for this payment: a fraud probability 0..1 for a binary model ([model] file; absent without a model)";
 }
 
 /// How many features there are.

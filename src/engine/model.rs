@@ -1,0 +1,615 @@
+//! Gradient-boosted tree models beside the rules: a LightGBM text model
+//! (`model.save_model()` / `model.txt`), checked against the feature
+//! catalogue and compiled to flat arrays, scored after the features and
+//! before the rules, which read it as the feature `model.score` (0..1).
+//!
+//! Compiled form: every tree's internal nodes in one array (feature index,
+//! threshold, both children and the missing-value rule packed together),
+//! leaves in another, one root per tree. Scoring walks each tree from its
+//! root with no allocation and no lookup by name.
+//!
+//! What is refused (typed errors naming the file and the problem): anything
+//! but a single-output binary (`objective=binary`) or regression model, a
+//! feature name the catalogue does not have (or `model.score` itself),
+//! categorical splits, linear trees, and arrays that do not agree.
+
+use std::collections::HashMap;
+
+use super::features::catalogue::{CATALOGUE, F};
+use super::features::FeatureVector;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ModelError {
+    #[error("{file}: not a LightGBM text model: {message}")]
+    Format { file: String, message: String },
+    #[error("{file}: feature {name:?} is not in fraudline's feature catalogue (docs/FEATURES.md)")]
+    UnknownFeature { file: String, name: String },
+    #[error("{file}: unsupported model: {message}")]
+    Unsupported { file: String, message: String },
+    #[error("{file}: tree {tree}: {message}")]
+    Tree {
+        file: String,
+        tree: usize,
+        message: String,
+    },
+}
+
+/// How a node treats a missing value (LightGBM's `decision_type` bits).
+const DEFAULT_LEFT: u8 = 1;
+const MISSING_ZERO: u8 = 2;
+const MISSING_NAN: u8 = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Node {
+    threshold: f64,
+    /// Child links: >= 0 an internal node (global index), < 0 a leaf
+    /// (`!leaf`, global index into `leaves`).
+    left: i32,
+    right: i32,
+    /// Index into the feature vector.
+    feature: u16,
+    flags: u8,
+}
+
+/// How the summed leaf values become the score.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Output {
+    /// `1 / (1 + exp(-k * raw))`.
+    Sigmoid(f64),
+    Raw,
+}
+
+/// A split of the complete layout: go right when `v > threshold`, or, for
+/// a missing value (and a zero under LightGBM's "zero as missing"), as
+/// `special_right` says. No branch: the walk computes the next index.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Split {
+    threshold: f64,
+    feature: u16,
+    zero_is_missing: bool,
+    special_right: bool,
+}
+
+/// Every tree padded to a complete binary tree of `depth` levels (a leaf
+/// above the last level becomes splits that lead to it either way), so a
+/// walk is `depth` branch-free steps: `i = 2i + 1 + right`. Built when the
+/// deepest tree is at most [`MAX_COMPLETE_DEPTH`] levels.
+#[derive(Debug, Clone, PartialEq)]
+struct Complete {
+    depth: u32,
+    /// Per tree, `2^depth - 1` splits in heap order.
+    splits: Vec<Split>,
+    /// Per tree, `2^depth` leaf values.
+    leaves: Vec<f64>,
+}
+
+/// Deepest trees laid out complete (2^10 leaves a tree at most).
+const MAX_COMPLETE_DEPTH: u32 = 10;
+
+/// A compiled model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    nodes: Vec<Node>,
+    leaves: Vec<f64>,
+    /// Per tree, its root link (as a child link).
+    roots: Vec<i32>,
+    /// The branch-free layout, when the trees are shallow enough.
+    complete: Option<Complete>,
+    output: Output,
+    /// The catalogue features the model reads, for `rules check`-like
+    /// reports.
+    pub features: Vec<&'static str>,
+    /// Where it came from.
+    pub source: String,
+}
+
+fn feature_index(name: &str) -> Option<u16> {
+    CATALOGUE
+        .iter()
+        .position(|f| f.name == name || f.name.replace('.', "_") == name)
+        .map(|i| i as u16)
+}
+
+impl Model {
+    /// Parses and checks a LightGBM text model; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Model, ModelError> {
+        let fmt = |message: String| ModelError::Format {
+            file: file.to_string(),
+            message,
+        };
+        let unsupported = |message: String| ModelError::Unsupported {
+            file: file.to_string(),
+            message,
+        };
+        let mut lines = text.lines().map(str::trim);
+        if lines.next() != Some("tree") {
+            return Err(fmt("the first line is not \"tree\"".into()));
+        }
+        // Header, then blocks starting "Tree=N", until "end of trees".
+        let mut header: HashMap<&str, &str> = HashMap::new();
+        let mut trees: Vec<HashMap<&str, &str>> = Vec::new();
+        let mut ended = false;
+        for line in lines {
+            if line == "end of trees" {
+                ended = true;
+                break;
+            }
+            if line.is_empty() {
+                continue;
+            }
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            if k == "Tree" {
+                trees.push(HashMap::new());
+            } else if let Some(t) = trees.last_mut() {
+                t.insert(k, v);
+            } else {
+                header.insert(k, v);
+            }
+        }
+        if !ended {
+            return Err(fmt("no \"end of trees\" line: the file is cut short".into()));
+        }
+        if header.get("num_class").copied().unwrap_or("1") != "1"
+            || header.get("num_tree_per_iteration").copied().unwrap_or("1") != "1"
+        {
+            return Err(unsupported("more than one output (multiclass)".into()));
+        }
+        let objective = header.get("objective").copied().unwrap_or("");
+        let output = match objective.split_whitespace().next() {
+            Some("binary") => {
+                let k = objective
+                    .split_whitespace()
+                    .find_map(|p| p.strip_prefix("sigmoid:"))
+                    .map_or(Ok(1.0), |v| {
+                        v.parse::<f64>()
+                            .map_err(|e| fmt(format!("objective sigmoid {v:?}: {e}")))
+                    })?;
+                Output::Sigmoid(k)
+            }
+            Some("regression") | Some("regression_l2") | Some("regression_l1") | Some("huber") => {
+                Output::Raw
+            }
+            other => {
+                return Err(unsupported(format!(
+                    "objective {:?} (binary or regression only)",
+                    other.unwrap_or("")
+                )))
+            }
+        };
+        let names: Vec<&str> = header
+            .get("feature_names")
+            .ok_or_else(|| fmt("no feature_names line".into()))?
+            .split_whitespace()
+            .collect();
+        let mut columns = Vec::with_capacity(names.len());
+        let mut features = Vec::new();
+        for n in &names {
+            let i = feature_index(n)
+                .filter(|i| *i != F::ModelScore as u16)
+                .ok_or_else(|| ModelError::UnknownFeature {
+                    file: file.to_string(),
+                    name: n.to_string(),
+                })?;
+            columns.push(i);
+            features.push(CATALOGUE[i as usize].name);
+        }
+        if trees.is_empty() {
+            return Err(fmt("no trees".into()));
+        }
+        let mut m = Model {
+            nodes: Vec::new(),
+            leaves: Vec::new(),
+            roots: Vec::with_capacity(trees.len()),
+            complete: None,
+            output,
+            features,
+            source: file.to_string(),
+        };
+        for (t, tree) in trees.iter().enumerate() {
+            m.add_tree(file, t, tree, &columns)?;
+        }
+        m.complete = m.lay_out_complete();
+        Ok(m)
+    }
+
+    /// The depth of the subtree at `link` (a leaf: 0).
+    fn depth(&self, link: i32) -> u32 {
+        if link < 0 {
+            return 0;
+        }
+        let n = &self.nodes[link as usize];
+        1 + self.depth(n.left).max(self.depth(n.right))
+    }
+
+    fn lay_out_complete(&self) -> Option<Complete> {
+        let depth = self.roots.iter().map(|r| self.depth(*r)).max()?;
+        if depth > MAX_COMPLETE_DEPTH {
+            return None;
+        }
+        let inner = (1usize << depth) - 1;
+        let mut c = Complete {
+            depth,
+            splits: Vec::with_capacity(inner * self.roots.len()),
+            leaves: Vec::with_capacity((inner + 1) * self.roots.len()),
+        };
+        for &root in &self.roots {
+            let base_s = c.splits.len();
+            let base_l = c.leaves.len();
+            c.splits.resize(
+                base_s + inner,
+                Split {
+                    threshold: f64::INFINITY,
+                    feature: 0,
+                    zero_is_missing: false,
+                    special_right: false,
+                },
+            );
+            c.leaves.resize(base_l + inner + 1, 0.0);
+            self.place(&mut c, root, 0, 0, base_s, base_l, inner);
+        }
+        Some(c)
+    }
+
+    /// Writes the subtree at `link` into heap position `pos` (at `level`).
+    #[allow(clippy::too_many_arguments)]
+    fn place(
+        &self,
+        c: &mut Complete,
+        link: i32,
+        pos: usize,
+        level: u32,
+        base_s: usize,
+        base_l: usize,
+        inner: usize,
+    ) {
+        if level == c.depth {
+            // A leaf position: `link` is a leaf here.
+            c.leaves[base_l + pos - inner] = self.leaves[!link as usize];
+            return;
+        }
+        if link < 0 {
+            // A leaf above the last level: a split that always goes left
+            // (threshold +inf, missing values left too), and the same leaf
+            // on both sides.
+            self.place(c, link, 2 * pos + 1, level + 1, base_s, base_l, inner);
+            self.place(c, link, 2 * pos + 2, level + 1, base_s, base_l, inner);
+            return;
+        }
+        let n = self.nodes[link as usize];
+        let missing_nan = n.flags & MISSING_NAN != 0;
+        let to_default_right = n.flags & DEFAULT_LEFT == 0;
+        // A NaN under "missing type none" is read as 0; under NaN or zero
+        // missing types it takes the default side (for zero: 0 is missing).
+        let nan_right = if missing_nan || n.flags & MISSING_ZERO != 0 {
+            to_default_right
+        } else {
+            // 0.0 compared with the threshold.
+            0.0 > n.threshold
+        };
+        c.splits[base_s + pos] = Split {
+            threshold: n.threshold,
+            feature: n.feature,
+            zero_is_missing: n.flags & MISSING_ZERO != 0,
+            special_right: nan_right,
+        };
+        self.place(c, n.left, 2 * pos + 1, level + 1, base_s, base_l, inner);
+        self.place(c, n.right, 2 * pos + 2, level + 1, base_s, base_l, inner);
+    }
+
+    fn add_tree(
+        &mut self,
+        file: &str,
+        t: usize,
+        tree: &HashMap<&str, &str>,
+        columns: &[u16],
+    ) -> Result<(), ModelError> {
+        let bad = |message: String| ModelError::Tree {
+            file: file.to_string(),
+            tree: t,
+            message,
+        };
+        fn list<T: std::str::FromStr>(
+            tree: &HashMap<&str, &str>,
+            key: &str,
+            bad: &dyn Fn(String) -> ModelError,
+        ) -> Result<Vec<T>, ModelError> {
+            tree.get(key)
+                .ok_or_else(|| bad(format!("no {key}")))?
+                .split_whitespace()
+                .map(|v| {
+                    v.parse::<T>()
+                        .map_err(|_| bad(format!("{key}: {v:?} is not a number")))
+                })
+                .collect()
+        }
+        let leaves: usize = tree
+            .get("num_leaves")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("no num_leaves".into()))?;
+        if tree.get("num_cat").copied().unwrap_or("0") != "0" {
+            return Err(ModelError::Unsupported {
+                file: file.to_string(),
+                message: format!("tree {t} has categorical splits"),
+            });
+        }
+        if tree.get("is_linear").copied().unwrap_or("0") != "0" {
+            return Err(ModelError::Unsupported {
+                file: file.to_string(),
+                message: format!("tree {t} is a linear tree"),
+            });
+        }
+        let leaf_value: Vec<f64> = list(tree, "leaf_value", &bad)?;
+        if leaf_value.len() != leaves || leaves == 0 {
+            return Err(bad(format!(
+                "{} leaf values for {leaves} leaves",
+                leaf_value.len()
+            )));
+        }
+        let leaf_base = self.leaves.len() as i32;
+        self.leaves.extend(leaf_value);
+        if leaves == 1 {
+            self.roots.push(!leaf_base);
+            return Ok(());
+        }
+        let inner = leaves - 1;
+        let feature: Vec<usize> = list(tree, "split_feature", &bad)?;
+        let threshold: Vec<f64> = list(tree, "threshold", &bad)?;
+        let decision: Vec<u8> = list(tree, "decision_type", &bad)?;
+        let left: Vec<i32> = list(tree, "left_child", &bad)?;
+        let right: Vec<i32> = list(tree, "right_child", &bad)?;
+        for (key, n) in [
+            ("split_feature", feature.len()),
+            ("threshold", threshold.len()),
+            ("decision_type", decision.len()),
+            ("left_child", left.len()),
+            ("right_child", right.len()),
+        ] {
+            if n != inner {
+                return Err(bad(format!("{key} has {n} entries for {inner} splits")));
+            }
+        }
+        let node_base = self.nodes.len() as i32;
+        let link = |c: i32| -> Result<i32, ModelError> {
+            if c >= 0 {
+                if c as usize >= inner {
+                    return Err(bad(format!("child {c} past the {inner} splits")));
+                }
+                Ok(node_base + c)
+            } else {
+                let leaf = !c;
+                if leaf as usize >= leaves {
+                    return Err(bad(format!("leaf {leaf} past the {leaves} leaves")));
+                }
+                Ok(!(leaf_base + leaf))
+            }
+        };
+        for i in 0..inner {
+            let d = decision[i];
+            if d & 1 != 0 {
+                return Err(ModelError::Unsupported {
+                    file: file.to_string(),
+                    message: format!("tree {t} has a categorical split"),
+                });
+            }
+            let column = *columns
+                .get(feature[i])
+                .ok_or_else(|| bad(format!("split feature {} past feature_names", feature[i])))?;
+            let mut flags = 0;
+            if d & 2 != 0 {
+                flags |= DEFAULT_LEFT;
+            }
+            match (d >> 2) & 3 {
+                1 => flags |= MISSING_ZERO,
+                2 => flags |= MISSING_NAN,
+                _ => {}
+            }
+            self.nodes.push(Node {
+                threshold: threshold[i],
+                left: link(left[i])?,
+                right: link(right[i])?,
+                feature: column,
+                flags,
+            });
+        }
+        self.roots.push(node_base);
+        Ok(())
+    }
+
+    /// Trees in the model.
+    pub fn trees(&self) -> usize {
+        self.roots.len()
+    }
+
+    /// The summed leaf values (LightGBM's raw score).
+    pub fn raw(&self, fv: &FeatureVector) -> f64 {
+        match &self.complete {
+            Some(c) => Self::raw_complete(c, fv),
+            None => self.raw_walk(fv),
+        }
+    }
+
+    /// Branch-free walk of the complete layout, four trees at a time: the
+    /// four walks are independent chains of loads and compares, so the CPU
+    /// overlaps them (one walk alone waits on each load in turn).
+    #[inline]
+    fn raw_complete(c: &Complete, fv: &FeatureVector) -> f64 {
+        if c.depth == 0 {
+            return c.leaves.iter().sum();
+        }
+        let inner = (1usize << c.depth) - 1;
+        #[inline(always)]
+        fn step(splits: &[Split], i: usize, fv: &FeatureVector) -> usize {
+            let s = &splits[i];
+            let v = fv.0[s.feature as usize];
+            let special = v.is_nan() | (s.zero_is_missing & (v.abs() <= 1e-35));
+            let right = (special & s.special_right) | (!special & (v > s.threshold));
+            2 * i + 1 + usize::from(right)
+        }
+        let trees = c.splits.len() / inner;
+        let mut sum = 0.0;
+        let mut t = 0;
+        while t + 4 <= trees {
+            let s0 = &c.splits[t * inner..(t + 1) * inner];
+            let s1 = &c.splits[(t + 1) * inner..(t + 2) * inner];
+            let s2 = &c.splits[(t + 2) * inner..(t + 3) * inner];
+            let s3 = &c.splits[(t + 3) * inner..(t + 4) * inner];
+            let (mut i0, mut i1, mut i2, mut i3) = (0, 0, 0, 0);
+            for _ in 0..c.depth {
+                i0 = step(s0, i0, fv);
+                i1 = step(s1, i1, fv);
+                i2 = step(s2, i2, fv);
+                i3 = step(s3, i3, fv);
+            }
+            let l = &c.leaves[t * (inner + 1)..];
+            // Added one by one, in tree order, as LightGBM adds them.
+            sum += l[i0 - inner];
+            sum += l[(inner + 1) + i1 - inner];
+            sum += l[2 * (inner + 1) + i2 - inner];
+            sum += l[3 * (inner + 1) + i3 - inner];
+            t += 4;
+        }
+        while t < trees {
+            let splits = &c.splits[t * inner..(t + 1) * inner];
+            let mut i = 0;
+            for _ in 0..c.depth {
+                i = step(splits, i, fv);
+            }
+            sum += c.leaves[t * (inner + 1) + i - inner];
+            t += 1;
+        }
+        sum
+    }
+
+    /// The pointer walk, for trees too deep to lay out complete.
+    fn raw_walk(&self, fv: &FeatureVector) -> f64 {
+        let mut sum = 0.0;
+        for &root in &self.roots {
+            let mut at = root;
+            while at >= 0 {
+                let n = &self.nodes[at as usize];
+                let mut v = fv.0[n.feature as usize];
+                let missing_nan = n.flags & MISSING_NAN != 0;
+                if v.is_nan() && !missing_nan {
+                    v = 0.0;
+                }
+                let default = (n.flags & MISSING_ZERO != 0 && v.abs() <= 1e-35)
+                    || (missing_nan && v.is_nan());
+                at = if default {
+                    if n.flags & DEFAULT_LEFT != 0 {
+                        n.left
+                    } else {
+                        n.right
+                    }
+                } else if v <= n.threshold {
+                    n.left
+                } else {
+                    n.right
+                };
+            }
+            sum += self.leaves[!at as usize];
+        }
+        sum
+    }
+
+    /// The model's output: a probability for a binary model.
+    pub fn score(&self, fv: &FeatureVector) -> f64 {
+        let raw = self.raw(fv);
+        match self.output {
+            Output::Sigmoid(k) => 1.0 / (1.0 + (-k * raw).exp()),
+            Output::Raw => raw,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two trees over two features, written as LightGBM writes them.
+    const SMALL: &str = "tree\nversion=v4\nnum_class=1\nnum_tree_per_iteration=1\nlabel_index=0\nmax_feature_idx=1\nobjective=binary sigmoid:1\nfeature_names=payer.count_1h payee_distinct_payers_10m\nfeature_infos=[1:9] [1:9]\ntree_sizes=1 1\n\nTree=0\nnum_leaves=3\nnum_cat=0\nsplit_feature=0 1\nsplit_gain=1 1\nthreshold=2.5 4.5\ndecision_type=2 10\nleft_child=-1 -2\nright_child=1 -3\nleaf_value=-1 0.5 2\nleaf_weight=1 1 1\nleaf_count=1 1 1\ninternal_value=0 0\ninternal_weight=1 1\ninternal_count=2 2\nis_linear=0\nshrinkage=1\n\n\nTree=1\nnum_leaves=1\nnum_cat=0\nsplit_feature=\nsplit_gain=\nthreshold=\ndecision_type=\nleft_child=\nright_child=\nleaf_value=0.25\nleaf_weight=\nleaf_count=\ninternal_value=\ninternal_weight=\ninternal_count=\nis_linear=0\nshrinkage=1\n\n\nend of trees\n";
+
+    fn fv(count_1h: f64, fan_in: f64) -> FeatureVector {
+        let mut v = FeatureVector::default();
+        v.set(F::PayerCount1h, count_1h);
+        v.set(F::PayeeDistinctPayers10m, fan_in);
+        v
+    }
+
+    #[test]
+    fn walks_the_trees_as_lightgbm_does() {
+        let m = Model::parse("m.txt", SMALL).expect("valid");
+        assert_eq!(m.trees(), 2);
+        assert_eq!(
+            m.features,
+            vec!["payer.count_1h", "payee.distinct_payers_10m"]
+        );
+        assert_eq!(m.raw(&fv(1.0, 9.0)), -1.0 + 0.25, "count <= 2.5: leaf 0");
+        assert_eq!(m.raw(&fv(5.0, 3.0)), 0.5 + 0.25, "fan-in <= 4.5: leaf 1");
+        assert_eq!(m.raw(&fv(5.0, 7.0)), 2.0 + 0.25);
+        // Node 1 sends a missing value the default way (left: 10 = NaN +
+        // default left); node 0 (missing type none) reads it as 0.
+        assert_eq!(m.raw(&fv(5.0, f64::NAN)), 0.5 + 0.25);
+        assert_eq!(m.raw(&fv(f64::NAN, 9.0)), -1.0 + 0.25);
+        let p = m.score(&fv(5.0, 7.0));
+        assert!((p - 1.0 / (1.0 + (-2.25f64).exp())).abs() < 1e-15);
+    }
+
+    /// The branch-free layout and the pointer walk agree on every kind of
+    /// value: ordinary, on the threshold, zero, missing.
+    #[test]
+    fn the_complete_layout_walks_as_the_pointer_walk_does() {
+        let m = Model::parse("m.txt", SMALL).expect("valid");
+        let c = m.complete.as_ref().expect("shallow: laid out complete");
+        assert_eq!(c.depth, 2);
+        let values = [f64::NAN, 0.0, -1.0, 2.5, 2.6, 4.5, 4.6, 9.0];
+        for a in values {
+            for b in values {
+                let v = fv(a, b);
+                let (x, y) = (Model::raw_complete(c, &v), m.raw_walk(&v));
+                assert!(x == y, "{a} {b}: {x} vs {y}");
+            }
+        }
+        // Zero as missing (decision_type 6: zero, default left) on node 0.
+        let z = Model::parse(
+            "z.txt",
+            &SMALL.replace("decision_type=2 10", "decision_type=6 10"),
+        )
+        .expect("valid");
+        let c = z.complete.as_ref().expect("complete");
+        for a in values {
+            for b in values {
+                let v = fv(a, b);
+                assert_eq!(
+                    Model::raw_complete(c, &v).to_bits(),
+                    z.raw_walk(&v).to_bits(),
+                    "{a} {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_models_are_refused_by_name() {
+        let err = |t: &str| Model::parse("m.txt", t).unwrap_err().to_string();
+        assert!(err(&SMALL.replace("payer.count_1h", "payer.shoe_size"))
+            .contains("\"payer.shoe_size\" is not in"));
+        assert!(err(&SMALL.replace("payer.count_1h", "model.score"))
+            .contains("\"model.score\" is not in"));
+        assert!(err(&SMALL.replace(
+            "objective=binary sigmoid:1",
+            "objective=multiclass num_class:3"
+        ))
+        .contains("unsupported"));
+        assert!(err(&SMALL.replace(
+            "num_cat=0\nsplit_feature=0 1",
+            "num_cat=1\nsplit_feature=0 1"
+        ))
+        .contains("categorical"));
+        assert!(err(&SMALL.replace("left_child=-1 -2", "left_child=-1"))
+            .contains("left_child has 1 entries"));
+        assert!(err(&SMALL.replace("end of trees\n", "")).contains("cut short"));
+        assert!(err("not a model").contains("not a LightGBM"));
+    }
+}

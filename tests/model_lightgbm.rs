@@ -1,0 +1,201 @@
+//! Model scoring against LightGBM itself: a model trained by LightGBM
+//! (Python, deploy/models/train_lightgbm.py; installed by
+//! deploy/ci/install-tools.sh) on `backtest --features-out` of generated
+//! history scores every row as LightGBM's own `predict` does (to 1e-6), and
+//! the engine hands it to the rules: a rule on `model.score` hits exactly
+//! the payments LightGBM scores above its threshold.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use fraudline::engine::features::catalogue::CATALOGUE;
+use fraudline::engine::model::Model;
+use fraudline::engine::FeatureVector;
+
+/// A python3 that imports lightgbm and numpy (installing them once).
+fn python_with_lightgbm() -> (PathBuf, PathBuf) {
+    let tools = std::env::var_os("FRAUDLINE_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/fraudline-tools")
+        });
+    let site = tools.join("py-lgbm");
+    let works = || {
+        Command::new("python3")
+            .args(["-c", "import lightgbm, numpy"])
+            .env("PYTHONPATH", &site)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !works() {
+        let _ = Command::new(common::repo().join("deploy/ci/install-tools.sh")).status();
+    }
+    assert!(
+        works(),
+        "python3 with lightgbm is not installed and deploy/ci/install-tools.sh could not install it: this check did not run"
+    );
+    (PathBuf::from("python3"), site)
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The CSV's rows as feature vectors, by the header's names.
+fn rows(csv: &Path) -> Vec<FeatureVector> {
+    let text = std::fs::read_to_string(csv).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let columns: Vec<usize> = header[3..]
+        .iter()
+        .map(|n| {
+            CATALOGUE
+                .iter()
+                .position(|f| f.name == *n)
+                .unwrap_or_else(|| panic!("{n} not in the catalogue"))
+        })
+        .collect();
+    lines
+        .map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            let mut fv = FeatureVector::default();
+            for (c, v) in columns.iter().zip(&cells[3..]) {
+                if !v.is_empty() {
+                    fv.0[*c] = v.parse().unwrap();
+                }
+            }
+            fv
+        })
+        .collect()
+}
+
+#[test]
+fn fraudline_scores_equal_lightgbms_own_predictions() {
+    let (python, site) = python_with_lightgbm();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bin = env!("CARGO_BIN_EXE_fraudline");
+    let history = run(Command::new(bin).args([
+        "gen",
+        "--count",
+        "10000",
+        "--accounts",
+        "3000",
+        "--events-per-sec",
+        "50",
+        "--fraud-rate",
+        "0.03",
+        "--seed",
+        "5",
+    ]));
+    std::fs::write(d.join("history.jsonl"), history).unwrap();
+    let pack = common::repo().join("deploy/rules/default.toml");
+    run(Command::new(bin)
+        .arg("backtest")
+        .arg("--rules")
+        .arg(&pack)
+        .args([
+            "--events",
+            "history.jsonl",
+            "--features-out",
+            "features.csv",
+        ])
+        .current_dir(d));
+    run(Command::new(&python)
+        .arg(common::repo().join("deploy/models/train_lightgbm.py"))
+        .args([
+            "features.csv",
+            "model.txt",
+            "--trees",
+            "100",
+            "--depth",
+            "6",
+        ])
+        .args(["--predictions", "lightgbm.txt"])
+        .env("PYTHONPATH", &site)
+        .current_dir(d));
+
+    let model = Model::parse(
+        "model.txt",
+        &std::fs::read_to_string(d.join("model.txt")).unwrap(),
+    )
+    .expect("fraudline loads LightGBM's model");
+    assert_eq!(model.trees(), 100);
+    let expected: Vec<f64> = std::fs::read_to_string(d.join("lightgbm.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let features = rows(&d.join("features.csv"));
+    assert_eq!(features.len(), 10_000);
+    assert_eq!(expected.len(), features.len());
+    let mut worst = 0.0f64;
+    for (fv, want) in features.iter().zip(&expected) {
+        worst = worst.max((model.score(fv) - want).abs());
+    }
+    eprintln!("10,000 rows: largest difference from LightGBM {worst:e}");
+    assert!(worst <= 1e-6, "largest difference {worst}");
+    let above = expected.iter().filter(|p| **p > 0.5).count();
+    assert!(
+        above > 0,
+        "the model flags nothing: the rule check below would prove nothing"
+    );
+
+    // The engine gives it to the rules: a rule on model.score hits the
+    // payments LightGBM scores above 0.5, no more, no fewer.
+    std::fs::write(
+        d.join("model-rules.toml"),
+        "version = \"model-1\"\n[thresholds]\nreview = 40\nhold = 80\n\
+         [[rule]]\nid = \"MODEL_HIGH\"\nwhen = \"model.score > 0.5\"\nscore = 50\nreason = \"the model says fraud\"\n",
+    )
+    .unwrap();
+    let report = run(Command::new(bin)
+        .args([
+            "backtest",
+            "--rules",
+            "model-rules.toml",
+            "--model",
+            "model.txt",
+        ])
+        .args(["--events", "history.jsonl", "--format", "json"])
+        .current_dir(d));
+    let r: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let hits = r["rules"][0]["hits"].as_u64().unwrap();
+    assert_eq!(
+        hits as usize, above,
+        "rule hits vs LightGBM's count above 0.5"
+    );
+
+    // A model naming a feature fraudline does not have is refused.
+    let bad = std::fs::read_to_string(d.join("model.txt"))
+        .unwrap()
+        .replacen("payer_count_1m", "payer_shoe_size", 1);
+    std::fs::write(d.join("bad.txt"), bad).unwrap();
+    let out = Command::new(bin)
+        .args([
+            "backtest",
+            "--rules",
+            "model-rules.toml",
+            "--model",
+            "bad.txt",
+        ])
+        .args(["--events", "history.jsonl"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("payer_shoe_size"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
