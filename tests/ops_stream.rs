@@ -301,7 +301,8 @@ fn has_series(body: &str, name: &str) -> bool {
 /// the service is ready, before the first payment: a dashboard or an alert
 /// (`rate(...)`, `absent(...)`) must not wait for the first error. The
 /// service runs everything a bank turns on: stream with state log and
-/// snapshots, in-line API with audit, a blocklist file and topic.
+/// snapshots, in-line API with audit, a blocklist file and topic, a model
+/// and a currency table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_catalogued_metric_exists_before_the_first_payment() {
     let brokers = broker();
@@ -315,12 +316,29 @@ async fn every_catalogued_metric_exists_before_the_first_payment() {
     )
     .unwrap();
     let spill = dir.path().join("spill");
+    let model = dir.path().join("model.txt");
+    std::fs::write(
+        &model,
+        "tree\nversion=v4\nnum_class=1\nnum_tree_per_iteration=1\nobjective=binary sigmoid:1\n\
+         feature_names=payer_count_1h\n\nTree=0\nnum_leaves=2\nnum_cat=0\nsplit_feature=0\n\
+         threshold=2.5\ndecision_type=2\nleft_child=-1\nright_child=-2\nleaf_value=-1 1\n\
+         is_linear=0\nshrinkage=1\n\nend of trees\n",
+    )
+    .unwrap();
+    let currencies = dir.path().join("currencies.toml");
+    std::fs::write(
+        &currencies,
+        "home = \"VND\"\n[rates]\nVND = { digits = 0, rate = 1 }\nUSD = { digits = 2, rate = 25400 }\n",
+    )
+    .unwrap();
     let extra = format!(
         "warmup_lookback_ms = 0\n[blocklist]\nfiles = [\"{}\"]\ncountry_code = \"84\"\ntopic = \"{list_topic}\"\n\
          [inline]\nenabled = true\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
-         audit = true\naudit_spill_dir = \"{}\"\n",
+         audit = true\naudit_spill_dir = \"{}\"\n[model]\nfile = \"{}\"\n[currencies]\nfile = \"{}\"\n",
         list.display(),
-        spill.display()
+        spill.display(),
+        model.display(),
+        currencies.display()
     );
     let mut f = Fraudline::start(&config_toml(brokers, &t, "at-least-once", ANY_PORT, &extra));
     let http = f.http.clone();

@@ -101,6 +101,8 @@ pub struct Model {
     pub features: Vec<&'static str>,
     /// Where it came from.
     pub source: String,
+    /// `sha256:<hex>` of the file: the model's version.
+    pub sha256: String,
 }
 
 fn feature_index(name: &str) -> Option<u16> {
@@ -206,6 +208,7 @@ impl Model {
             output,
             features,
             source: file.to_string(),
+            sha256: super::rules::file::sha256_hex(text.as_bytes()),
         };
         for (t, tree) in trees.iter().enumerate() {
             m.add_tree(file, t, tree, &columns)?;

@@ -26,10 +26,15 @@ pub fn load_file(path: &Path) -> Result<Model, ModelError> {
 fn activate(engine: &Engine, m: Model, path: &Path) {
     info!(
         file = %path.display(),
+        sha256 = %m.sha256,
         trees = m.trees(),
         features = m.features.len(),
         "model active"
     );
+    if let Some(old) = engine.model() {
+        metrics::gauge!(telemetry::MODEL_INFO, "sha256" => old.sha256.clone()).set(0.0);
+    }
+    metrics::gauge!(telemetry::MODEL_INFO, "sha256" => m.sha256.clone()).set(1.0);
     engine.set_model(Some(m));
     metrics::counter!(telemetry::MODEL_RELOADS, "result" => "ok").increment(1);
 }

@@ -52,6 +52,7 @@ pub const RULE_DEMOTED: &str = "fraudline_rule_demoted";
 pub const RULES_RELOADS: &str = "fraudline_rules_reloads_total";
 pub const CURRENCY_RELOADS: &str = "fraudline_currency_reloads_total";
 pub const MODEL_RELOADS: &str = "fraudline_model_reloads_total";
+pub const MODEL_INFO: &str = "fraudline_model_info";
 pub const RULES_INFO: &str = "fraudline_rules_info";
 pub const READY: &str = "fraudline_ready";
 pub const READY_PATH: &str = "fraudline_ready_path";
@@ -210,6 +211,7 @@ pub const CATALOGUE: &[MetricSpec] = {
         spec(RULES_RELOADS, Counter, &["result"], "Rule file load attempts, by result (ok, refused, unchanged)"),
         spec(CURRENCY_RELOADS, Counter, &["result"], "Currency table loads, by result: ok (the table in use was replaced), refused (a bad file; the table in use stays)"),
         spec(MODEL_RELOADS, Counter, &["result"], "Model file loads, by result: ok (the model in use was replaced), refused (a bad or mismatched file; the model in use stays)"),
+        spec(MODEL_INFO, Gauge, &["sha256"], "1 for the model in use (its file's sha256), 0 for models it replaced; absent without a model"),
         spec(RULES_INFO, Gauge, &["version", "sha256"], "The active rule set: 1 for the active version and sha256, 0 for earlier ones"),
         spec(BLOCKLIST_ENTRIES, Gauge, &["kind"], "Blocklist entries, by kind"),
         spec(BLOCKLIST_LOOKUPS, Counter, &["kind"], "Blocklist lookups of payment identifiers, by kind (empty identifiers are not looked up)"),

@@ -230,7 +230,9 @@ fn string_content_start(src: &str, span_start: usize) -> usize {
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+/// `sha256:<hex>` of `bytes`: the version of a rule file or a model, as
+/// `sha256sum` prints it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     let d = sha2::Sha256::digest(bytes);
     let mut s = String::with_capacity(7 + 64);
