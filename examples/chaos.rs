@@ -601,17 +601,19 @@ fn killable(args: &Args) -> Result<&Path, String> {
 
 /// A config for one instance of a case (the test harness's, which has the
 /// state log and snapshots on), with its own transactional id.
-fn instance_config(args: &Args, t: &Topics, mode: &str, n: usize, extra: &str) -> String {
-    let mut c = config_toml(&args.brokers, t, mode, ANY_PORT, extra).replace(
+fn instance_config(args: &Args, t: &Topics, mode: &str, n: usize, kafka: &str) -> String {
+    let c = config_toml(&args.brokers, t, mode, ANY_PORT, "").replace(
         &format!("transactional_id = \"{}-txn\"", t.group),
         &format!("transactional_id = \"{}-txn-{n}\"", t.group),
     );
-    for line in args
-        .kafka_extra
-        .split(';')
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-    {
+    with_kafka_lines(&with_kafka_lines(&c, kafka), &args.kafka_extra)
+}
+
+/// `key = value` lines (separated by `;`) set in the [kafka] section, each
+/// replacing a line of the same key.
+fn with_kafka_lines(config: &str, lines: &str) -> String {
+    let mut c = config.to_string();
+    for line in lines.split(';').map(str::trim).filter(|l| !l.is_empty()) {
         let key = line.split('=').next().unwrap_or_default().trim();
         let kept: Vec<&str> = c
             .lines()
@@ -676,6 +678,8 @@ struct Setup<'a> {
     partitions: i32,
     payments_config: &'a [(&'a str, &'a str)],
     instances: usize,
+    /// `key = value` lines for the instances' [kafka] section (`;` apart).
+    kafka: &'a str,
 }
 
 async fn stream_case<F, Fut>(
@@ -696,7 +700,7 @@ where
     let mut instances = Vec::new();
     for n in 0..setup.instances {
         instances.push(start(
-            &instance_config(args, &t, mode, n, ""),
+            &instance_config(args, &t, mode, n, setup.kafka),
             &format!("instance {n}"),
         )?);
     }
@@ -749,6 +753,7 @@ async fn broker_kill(args: &Args, s: &Scale, mode: &str) -> Result<Row> {
             partitions: 3,
             payments_config: &[],
             instances: 1,
+            kafka: "",
         },
         mode,
         recs,
@@ -784,6 +789,7 @@ async fn kill_loop(args: &Args, s: &Scale, mode: &str) -> Result<Row> {
             partitions: 6,
             payments_config: &[],
             instances: 2,
+            kafka: "",
         },
         mode,
         recs,
@@ -825,6 +831,7 @@ async fn poison_case(args: &Args, s: &Scale, mode: &str) -> Result<Row> {
             partitions: 3,
             payments_config: &[],
             instances: 1,
+            kafka: "",
         },
         mode,
         recs,
@@ -859,6 +866,7 @@ async fn oversize_case(args: &Args, s: &Scale, mode: &str) -> Result<Row> {
             partitions: 3,
             payments_config: &[("max.message.bytes", "2000000")],
             instances: 1,
+            kafka: "",
         },
         mode,
         recs,
@@ -867,6 +875,10 @@ async fn oversize_case(args: &Args, s: &Scale, mode: &str) -> Result<Row> {
     .await
 }
 
+/// The payments topic grows while payments flow. The instances run with the
+/// lag measurement off (`statistics_interval_ms = 0`): its metadata
+/// requests would otherwise bring the new partitions to the consumer's
+/// notice by the way, and hide whether the consumer's own refresh does.
 async fn add_partitions(args: &Args, s: &Scale, mode: &str) -> Result<Row> {
     let (before, after) = (2, 4);
     let mut recs = payments(seed(), (s.rate * s.secs) as usize);
@@ -892,6 +904,7 @@ async fn add_partitions(args: &Args, s: &Scale, mode: &str) -> Result<Row> {
             partitions: before,
             payments_config: &[],
             instances: 2,
+            kafka: "statistics_interval_ms = 0",
         },
         mode,
         recs,
