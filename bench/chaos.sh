@@ -5,8 +5,8 @@
 # delivery modes, counting events in, verdicts out, dead letters, missing and
 # duplicated. Prints a markdown table; exits non-zero when a case fails.
 #
-#   bench/chaos.sh --short            every case, both modes, small (CI; about 6 min)
-#   bench/chaos.sh                    more events, longer outages, a kill loop (about 25 min)
+#   bench/chaos.sh --short            every case, both modes, small (CI; about 5 min after the build)
+#   bench/chaos.sh                    more events, longer outages, a kill loop of 10 (about 15 min)
 #   bench/chaos.sh --cases poison,oversize --modes exactly-once
 #                                     any chaos argument (--help lists them)
 #

@@ -421,6 +421,8 @@ async fn produce(
 struct Outputs {
     /// Verdicts per event_id.
     verdicts: HashMap<String, usize>,
+    /// Every verdict's (verdicts partition, decided_at_ms), by event_id.
+    seen: HashMap<String, Vec<(i32, i64)>>,
     /// Dead letters per source (partition, offset), and their error kind.
     dead: HashMap<(i32, i64), (usize, String)>,
     read_v: usize,
@@ -431,6 +433,10 @@ impl Outputs {
     fn take(&mut self, v: &Reader, d: &Reader, payments: &str) {
         for r in &v.records[self.read_v..] {
             if let Ok(verdict) = proto::Verdict::decode(r.payload.as_slice()) {
+                self.seen
+                    .entry(verdict.event_id.clone())
+                    .or_default()
+                    .push((r.partition, verdict.decided_at_ms));
                 *self.verdicts.entry(verdict.event_id).or_default() += 1;
             }
         }
@@ -543,6 +549,24 @@ fn settle(
             row,
             format!("{wrong} oversize records dead-lettered as another kind"),
         );
+    }
+    // The first duplicated payments: where each was read, and where and
+    // when (decided_at_ms) each of its verdicts was made.
+    if mode == "exactly-once" && row.duplicated > 0 {
+        let at: HashMap<&str, (i32, i64)> = placed
+            .iter()
+            .filter_map(|p| Some((p.id.as_deref()?, (p.partition, p.offset))))
+            .collect();
+        let mut dups: Vec<(&String, &Vec<(i32, i64)>)> =
+            out.seen.iter().filter(|(_, v)| v.len() > 1).collect();
+        dups.sort_by_key(|(_, v)| v[0].1);
+        for (id, v) in dups.iter().take(8) {
+            eprintln!(
+                "chaos: {} {mode}: duplicated {id} (payments partition/offset {:?}): verdicts (partition, decided_at_ms) {v:?}",
+                row.case,
+                at.get(id.as_str())
+            );
+        }
     }
     let known: HashSet<&str> = placed.iter().filter_map(|p| p.id.as_deref()).collect();
     let stray = out
@@ -722,6 +746,24 @@ where
     let tail = Duration::from_secs(s.tail);
     let brokers = args.brokers.clone();
     settle(&brokers, &t, mode, &placed, tail, started, &mut row);
+    let failed = row.missing > 0 || (mode == "exactly-once" && row.duplicated > 0);
+    if failed {
+        let keep =
+            std::env::temp_dir().join(format!("fraudline-chaos-logs/{case}-{mode}-{}", seed()));
+        if std::fs::create_dir_all(&keep).is_ok() {
+            for (i, f) in instances.iter().enumerate() {
+                // Every log of the instance (one per start).
+                let dir = f.log.parent().map(Path::to_path_buf).unwrap_or_default();
+                for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    if name.ends_with(".log") {
+                        let _ = std::fs::copy(e.path(), keep.join(format!("instance-{i}-{name}")));
+                    }
+                }
+            }
+            note(&mut row, format!("logs kept in {}", keep.display()));
+        }
+    }
     if row.missing > 0 {
         for (i, f) in instances.iter_mut().enumerate() {
             eprintln!(
