@@ -100,8 +100,9 @@ impl AuditRecord {
     }
 }
 
-/// The spill file: length-prefixed frames, appended at the end and read
-/// from a cursor; emptied when everything has been read back.
+/// The spill file: length-prefixed frames, written at the end of the last
+/// whole frame (`len`) and read from a cursor; emptied when everything has
+/// been read back.
 struct Spill {
     path: PathBuf,
     file: File,
@@ -115,10 +116,13 @@ impl Spill {
     fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Spill> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("audit.spill");
+        // Not append mode: a frame is written at `len`, not at the file's
+        // end (see `push`).
         let file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
+            .truncate(false)
             .open(&path)?;
         let len = file.metadata()?.len();
         let mut s = Spill {
@@ -168,7 +172,18 @@ impl Spill {
         if (self.len - self.read_at) + buf.len() as u64 > self.max_bytes {
             return Ok(false);
         }
-        self.file.write_all(&buf)?;
+        // A write the disk cuts short (ENOSPC) leaves part of a frame past
+        // `len`. It is cut off at once, and the next frame is written at
+        // `len` anyway: appended after the torn bytes (once space is freed),
+        // frames would be read back misaligned, and records lost uncounted.
+        let written = self
+            .file
+            .seek(SeekFrom::Start(self.len))
+            .and_then(|_| self.file.write_all(&buf));
+        if let Err(e) = written {
+            let _ = self.file.set_len(self.len);
+            return Err(e);
+        }
         self.len += buf.len() as u64;
         self.records += 1;
         Ok(true)
@@ -551,6 +566,29 @@ mod tests {
             }
         }
         assert_eq!(stored, 1_000 / 49);
+    }
+
+    /// The chaos suite's spill-full case (docs/CHAOS.md): a full disk cut a
+    /// frame short; once space was freed, the next frames went after the
+    /// torn bytes and were read back misaligned (records lost, uncounted).
+    #[test]
+    fn frames_after_a_write_cut_short_are_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spill::open(dir.path(), 10_000).unwrap();
+        assert!(s.push(&rec(1)).unwrap());
+        // What a write cut short by ENOSPC leaves: the start of a frame.
+        let mut torn = Vec::new();
+        rec(9).encode(&mut torn);
+        OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("audit.spill"))
+            .unwrap()
+            .write_all(&torn[..torn.len() / 2])
+            .unwrap();
+        assert!(s.push(&rec(2)).unwrap());
+        assert!(s.push(&rec(3)).unwrap());
+        assert_eq!(s.take(10).unwrap(), vec![rec(1), rec(2), rec(3)]);
+        assert_eq!(s.pending(), 0);
     }
 
     #[test]

@@ -11,6 +11,10 @@ use rdkafka::TopicPartitionList;
 use super::{base_config, SharedConsumer, StreamContext, StreamError};
 use crate::config::{Config, Delivery};
 
+/// How often the consumer refreshes the payments topic's metadata (new
+/// partitions), in ms; see [`consumer_config`].
+const METADATA_REFRESH_MS: u64 = 10_000;
+
 /// The consumer's settings. Offsets are never stored automatically: the
 /// delivery loops store (or transact) them once the output is safe.
 pub fn consumer_config(cfg: &Config) -> ClientConfig {
@@ -22,7 +26,20 @@ pub fn consumer_config(cfg: &Config) -> ClientConfig {
         .set("session.timeout.ms", k.session_timeout_ms.to_string())
         .set("fetch.wait.max.ms", k.fetch_wait_max_ms.to_string())
         .set("fetch.queue.backoff.ms", "10")
-        .set("partition.assignment.strategy", "cooperative-sticky");
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // Partitions added to the payments topic at run time are assigned
+        // only once the client's metadata shows them. librdkafka's own
+        // refresh comes every 5 minutes (the default 300000): until then
+        // their payments wait unscored, unless some other metadata request
+        // happens to bring the news (the lag measurement's, every
+        // statistics_interval_ms, which 0 turns off). The chaos suite's
+        // add-partitions case found the 5 minutes (docs/CHAOS.md). A
+        // metadata request every 10 s costs the brokers next to nothing;
+        // `kafka.consumer` can still set another value.
+        .set(
+            "topic.metadata.refresh.interval.ms",
+            METADATA_REFRESH_MS.to_string(),
+        );
     match k.delivery {
         Delivery::AtLeastOnce => {
             c.set("enable.auto.commit", "true")
@@ -110,4 +127,24 @@ pub(super) fn subscribe(
             topic: cfg.kafka.payments_topic.clone(),
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_partitions_are_seen_within_seconds_unless_overridden() {
+        let cfg = Config::from_parts(None, None, Vec::new()).unwrap();
+        assert_eq!(
+            consumer_config(&cfg).get("topic.metadata.refresh.interval.ms"),
+            Some("10000")
+        );
+        let toml = "[kafka.consumer]\n\"topic.metadata.refresh.interval.ms\" = \"60000\"\n";
+        let cfg = Config::from_parts(Some(toml), None, Vec::new()).unwrap();
+        assert_eq!(
+            consumer_config(&cfg).get("topic.metadata.refresh.interval.ms"),
+            Some("60000")
+        );
+    }
 }

@@ -77,6 +77,17 @@ pub struct Topics {
 }
 
 pub async fn create_topics(brokers: &str, name: &str, partitions: i32) -> Topics {
+    create_topics_with(brokers, name, partitions, &[]).await
+}
+
+/// [`create_topics`], with topic settings for the payments topic (e.g.
+/// `max.message.bytes`).
+pub async fn create_topics_with(
+    brokers: &str,
+    name: &str,
+    partitions: i32,
+    payments_config: &[(&str, &str)],
+) -> Topics {
     let t = Topics {
         payments: unique(&format!("{name}-payments")),
         verdicts: unique(&format!("{name}-verdicts")),
@@ -89,8 +100,12 @@ pub async fn create_topics(brokers: &str, name: &str, partitions: i32) -> Topics
         .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
+    let mut payments = NewTopic::new(&t.payments, partitions, TopicReplication::Fixed(1));
+    for (k, v) in payments_config {
+        payments = payments.set(k, v);
+    }
     let topics = [
-        NewTopic::new(&t.payments, partitions, TopicReplication::Fixed(1)),
+        payments,
         NewTopic::new(&t.verdicts, partitions, TopicReplication::Fixed(1)),
         NewTopic::new(&t.dlq, 1, TopicReplication::Fixed(1)),
         NewTopic::new(&t.state, partitions, TopicReplication::Fixed(1)),
@@ -181,6 +196,21 @@ pub async fn produce_raw(
     out
 }
 
+/// The fraudline binary the processes run: cargo's own for tests
+/// (`CARGO_BIN_EXE_fraudline`, set only when building tests and benches);
+/// `FRAUDLINE_BIN` at run time for an example that includes this harness
+/// (examples/chaos.rs).
+pub fn fraudline_bin() -> PathBuf {
+    match (
+        option_env!("CARGO_BIN_EXE_fraudline"),
+        std::env::var_os("FRAUDLINE_BIN"),
+    ) {
+        (Some(b), _) => PathBuf::from(b),
+        (None, Some(b)) => PathBuf::from(b),
+        (None, None) => panic!("FRAUDLINE_BIN names the fraudline binary"),
+    }
+}
+
 /// A fraudline process running `run` with a generated config file.
 pub struct Fraudline {
     pub child: Child,
@@ -247,7 +277,7 @@ impl Fraudline {
     fn launch(dir: &std::path::Path, config: &std::path::Path) -> (Child, PathBuf) {
         let log = dir.join(format!("fraudline-{}.log", fraudline::now_ms()));
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_fraudline"))
+        let child = Command::new(fraudline_bin())
             .arg("run")
             .arg("--config")
             .arg(config)
