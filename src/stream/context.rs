@@ -17,6 +17,10 @@ pub struct StreamContext {
     /// The revoke being handled was a lost assignment (read before the
     /// revoke is applied, when librdkafka still says so).
     pub(crate) lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Revokes of one or more partitions so far. The exactly-once loop
+    /// compares it across a transaction: one that saw partitions leave is
+    /// aborted, never committed (see `exactly_once`).
+    pub(crate) revokes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Whether `tpl` holds partition 0 (the snapshot writer's role).
@@ -41,9 +45,13 @@ impl ClientContext for StreamContext {
 
 impl ConsumerContext for StreamContext {
     fn pre_rebalance(&self, c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(_) = rebalance {
+        if let Rebalance::Revoke(tpl) = rebalance {
             self.lost
                 .store(c.assignment_lost(), std::sync::atomic::Ordering::SeqCst);
+            if tpl.count() > 0 {
+                self.revokes
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
         }
     }
 

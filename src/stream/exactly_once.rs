@@ -51,6 +51,8 @@ struct Sent {
 struct Txn {
     open: bool,
     started: Instant,
+    /// The consumer's revoke count when the transaction began.
+    revokes_at_begin: u64,
     events: usize,
     /// Next offset to commit, per input partition, for this transaction.
     offsets: HashMap<i32, i64>,
@@ -144,6 +146,7 @@ pub async fn run(
         txn: Txn {
             open: false,
             started: Instant::now(),
+            revokes_at_begin: 0,
             events: 0,
             offsets: HashMap::new(),
             event_times: Vec::new(),
@@ -207,6 +210,7 @@ impl Loop<'_> {
                             }
                             self.txn.open = true;
                             self.txn.started = Instant::now();
+                            self.txn.revokes_at_begin = self.revokes();
                         }
                         let (partition, offset) = (m.partition(), m.offset());
                         self.parts.applied.note(partition, offset);
@@ -377,7 +381,25 @@ impl Loop<'_> {
     /// Sends the offsets into the transaction and commits it. A retriable
     /// failure is retried; one that needs an abort aborts and rewinds the
     /// consumer, so the same events are processed again in a new transaction.
+    fn revokes(&self) -> u64 {
+        self.consumer
+            .context()
+            .revokes
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     async fn commit(&mut self) -> Result<(), StreamError> {
+        // Partitions left this instance while the transaction was open
+        // (cooperative rebalancing keeps the rest consuming): their new
+        // owner has already read their committed offset and is scoring the
+        // same events. Committing now would publish a second verdict for
+        // each (the offsets would still be accepted: the group metadata is
+        // the new generation's). Aborting leaves them to the new owner; the
+        // partitions still held are read again from their committed offsets.
+        if self.revokes() != self.txn.revokes_at_begin {
+            warn!("partitions were revoked while this transaction was open: aborting it; their new owner scores those events");
+            return self.abort_with(false).await;
+        }
         // The transaction's payments go to the state log with it.
         self.send_batches(true).await;
         let mut tpl = TopicPartitionList::new();
@@ -449,6 +471,12 @@ impl Loop<'_> {
     /// Aborts the open transaction, marks the records that caused it, and
     /// seeks every partition it touched back to its committed offset.
     async fn abort(&mut self) -> Result<(), StreamError> {
+        self.abort_with(true).await
+    }
+
+    /// [`Loop::abort`]; `isolate`: look for the record that failed the
+    /// transaction (not after an abort on revoke, where none did).
+    async fn abort_with(&mut self, isolate: bool) -> Result<(), StreamError> {
         let p = self.producer.clone();
         blocking(move || p.abort_transaction(TXN_TIMEOUT))
             .await
@@ -471,7 +499,9 @@ impl Loop<'_> {
         let sent = std::mem::take(&mut self.txn.sent);
         let touched: Vec<(i32, i64)> = self.txn.offsets.iter().map(|(p, o)| (*p, *o)).collect();
         self.txn.reset();
-        self.find_culprits(sent, &touched).await;
+        if isolate {
+            self.find_culprits(sent, &touched).await;
+        }
         let topic = self.cfg.kafka.payments_topic.clone();
         let consumer = self.consumer.clone();
         let partitions: Vec<i32> = touched.iter().map(|(p, _)| *p).collect();
