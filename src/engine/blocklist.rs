@@ -250,13 +250,16 @@ impl Canon {
     }
 
     /// Upper case, no spaces or dashes (ASCII; others go the slow way).
+    /// Spaces are what [`normalise`] (and `str::trim`) call white space:
+    /// `u8::is_ascii_whitespace` leaves out U+000B (vertical tab), and a
+    /// value must hash the same whichever way it goes.
     fn push_plain(&mut self, raw: &str) {
         if !raw.is_ascii() {
             self.fits = false;
             return;
         }
         for c in raw.bytes() {
-            if !c.is_ascii_whitespace() && c != b'-' {
+            if !(c.is_ascii_whitespace() || c == 0x0B) && c != b'-' {
                 self.push(c.to_ascii_uppercase());
             }
         }

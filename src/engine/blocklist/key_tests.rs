@@ -312,3 +312,25 @@ fn within_a_file_a_key_again_with_another_action_conflicts_and_a_later_file_wins
         Some(Decision::Review)
     );
 }
+
+/// Found by the `blocklist` fuzz target: the short (stack) spelling kept a
+/// vertical tab that `normalise`, the long one, drops as white space, so
+/// "12\v34" matched "1234" only past 96 bytes, and a topic key
+/// "account:1234\v" was stored under another key than its entry "1234".
+#[test]
+fn a_vertical_tab_is_white_space_however_long_the_value() {
+    let k = Keyer::new("");
+    for kind in [ListKind::Account, ListKind::Device] {
+        assert_eq!(k.key(kind, "12\u{b}34"), k.key(kind, "1234"));
+        assert_eq!(k.key(kind, "\u{b}"), k.key(kind, &normalise("\u{b}")));
+        let long = format!("{}\u{b}1", "9".repeat(100));
+        assert_eq!(
+            k.key(kind, &long),
+            k.key(kind, &format!("{}1", "9".repeat(100)))
+        );
+        assert_eq!(
+            k.qualified_key(kind, "VCB", "12\u{b}34"),
+            k.key(kind, "VCB:1234")
+        );
+    }
+}

@@ -2,8 +2,9 @@
 //! `src/engine/rules/grammar.pest`.
 //!
 //! pest parses by recursive descent, so nesting is bounded before it runs
-//! (brackets) and while the AST is folded (operator chains): a hostile or
-//! careless rule file cannot overflow the stack at load.
+//! (brackets, and conditionals, which nest to the right without any) and
+//! while the AST is folded (operator chains): a hostile or careless rule
+//! file cannot overflow the stack at load.
 
 use std::ops::Range;
 
@@ -22,6 +23,9 @@ pub(super) const MAX_SOURCE: usize = 16 * 1024;
 pub(super) const MAX_DEPTH: u32 = 200;
 /// Deepest accepted nesting of `(` and `[`.
 const MAX_BRACKETS: usize = 48;
+/// Deepest accepted nesting of conditionals: `a ? b : c ? d : …` nests
+/// each in the last one's `else`, without a bracket.
+const MAX_CONDITIONALS: usize = 48;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum UnOp {
@@ -127,24 +131,46 @@ pub(super) fn parse(src: &str) -> Result<Expr, Vec<ExprError>> {
     }
 }
 
-/// Rejects bracket nesting deep enough to strain the recursive parser.
-/// Brackets inside strings are counted too: it only ever over-counts.
+/// Rejects nesting deep enough to strain the recursive parser: brackets,
+/// and conditionals (the grammar's `expr` calls itself for the `else` of
+/// `a ? b : c ? d : …`, so 4,000 of them in a 16 KB condition overflowed a
+/// 2 MiB stack). A conditional is counted until the bracket level it is in
+/// closes. Brackets and `?` inside strings are counted too, and sibling
+/// conditionals (`f(a ? b : c, d ? e : f)`) as if nested: it only ever
+/// over-counts.
 fn check_brackets(src: &str) -> Result<(), Vec<ExprError>> {
-    let mut depth = 0usize;
+    // The `?` seen at each open bracket level, outermost first, and their sum.
+    let mut levels: Vec<usize> = vec![0];
+    let mut open_conditionals = 0usize;
     for (i, c) in src.char_indices() {
-        match c {
+        let too_deep = match c {
             '(' | '[' => {
-                depth += 1;
-                if depth > MAX_BRACKETS {
-                    return Err(vec![ExprError::new(
-                        ErrorKind::TooComplex,
-                        i..i + 1,
-                        format!("brackets nest more than {MAX_BRACKETS} deep"),
-                    )]);
-                }
+                levels.push(0);
+                (levels.len() - 1 > MAX_BRACKETS)
+                    .then(|| format!("brackets nest more than {MAX_BRACKETS} deep"))
             }
-            ')' | ']' => depth = depth.saturating_sub(1),
-            _ => {}
+            ')' | ']' => {
+                if levels.len() > 1 {
+                    open_conditionals -= levels.pop().unwrap_or(0);
+                }
+                None
+            }
+            '?' => {
+                if let Some(q) = levels.last_mut() {
+                    *q += 1;
+                }
+                open_conditionals += 1;
+                (open_conditionals > MAX_CONDITIONALS)
+                    .then(|| format!("conditionals (`? :`) nest more than {MAX_CONDITIONALS} deep"))
+            }
+            _ => None,
+        };
+        if let Some(message) = too_deep {
+            return Err(vec![ExprError::new(
+                ErrorKind::TooComplex,
+                i..i + 1,
+                message,
+            )]);
         }
     }
     Ok(())

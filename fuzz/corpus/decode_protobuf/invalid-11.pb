@@ -1,0 +1,6 @@
+
+tx-1¡úè 4
+
+1000003422VCB"
+
+8960134909MOMO(€·¸2VND8@J¬ddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddZ+84900003422jVN

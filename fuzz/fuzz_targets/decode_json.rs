@@ -1,0 +1,13 @@
+//! JSON payment events: `event::decode` / `decode_wire` with the JSON
+//! content type, and with the format auto-detected. Asserts (see
+//! `fraudline_fuzz::check_decode`): no panic, decode = validate(decode_wire),
+//! auto-detection agrees, errors catalogued, valid payments round-trip
+//! through protobuf and JSON.
+#![no_main]
+
+use fraudline::event::Format;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    fraudline_fuzz::check_decode(data, Format::Json);
+});
