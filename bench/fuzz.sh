@@ -77,7 +77,8 @@ echo "fuzz.sh: building ${#targets[@]} target(s) ($toolchain, sanitizer $sanitiz
 build_started=$(date +%s)
 cargo "+$toolchain" fuzz build --sanitizer "$sanitizer" --debug-assertions >&2
 build_secs=$(( $(date +%s) - build_started ))
-bindir="$repo/fuzz/target/x86_64-unknown-linux-gnu/release"
+# cargo fuzz builds into CARGO_TARGET_DIR when it is set, else fuzz/target.
+bindir="${CARGO_TARGET_DIR:-$repo/fuzz/target}/x86_64-unknown-linux-gnu/release"
 
 dict_for() {
   case "$1" in
