@@ -25,7 +25,19 @@ libs="$cache/libs"
 log() { echo "broker.sh: $*" >&2; }
 
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+  # A port the kernel has free now and that no other broker.sh state dir under
+  # the same parent has written down (two brokers started at once would
+  # otherwise be able to pick the same port before either binds it).
+  local taken
+  taken="$(cat "$(dirname "$state")"/fraudline-kafka*/port "$(dirname "$state")"/fraudline-kafka*/cport 2>/dev/null | tr '\n' ' ')"
+  python3 -c '
+import socket, sys
+taken = set(sys.argv[1].split())
+for _ in range(50):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close()
+    if str(p) not in taken:
+        print(p); break
+' "$taken"
 }
 
 fetch() {

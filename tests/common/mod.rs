@@ -110,17 +110,62 @@ pub async fn create_topics_with(
         NewTopic::new(&t.dlq, 1, TopicReplication::Fixed(1)),
         NewTopic::new(&t.state, partitions, TopicReplication::Fixed(1)),
     ];
-    let res = admin
-        .create_topics(
-            &topics,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .unwrap();
-    for r in res {
-        r.unwrap();
+    // A broker that has just started (or restarted) on a loaded 2-core CI
+    // machine can time an admin request out; creating again is safe (a topic
+    // that already exists from the first try counts as created). A failure
+    // after the retries says what the broker logged.
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(30)))
+        .request_timeout(Some(Duration::from_secs(30)));
+    let mut last = String::new();
+    for attempt in 1..=4 {
+        match admin.create_topics(&topics, &opts).await {
+            Ok(res) => {
+                let failed: Vec<String> =
+                    res.into_iter()
+                        .filter_map(|r| match r {
+                            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))
+                            | Ok(_) => None,
+                            Err((name, code)) => Some(format!("{name}: {code}")),
+                        })
+                        .collect();
+                if failed.is_empty() {
+                    return t;
+                }
+                last = failed.join(", ");
+            }
+            Err(e) => last = e.to_string(),
+        }
+        eprintln!("create_topics attempt {attempt} on {brokers}: {last}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    t
+    panic!(
+        "could not create topics on {brokers}: {last}\nbroker log:\n{}",
+        broker_log_tail(brokers)
+    );
+}
+
+/// The last lines of the server log of the broker.sh broker that listens on
+/// `brokers` (for failure messages).
+pub fn broker_log_tail(brokers: &str) -> String {
+    let port = brokers.rsplit(':').next().unwrap_or_default().trim();
+    let Ok(dirs) = std::fs::read_dir("/tmp") else {
+        return String::new();
+    };
+    for d in dirs.flatten() {
+        let dir = d.path();
+        let is_broker = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("fraudline-kafka"));
+        let same_port = std::fs::read_to_string(dir.join("port")).is_ok_and(|p| p.trim() == port);
+        if is_broker && same_port {
+            let log = std::fs::read_to_string(dir.join("logs/server.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            return lines[lines.len().saturating_sub(40)..].join("\n");
+        }
+    }
+    format!("(no broker.sh state under /tmp listens on port {port})")
 }
 
 /// Where each produced event landed: event_id -> (partition, offset).
