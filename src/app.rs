@@ -94,17 +94,23 @@ pub async fn run_with(
             std::time::Duration::from_millis(cfg.currencies.watch_interval_ms),
         ))
     };
-    let model_watcher = if cfg.model.file.is_empty() {
-        None
-    } else {
-        let path = std::path::PathBuf::from(&cfg.model.file);
-        crate::reload::model::load_at_start(&engine, &path)?;
-        Some(crate::reload::model::spawn_watcher(
+    let mut model_watchers = Vec::new();
+    for (role, file) in [
+        (crate::reload::model::Role::Active, &cfg.model.file),
+        (crate::reload::model::Role::Shadow, &cfg.model.shadow_file),
+    ] {
+        if file.is_empty() {
+            continue;
+        }
+        let path = std::path::PathBuf::from(file);
+        crate::reload::model::load_at_start(&engine, role, &path)?;
+        model_watchers.push(crate::reload::model::spawn_watcher(
             engine.clone(),
+            role,
             path,
             std::time::Duration::from_millis(cfg.model.watch_interval_ms),
-        ))
-    };
+        ));
+    }
     telemetry::register_rules(&engine.rules());
     let ready = Arc::new(serve::ready::Readiness::new(cfg.inline.enabled));
     let (stop_http_tx, mut stop_http_rx) = watch::channel(false);
@@ -262,7 +268,7 @@ pub async fn run_with(
         })
         .await;
     }
-    for w in [currency_watcher, model_watcher].into_iter().flatten() {
+    for w in currency_watcher.into_iter().chain(model_watchers) {
         w.abort();
     }
     if let Some(w) = watcher {

@@ -139,6 +139,9 @@ pub struct CurrenciesSection {
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     pub file: String,
+    /// A model scored beside `file` and reported in verdicts, never read
+    /// by the rules.
+    pub shadow_file: String,
     pub watch_interval_ms: u64,
 }
 
@@ -594,6 +597,12 @@ impl Config {
             e.push(format!(
                 "model.file: {:?} is not a readable file",
                 self.model.file
+            ));
+        }
+        if !self.model.shadow_file.is_empty() && !Path::new(&self.model.shadow_file).is_file() {
+            e.push(format!(
+                "model.shadow_file: {:?} is not a readable file",
+                self.model.shadow_file
             ));
         }
         if self.model.watch_interval_ms == 0 {

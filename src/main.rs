@@ -125,6 +125,11 @@ enum Command {
         /// config's model.file).
         #[arg(long)]
         model: Option<PathBuf>,
+        /// A second LightGBM model scored in shadow beside --model
+        /// (default: the config's model.shadow_file): its ranking is
+        /// reported beside the active model's, the rules never read it.
+        #[arg(long)]
+        shadow_model: Option<PathBuf>,
         #[arg(long)]
         events: PathBuf,
         /// Blocklist for the replay, as the service reads it (CSV with a header, or .jsonl).
@@ -320,6 +325,7 @@ async fn main() -> Result<()> {
             rules,
             baseline,
             model,
+            shadow_model,
             events,
             blocklist,
             verdicts_out,
@@ -337,6 +343,7 @@ async fn main() -> Result<()> {
                 rules,
                 baseline,
                 model,
+                shadow_model,
                 events,
                 blocklist,
                 verdicts_out,
@@ -378,6 +385,7 @@ async fn main() -> Result<()> {
                     rules,
                     baseline: None,
                     model: None,
+                    shadow_model: None,
                     events,
                     blocklist,
                     verdicts_out: None,

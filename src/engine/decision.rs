@@ -5,7 +5,8 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use super::blocklist::ListHit;
-use super::features::FeatureVector;
+use super::features::{FeatureVector, F};
+use super::model::Model;
 
 /// What the payment switch should do with the payment. Ordered by severity,
 /// so the stronger of two decisions is their `max`.
@@ -79,7 +80,19 @@ pub struct Verdict {
     pub forced: Option<Decision>,
     /// The feature values this decision saw (for `--explain`).
     pub features: FeatureVector,
+    /// The model that gave `model.score` (its version, shared), and the
+    /// shadow model scored beside it with its score (NaN when none).
+    pub model_version: Option<Arc<str>>,
+    pub shadow_model_version: Option<Arc<str>>,
+    pub shadow_model_score: f64,
+    /// The model itself, for the explain's contributions (not serialised:
+    /// a verdict read back from the wire has only the version).
+    #[serde(skip)]
+    pub model: Option<Arc<Model>>,
 }
+
+/// Contributions the explain lists.
+const TOP_CONTRIBUTIONS: usize = 5;
 
 impl Verdict {
     pub(crate) fn new(rules_version: Arc<str>, blocklist_version: u64, now_ms: i64) -> Verdict {
@@ -94,7 +107,35 @@ impl Verdict {
             engine_time_ns: 0,
             forced: None,
             features: FeatureVector::default(),
+            model_version: None,
+            shadow_model_version: None,
+            shadow_model_score: f64::NAN,
+            model: None,
         }
+    }
+
+    /// The model's output the rules saw, when a model was loaded.
+    pub fn model_score(&self) -> Option<f64> {
+        self.model_version
+            .as_ref()
+            .map(|_| self.features.get(F::ModelScore))
+            .filter(|s| !s.is_nan())
+    }
+
+    /// The shadow model's output, when one was loaded.
+    pub fn shadow_score(&self) -> Option<f64> {
+        self.shadow_model_version
+            .as_ref()
+            .map(|_| self.shadow_model_score)
+            .filter(|s| !s.is_nan())
+    }
+
+    /// The explain's top contributions of the model (and its bias), when
+    /// this verdict was scored here with a model that carries node values.
+    pub fn model_contributions(&self) -> Option<(f64, Vec<super::model::Contribution>)> {
+        let (bias, mut c) = self.model.as_ref()?.contributions(&self.features)?;
+        c.truncate(TOP_CONTRIBUTIONS);
+        Some((bias, c))
     }
 
     pub(crate) fn add_hit(&mut self, reason: Reason, shadow: bool, force: Option<Decision>) {
@@ -156,6 +197,20 @@ impl Verdict {
             engine_time_ns: self.engine_time_ns,
             event_time_ms,
             features: Default::default(),
+            model_version: self
+                .model_version
+                .as_deref()
+                .unwrap_or_default()
+                .to_string(),
+            model_score: self.model_score(),
+            shadow_model_version: self
+                .shadow_model_version
+                .as_deref()
+                .unwrap_or_default()
+                .to_string(),
+            shadow_model_score: self.shadow_score(),
+            model_contributions: Vec::new(),
+            model_bias: None,
         }
     }
 
@@ -191,6 +246,12 @@ impl Verdict {
             engine_time_ns: w.engine_time_ns,
             forced: None,
             features,
+            model_version: (!w.model_version.is_empty())
+                .then(|| Arc::from(w.model_version.as_str())),
+            shadow_model_version: (!w.shadow_model_version.is_empty())
+                .then(|| Arc::from(w.shadow_model_version.as_str())),
+            shadow_model_score: w.shadow_model_score.unwrap_or(f64::NAN),
+            model: None,
         })
     }
 
@@ -202,6 +263,16 @@ impl Verdict {
             .named()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
+        if let Some((bias, c)) = self.model_contributions() {
+            w.model_bias = Some(bias);
+            w.model_contributions = c
+                .iter()
+                .map(|c| crate::proto::FeatureContribution {
+                    feature: c.feature.to_string(),
+                    value: c.value,
+                })
+                .collect();
+        }
         w
     }
 
@@ -218,8 +289,23 @@ impl Verdict {
             "decided_at_ms": self.decided_at_ms,
             "engine_time_ns": self.engine_time_ns,
         });
+        if let Some(version) = &self.model_version {
+            v["model"] = serde_json::json!({
+                "version": version,
+                "score": self.model_score(),
+            });
+        }
+        if let Some(version) = &self.shadow_model_version {
+            v["shadow_model"] = serde_json::json!({
+                "version": version,
+                "score": self.shadow_score(),
+            });
+        }
         if explain {
             v["features"] = serde_json::to_value(self.features).unwrap_or_default();
+            if let Some((bias, c)) = self.model_contributions() {
+                v["model_contributions"] = serde_json::json!({ "bias": bias, "top": c });
+            }
         }
         v
     }

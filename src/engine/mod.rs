@@ -47,6 +47,9 @@ pub struct Engine {
     currencies: ArcSwap<currencies::Currencies>,
     /// The model rules read as `model.score`, when one is loaded.
     model: arc_swap::ArcSwapOption<model::Model>,
+    /// A model in shadow mode: scored on every payment and reported in the
+    /// verdict, never read by the rules (`model.shadow_file`).
+    shadow_model: arc_swap::ArcSwapOption<model::Model>,
     txn: TxnGate,
 }
 
@@ -72,6 +75,7 @@ impl Engine {
             blocklist: ArcSwap::from_pointee(Blocklist::empty()),
             currencies: ArcSwap::from_pointee(currencies::Currencies::none()),
             model: arc_swap::ArcSwapOption::empty(),
+            shadow_model: arc_swap::ArcSwapOption::empty(),
             txn: TxnGate::default(),
         }
     }
@@ -100,12 +104,19 @@ impl Engine {
         let started = Instant::now();
         let home = self.currencies.load().to_home(p.currency, p.amount_minor);
         let mut fv = self.features.update_and_read_in(p, home);
-        if let Some(m) = &*self.model.load() {
+        let model = self.model.load_full();
+        if let Some(m) = &model {
             fv.set(features::F::ModelScore, m.score(&fv));
         }
+        let shadow = self.shadow_model.load_full();
+        let shadow_score = shadow.as_ref().map_or(f64::NAN, |m| m.score(&fv));
         let rules = self.rules.load();
         let list = self.blocklist.load();
         let mut v = decide(p, fv, &rules, &list, now_ms);
+        v.model_version = model.as_ref().map(|m| m.version.clone());
+        v.model = model;
+        v.shadow_model_version = shadow.as_ref().map(|m| m.version.clone());
+        v.shadow_model_score = shadow_score;
         if home.is_none() {
             // Never a silent mix of currencies: the amount is left out of
             // the features, and a person looks at the payment.
@@ -153,6 +164,15 @@ impl Engine {
 
     pub fn model(&self) -> Option<Arc<model::Model>> {
         self.model.load_full()
+    }
+
+    /// Swaps in the shadow model (`None`: no shadow scoring).
+    pub fn set_shadow_model(&self, m: Option<model::Model>) {
+        self.shadow_model.store(m.map(Arc::new));
+    }
+
+    pub fn shadow_model(&self) -> Option<Arc<model::Model>> {
+        self.shadow_model.load_full()
     }
 
     /// Swaps in a currency table (at start and on each valid reload).

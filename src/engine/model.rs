@@ -96,13 +96,38 @@ pub struct Model {
     /// The branch-free layout, when the trees are shallow enough.
     complete: Option<Complete>,
     output: Output,
+    /// Per internal node (same index as `nodes`), LightGBM's
+    /// `internal_value`: the value the tree predicts at that node. Only the
+    /// explain reads it (per-split contributions); empty when the file has
+    /// none.
+    node_values: Vec<f64>,
     /// The catalogue features the model reads, for `rules check`-like
     /// reports.
     pub features: Vec<&'static str>,
     /// Where it came from.
     pub source: String,
-    /// `sha256:<hex>` of the file: the model's version.
+    /// `sha256:<hex>` of the file.
     pub sha256: String,
+    /// The model's version in verdicts: `sha256:` and the first 12 hex
+    /// digits of the file's sha256 (shared, so a verdict never allocates
+    /// for it).
+    pub version: std::sync::Arc<str>,
+}
+
+/// One feature's share of a model's raw score for one payment (see
+/// [`Model::contributions`]).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Contribution {
+    pub feature: &'static str,
+    /// In the model's raw units (log-odds for a binary model): positive
+    /// pushes towards fraud.
+    pub value: f64,
+}
+
+/// `sha256:` and 12 hex digits of a `sha256:<hex>` (or bare hex) digest.
+fn short_version(sha256: &str) -> String {
+    let hex = sha256.strip_prefix("sha256:").unwrap_or(sha256);
+    format!("sha256:{}", &hex[..hex.len().min(12)])
 }
 
 fn feature_index(name: &str) -> Option<u16> {
@@ -200,18 +225,25 @@ impl Model {
         if trees.is_empty() {
             return Err(fmt("no trees".into()));
         }
+        let sha256 = super::rules::file::sha256_hex(text.as_bytes());
         let mut m = Model {
             nodes: Vec::new(),
             leaves: Vec::new(),
             roots: Vec::with_capacity(trees.len()),
             complete: None,
             output,
+            node_values: Vec::new(),
             features,
             source: file.to_string(),
-            sha256: super::rules::file::sha256_hex(text.as_bytes()),
+            sha256: sha256.clone(),
+            version: std::sync::Arc::from(short_version(&sha256)),
         };
         for (t, tree) in trees.iter().enumerate() {
             m.add_tree(file, t, tree, &columns)?;
+        }
+        if m.node_values.len() != m.nodes.len() {
+            // Some tree had no internal values: no contributions for any.
+            m.node_values.clear();
         }
         m.complete = m.lay_out_complete();
         Ok(m)
@@ -388,6 +420,12 @@ impl Model {
                 Ok(!(leaf_base + leaf))
             }
         };
+        // Optional (only the explain needs it): LightGBM always writes it.
+        if let Ok(values) = list::<f64>(tree, "internal_value", &bad) {
+            if values.len() == inner && self.node_values.len() == self.nodes.len() {
+                self.node_values.extend(values);
+            }
+        }
         for i in 0..inner {
             let d = decision[i];
             if d & 1 != 0 {
@@ -485,35 +523,84 @@ impl Model {
         sum
     }
 
+    /// One step of the pointer walk: the child link `n` sends `fv` to.
+    #[inline]
+    fn child(n: &Node, fv: &FeatureVector) -> i32 {
+        let mut v = fv.0[n.feature as usize];
+        let missing_nan = n.flags & MISSING_NAN != 0;
+        if v.is_nan() && !missing_nan {
+            v = 0.0;
+        }
+        let default =
+            (n.flags & MISSING_ZERO != 0 && v.abs() <= 1e-35) || (missing_nan && v.is_nan());
+        if default {
+            if n.flags & DEFAULT_LEFT != 0 {
+                n.left
+            } else {
+                n.right
+            }
+        } else if v <= n.threshold {
+            n.left
+        } else {
+            n.right
+        }
+    }
+
     /// The pointer walk, for trees too deep to lay out complete.
     fn raw_walk(&self, fv: &FeatureVector) -> f64 {
         let mut sum = 0.0;
         for &root in &self.roots {
             let mut at = root;
             while at >= 0 {
-                let n = &self.nodes[at as usize];
-                let mut v = fv.0[n.feature as usize];
-                let missing_nan = n.flags & MISSING_NAN != 0;
-                if v.is_nan() && !missing_nan {
-                    v = 0.0;
-                }
-                let default = (n.flags & MISSING_ZERO != 0 && v.abs() <= 1e-35)
-                    || (missing_nan && v.is_nan());
-                at = if default {
-                    if n.flags & DEFAULT_LEFT != 0 {
-                        n.left
-                    } else {
-                        n.right
-                    }
-                } else if v <= n.threshold {
-                    n.left
-                } else {
-                    n.right
-                };
+                at = Self::child(&self.nodes[at as usize], fv);
             }
             sum += self.leaves[!at as usize];
         }
         sum
+    }
+
+    /// Why the model scored `fv` as it did: each feature's contribution to
+    /// the raw score, by the path each tree takes (a split on feature `f`
+    /// moves the prediction from its node's value to its child's: that
+    /// change is `f`'s). The contributions and the returned bias (the sum
+    /// of the roots' values) add up to [`Model::raw`] up to rounding.
+    /// Sorted by size, largest first; features that never moved the
+    /// prediction are left out. `None` when the file carried no
+    /// `internal_value`s. For the explain only: it allocates.
+    pub fn contributions(&self, fv: &FeatureVector) -> Option<(f64, Vec<Contribution>)> {
+        if self.node_values.len() != self.nodes.len() {
+            return None;
+        }
+        let value = |link: i32| {
+            if link >= 0 {
+                self.node_values[link as usize]
+            } else {
+                self.leaves[!link as usize]
+            }
+        };
+        let mut by_feature = vec![0.0f64; CATALOGUE.len()];
+        let mut bias = 0.0;
+        for &root in &self.roots {
+            bias += value(root);
+            let mut at = root;
+            while at >= 0 {
+                let n = &self.nodes[at as usize];
+                let next = Self::child(n, fv);
+                by_feature[n.feature as usize] += value(next) - value(at);
+                at = next;
+            }
+        }
+        let mut out: Vec<Contribution> = by_feature
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v != 0.0)
+            .map(|(i, v)| Contribution {
+                feature: CATALOGUE[i].name,
+                value: *v,
+            })
+            .collect();
+        out.sort_by(|a, b| b.value.abs().total_cmp(&a.value.abs()));
+        Some((bias, out))
     }
 
     /// The model's output: a probability for a binary model.
@@ -591,6 +678,40 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The explain's contributions add up to the raw score, name the
+    /// features on the path, and put the biggest mover first.
+    #[test]
+    fn contributions_add_up_to_the_raw_score() {
+        // Give the splits internal values (root 0.3, node 1 1.1).
+        let m = Model::parse(
+            "m.txt",
+            &SMALL.replace("internal_value=0 0\n", "internal_value=0.3 1.1\n"),
+        )
+        .expect("valid");
+        assert!(m.version.starts_with("sha256:") && m.version.len() == 19);
+        for (a, b) in [(1.0, 9.0), (5.0, 3.0), (5.0, 7.0), (f64::NAN, f64::NAN)] {
+            let v = fv(a, b);
+            let (bias, c) = m.contributions(&v).expect("has internal values");
+            let total: f64 = bias + c.iter().map(|c| c.value).sum::<f64>();
+            assert!(
+                (total - m.raw(&v)).abs() < 1e-12,
+                "{a} {b}: {total} vs {}",
+                m.raw(&v)
+            );
+            assert!((bias - (0.3 + 0.25)).abs() < 1e-12);
+        }
+        let (_, c) = m.contributions(&fv(5.0, 7.0)).expect("contributions");
+        // 0.3 -> 1.1 on payer.count_1h (+0.8), 1.1 -> 2 on the fan-in (+0.9).
+        assert_eq!(c[0].feature, "payee.distinct_payers_10m");
+        assert!((c[0].value - 0.9).abs() < 1e-12);
+        assert_eq!(c[1].feature, "payer.count_1h");
+        assert!((c[1].value - 0.8).abs() < 1e-12);
+        // Without internal values there is nothing to explain with.
+        let bare =
+            Model::parse("m.txt", &SMALL.replace("internal_value=0 0\n", "")).expect("valid");
+        assert!(bare.contributions(&fv(5.0, 7.0)).is_none());
     }
 
     #[test]

@@ -210,8 +210,8 @@ pub const CATALOGUE: &[MetricSpec] = {
         spec(RULE_DEMOTED, Gauge, &["rule_id"], "1 while a rule's breaker holds it in shadow (reset by a reload)"),
         spec(RULES_RELOADS, Counter, &["result"], "Rule file load attempts, by result (ok, refused, unchanged)"),
         spec(CURRENCY_RELOADS, Counter, &["result"], "Currency table loads, by result: ok (the table in use was replaced), refused (a bad file; the table in use stays)"),
-        spec(MODEL_RELOADS, Counter, &["result"], "Model file loads, by result: ok (the model in use was replaced), refused (a bad or mismatched file; the model in use stays)"),
-        spec(MODEL_INFO, Gauge, &["sha256"], "1 for the model in use (its file's sha256), 0 for models it replaced; absent without a model"),
+        spec(MODEL_RELOADS, Counter, &["role", "result"], "Model file loads, by role (active: model.file, shadow: model.shadow_file) and result: ok (the model in use was replaced), refused (a bad or mismatched file; the model in use stays)"),
+        spec(MODEL_INFO, Gauge, &["role", "sha256"], "1 for the model in use in each role (active, shadow; its file's sha256), 0 for models it replaced; absent without a model"),
         spec(RULES_INFO, Gauge, &["version", "sha256"], "The active rule set: 1 for the active version and sha256, 0 for earlier ones"),
         spec(BLOCKLIST_ENTRIES, Gauge, &["kind"], "Blocklist entries, by kind"),
         spec(BLOCKLIST_LOOKUPS, Counter, &["kind"], "Blocklist lookups of payment identifiers, by kind (empty identifiers are not looked up)"),
@@ -425,7 +425,9 @@ impl Metrics {
         metrics::counter!(BLOCKLIST_LOAD_FAILURES).increment(0);
         for result in ["ok", "refused"] {
             metrics::counter!(CURRENCY_RELOADS, "result" => result).increment(0);
-            metrics::counter!(MODEL_RELOADS, "result" => result).increment(0);
+            for role in ["active", "shadow"] {
+                metrics::counter!(MODEL_RELOADS, "role" => role, "result" => result).increment(0);
+            }
         }
         metrics::counter!(WARMUP_EVENTS).increment(0);
         metrics::counter!(STATE_SNAPSHOT_RECORDS).increment(0);

@@ -35,6 +35,9 @@ pub struct Options {
     pub baseline: Option<PathBuf>,
     /// A LightGBM model for `model.score` (default: the config's model.file).
     pub model: Option<PathBuf>,
+    /// A model scored in shadow beside it (default: the config's
+    /// model.shadow_file): reported, never read by the rules.
+    pub shadow_model: Option<PathBuf>,
     pub events: PathBuf,
     pub blocklist: Option<PathBuf>,
     pub verdicts_out: Option<PathBuf>,
@@ -101,6 +104,71 @@ pub struct RuleReport {
     pub unique_hits: u64,
     /// The active rule that hit the same events most often, and how often.
     pub overlaps_most_with: Option<(String, u64)>,
+}
+
+/// How well a model's score ranks the labelled events (the active model's
+/// and the shadow model's, side by side: the evidence for promoting one).
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelReport {
+    /// "active" (model.score, read by the rules) or "shadow".
+    pub role: &'static str,
+    pub version: String,
+    /// Area under the precision-recall curve of the score as a fraud
+    /// ranking (average precision; 1 is perfect, the fraud share is
+    /// chance).
+    pub average_precision: f64,
+    /// "Flag when the score is at least the cut", at a few cuts.
+    pub cuts: Vec<(f64, Quality)>,
+    /// The highest recall at precision >= 0.90, and the lowest cut giving it.
+    pub recall_at_precision_90: Option<(f64, f64)>,
+}
+
+impl ModelReport {
+    fn new(role: &'static str, version: String, mut scored: Vec<(f64, bool)>) -> ModelReport {
+        let fraud = scored.iter().filter(|(_, f)| *f).count() as u64;
+        let cuts = [0.3, 0.5, 0.7, 0.9]
+            .iter()
+            .map(|&cut| {
+                let mut q = Quality::default();
+                for &(s, f) in &scored {
+                    match (s >= cut, f) {
+                        (true, true) => q.true_positives += 1,
+                        (true, false) => q.false_positives += 1,
+                        (false, true) => q.false_negatives += 1,
+                        (false, false) => {}
+                    }
+                }
+                (cut, q.finish())
+            })
+            .collect();
+        // Highest score first; ties are taken together (one cut).
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let (mut tp, mut n, mut ap, mut best) = (0u64, 0u64, 0.0, None);
+        let mut i = 0;
+        while i < scored.len() {
+            let cut = scored[i].0;
+            let before = tp;
+            while i < scored.len() && scored[i].0 == cut {
+                tp += u64::from(scored[i].1);
+                n += 1;
+                i += 1;
+            }
+            let precision = tp as f64 / n as f64;
+            if fraud > 0 {
+                ap += (tp - before) as f64 / fraud as f64 * precision;
+                if precision >= 0.90 {
+                    best = Some((tp as f64 / fraud as f64, cut));
+                }
+            }
+        }
+        ModelReport {
+            role,
+            version,
+            average_precision: ap,
+            cuts,
+            recall_at_precision_90: best,
+        }
+    }
 }
 
 /// Labelled events by score, for curves over the thresholds: per score, the
@@ -244,6 +312,8 @@ pub struct Report {
     pub changed: u64,
     pub transitions: BTreeMap<String, u64>,
     pub changed_examples: Vec<Changed>,
+    /// The active and the shadow model's ranking of the labelled events.
+    pub models: Vec<ModelReport>,
     pub seconds: f64,
 }
 
@@ -309,6 +379,12 @@ pub(crate) fn prepare(opts: &Options) -> Result<Prepared, BacktestError> {
         .or_else(|| (!cfg.model.file.is_empty()).then(|| PathBuf::from(&cfg.model.file)));
     if let Some(path) = &model_file {
         engine.set_model(Some(crate::reload::model::load_file(path)?));
+    }
+    let shadow_file = opts.shadow_model.clone().or_else(|| {
+        (!cfg.model.shadow_file.is_empty()).then(|| PathBuf::from(&cfg.model.shadow_file))
+    });
+    if let Some(path) = &shadow_file {
+        engine.set_shadow_model(Some(crate::reload::model::load_file(path)?));
     }
     if !cfg.currencies.file.is_empty() {
         engine.set_currencies(crate::reload::currencies::load_file(Path::new(
@@ -445,6 +521,7 @@ pub fn run(opts: &Options) -> Result<Report, BacktestError> {
     report.scores.hold = rules.thresholds.hold;
     let total = events.len();
     let mut last_progress = Instant::now();
+    let (mut active_scores, mut shadow_scores) = (Vec::new(), Vec::new());
     for (n, (p, label)) in events.iter().enumerate() {
         // Scored as the stream scores it, at the time it happened.
         let v = engine.score_at(p, p.event_time_ms);
@@ -483,6 +560,12 @@ pub fn run(opts: &Options) -> Result<Report, BacktestError> {
             }
         }
         if let (Some(f), Some(l)) = (fraud, label) {
+            if let Some(s) = v.model_score() {
+                active_scores.push((s, f));
+            }
+            if let Some(s) = v.shadow_score() {
+                shadow_scores.push((s, f));
+            }
             report.scores.add(&v, f);
             report.labelled += 1;
             report.fraud += u64::from(f);
@@ -524,6 +607,8 @@ pub fn run(opts: &Options) -> Result<Report, BacktestError> {
                 "score": v.score,
                 "reasons": v.reasons.iter().map(|r| &*r.rule_id).collect::<Vec<_>>(),
                 "shadow_hits": v.shadow_hits.iter().map(|r| &*r.rule_id).collect::<Vec<_>>(),
+                "model_score": v.model_score(),
+                "shadow_model_score": v.shadow_score(),
             });
             writeln!(w, "{line}").map_err(|source| BacktestError::Io {
                 path: "verdicts-out".into(),
@@ -551,6 +636,16 @@ pub fn run(opts: &Options) -> Result<Report, BacktestError> {
     }
     let labelled = report.labelled > 0;
     report.overall = labelled.then(|| overall.finish());
+    for (role, model, scored) in [
+        ("active", engine.model(), active_scores),
+        ("shadow", engine.shadow_model(), shadow_scores),
+    ] {
+        if let Some(m) = model.filter(|_| labelled) {
+            report
+                .models
+                .push(ModelReport::new(role, m.version.to_string(), scored));
+        }
+    }
     report.rules = rules
         .rules
         .iter()
@@ -688,6 +783,25 @@ pub fn render_text(r: &Report) -> String {
             )),
         }
     }
+    if !r.models.is_empty() {
+        s.push_str("\nmodel   version               avg precision  recall@P>=0.90 (cut)   P / R at cut 0.5\n");
+    }
+    for m in &r.models {
+        let at90 = m
+            .recall_at_precision_90
+            .map_or("-".to_string(), |(rec, cut)| format!("{rec:.3} ({cut:.3})"));
+        let half = m
+            .cuts
+            .iter()
+            .find(|(c, _)| *c == 0.5)
+            .map_or("-".to_string(), |(_, q)| {
+                format!("{:.3} / {:.3}", q.precision, q.recall)
+            });
+        s.push_str(&format!(
+            "{:<7} {:<21} {:>13.3}  {:<21}  {half}\n",
+            m.role, m.version, m.average_precision, at90
+        ));
+    }
     if let Some(b) = &r.baseline_version {
         s.push_str(&format!(
             "\nagainst baseline {b}: {} verdicts changed\n",
@@ -775,6 +889,7 @@ reason = "trial"
             rules: Some(rules.clone()),
             baseline: None,
             model: None,
+            shadow_model: None,
             events,
             blocklist: None,
             verdicts_out: Some(out.clone()),
@@ -837,6 +952,7 @@ reason = "trial"
             rules: Some(stricter),
             baseline: Some(rules),
             model: None,
+            shadow_model: None,
             events: dir.path().join("e.jsonl"),
             blocklist: None,
             verdicts_out: None,

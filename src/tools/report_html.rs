@@ -320,6 +320,31 @@ Review threshold {review}, hold threshold {holdt}.</p>
         h.push_str("</table>");
     }
 
+    if !r.models.is_empty() {
+        h.push_str("<h2>Models</h2><table><tr><th>role</th><th>version</th><th>average precision</th><th>recall at precision &ge; 0.90 (cut)</th>");
+        for (cut, _) in &r.models[0].cuts {
+            let _ = write!(h, "<th>P / R at score &ge; {cut}</th>");
+        }
+        h.push_str("</tr>");
+        for m in &r.models {
+            let at90 = m
+                .recall_at_precision_90
+                .map_or("-".to_string(), |(rec, cut)| format!("{rec:.3} ({cut:.3})"));
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td><code>{}</code></td><td>{:.3}</td><td>{at90}</td>",
+                m.role,
+                esc(&m.version),
+                m.average_precision
+            );
+            for (_, q) in &m.cuts {
+                let _ = write!(h, "<td>{:.3} / {:.3}</td>", q.precision, q.recall);
+            }
+            h.push_str("</tr>");
+        }
+        h.push_str("</table>");
+    }
+
     if let Some(b) = &r.baseline_version {
         let _ = write!(
             h,
