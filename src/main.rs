@@ -96,6 +96,10 @@ enum Command {
         /// Without it no list is checked.
         #[arg(long)]
         blocklist: Option<PathBuf>,
+        /// A LightGBM text model rules read as model.score; with --explain
+        /// each verdict lists the features that moved its score most.
+        #[arg(long)]
+        model: Option<PathBuf>,
     },
     /// Tools for blocklist files.
     Blocklist {
@@ -278,7 +282,8 @@ async fn main() -> Result<()> {
             explain,
             rules,
             blocklist,
-        } => score(file, explain, rules, blocklist),
+            model,
+        } => score(file, explain, rules, blocklist, model),
         Command::Blocklist {
             command:
                 BlocklistCommand::Check {
@@ -507,6 +512,7 @@ fn score(
     explain: bool,
     rules: Option<PathBuf>,
     blocklist: Option<PathBuf>,
+    model: Option<PathBuf>,
 ) -> Result<()> {
     let input: Box<dyn BufRead> = match file {
         Some(p) if p.as_os_str() != "-" => Box::new(std::io::BufReader::new(
@@ -522,6 +528,9 @@ fn score(
     // loaded the generator's 50 fake accounts as a HOLD list).
     if let Some(b) = blocklist {
         engine.set_blocklist(fraudline::tools::backtest::load_blocklist(&b)?);
+    }
+    if let Some(m) = model {
+        engine.set_model(Some(fraudline::reload::model::load_file(&m)?));
     }
     let limits = Limits::default();
     let mut out = std::io::stdout().lock();

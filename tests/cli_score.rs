@@ -14,13 +14,13 @@ fn score(args: &[&str], input: &str) -> Vec<serde_json::Value> {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run fraudline score");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
+    // Written from another thread: the verdicts fill the stdout pipe while
+    // the events are still going in.
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_string();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
     let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -67,4 +67,45 @@ fn score_checks_only_the_blocklist_it_is_given() {
     let held = score(&["--blocklist", list.to_str().unwrap()], &event);
     assert_eq!(held[0]["decision"], "HOLD", "{}", held[0]);
     assert!(listed(&held[0]), "{}", held[0]);
+}
+
+/// `score --model FILE --explain`: each verdict names the model's version
+/// and score and the features that moved the score most (at most five,
+/// largest first), which add up with the bias to the model's raw score.
+#[test]
+fn score_explains_the_example_model() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = repo.join("deploy/models/example-model.txt");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let model =
+        fraudline::engine::model::Model::parse("example", &text).expect("the example loads");
+    let events: String = fraudline::tools::gen::Generator::new(fraudline::tools::gen::GenConfig {
+        seed: 4,
+        fraud_rate: 0.05,
+        start_ms: fraudline::now_ms() - 600_000,
+        events_per_sec: 10.0,
+        ..Default::default()
+    })
+    .take(500)
+    .map(|(p, _)| p.to_json() + "\n")
+    .collect();
+    let verdicts = score(&["--explain", "--model", path.to_str().unwrap()], &events);
+    assert_eq!(verdicts.len(), 500);
+    for v in &verdicts {
+        assert_eq!(v["model"]["version"], *model.version, "{v}");
+        let p = v["model"]["score"].as_f64().expect("a score");
+        let top = v["model_contributions"]["top"].as_array().expect("explain");
+        assert!(!top.is_empty() && top.len() <= 5, "{v}");
+        let sizes: Vec<f64> = top
+            .iter()
+            .map(|c| c["value"].as_f64().unwrap().abs())
+            .collect();
+        assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "largest first: {v}");
+        assert!(top
+            .iter()
+            .all(|c| model.features.contains(&c["feature"].as_str().unwrap())));
+        // The score is the sigmoid of the raw score the bias and all the
+        // contributions add up to; the top five alone need not.
+        assert!((0.0..=1.0).contains(&p));
+    }
 }
