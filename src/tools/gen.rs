@@ -324,6 +324,15 @@ impl Generator {
         round_to(h.median * (h.sigma * z).exp(), 1_000)
     }
 
+    /// A customer as a payee: one in eight holds an e-wallet.
+    fn customer_party(x: u32) -> Party {
+        if x % 8 == 0 {
+            Self::party(account(x), 7, AccountKind::Ewallet)
+        } else {
+            Self::party(account(x), x as usize, AccountKind::Account)
+        }
+    }
+
     fn party(n_or_account: String, bank: usize, kind: AccountKind) -> Party {
         Party {
             account: n_or_account,
@@ -427,7 +436,7 @@ impl Generator {
     /// One of `c`'s usual people payees.
     fn usual_payee(&mut self, h: &Habits) -> Party {
         let p = h.payees[self.rng.gen_range(0..h.people)];
-        Self::party(account(p), p as usize, AccountKind::Account)
+        Self::customer_party(p)
     }
 
     fn usual_biller(&mut self, h: &Habits) -> Party {
@@ -451,7 +460,7 @@ impl Generator {
         } else {
             // Now and then someone new, for an ordinary amount.
             let x = self.rng.gen_range(0..self.n());
-            Self::party(account(x), x as usize, AccountKind::Account)
+            Self::customer_party(x)
         };
         let amount = self.usual_amount(&h);
         self.payment(c, t, payee, amount)
@@ -697,7 +706,7 @@ impl Generator {
         let mut at = t;
         for _ in 0..n {
             let x = self.rng.gen_range(0..self.n());
-            let payee = Self::party(account(x), x as usize, AccountKind::Account);
+            let payee = Self::customer_party(x);
             let amount = round_to(h.median * self.rng.gen_range(1.0..4.0), 100_000);
             let p = self.payment(c, at, payee, amount);
             self.enqueue(p, "velocity_burst");
@@ -726,13 +735,19 @@ impl Generator {
     /// ordinary amount for them, on their usual device.
     fn new_shop(&mut self, t: i64) {
         let shop = self.fresh('3');
+        // Many small shops take QR payments into an e-wallet.
+        let kind = if self.rng.gen::<f64>() < 0.3 {
+            AccountKind::Ewallet
+        } else {
+            AccountKind::Account
+        };
         let n = self.rng.gen_range(10..26);
         let mut at = t;
         for _ in 0..n {
             let c = self.awake_customer(at);
             let h = self.habits(c);
             let amount = self.usual_amount(&h);
-            let payee = Self::party(shop.clone(), 1, AccountKind::Account);
+            let payee = Self::party(shop.clone(), 1, kind);
             let mut p = self.payment(c, at, payee, amount);
             p.payment_type = PaymentType::Merchant;
             p.merchant_category = "5812".into();
@@ -835,7 +850,7 @@ impl Generator {
         let mut at = t;
         for _ in 0..n {
             let e = self.rng.gen_range(0..self.n());
-            let payee = Self::party(account(e), e as usize, AccountKind::Account);
+            let payee = Self::customer_party(e);
             let amount = round_to(base * self.rng.gen_range(0.6..1.8), 100_000);
             let payer = Self::party(company.clone(), 0, AccountKind::Account);
             let mut p = self.outsider(payer, at, payee, amount, &dev, &ip);
