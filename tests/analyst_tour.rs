@@ -1,7 +1,8 @@
 //! The README's analyst walk-through (backtest -> HTML report -> tune ->
 //! train a model -> shadow it -> promote it), run as written: the shell
 //! block between the `analyst-tour` markers, with `fraudline` the binary
-//! under test and every `--count` divided by 10 (the only change), in a
+//! under test and every `--count` and `--accounts` divided by 10 (the only
+//! change: the same history per customer, 10x fewer customers), in a
 //! scratch directory that sees the repository's deploy/. Then the files
 //! each step promises are checked.
 
@@ -10,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The README's tour block, `--count N` scaled down to N / 10.
+/// The README's tour block, `--count` / `--accounts N` scaled down to N / 10.
 fn tour_script() -> String {
     let readme = std::fs::read_to_string(common::repo().join("README.md")).unwrap();
     let begin = readme
@@ -28,9 +29,9 @@ fn tour_script() -> String {
         let mut words = line.split(' ').peekable();
         while let Some(w) = words.next() {
             out.push_str(w);
-            if w == "--count" {
+            if w == "--count" || w == "--accounts" {
                 if let Some(n) = words.next() {
-                    let n: u64 = n.parse().expect("--count takes a number");
+                    let n: u64 = n.parse().expect("a number");
                     out.push(' ');
                     out.push_str(&(n / 10).to_string());
                 }

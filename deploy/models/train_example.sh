@@ -18,7 +18,7 @@ export PYTHONPATH="$tools/py-lgbm${PYTHONPATH:+:$PYTHONPATH}"
 cd "$repo"
 cargo build --release --quiet --bin fraudline
 bin="${CARGO_TARGET_DIR:-$repo/target}/release/fraudline"
-"$bin" gen --count 400000 --accounts 20000 --events-per-sec 20 --fraud-rate 0.01 \
+"$bin" gen --count 600000 --accounts 20000 --events-per-sec 1.2 --fraud-rate 0.01 \
   --seed 101 --blocklist-out "$work/bl.jsonl" > "$work/history.jsonl"
 "$bin" backtest --rules deploy/rules/default.toml --events "$work/history.jsonl" \
   --blocklist "$work/bl.jsonl" --features-out "$work/features.csv" > /dev/null

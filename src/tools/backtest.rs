@@ -4,7 +4,7 @@
 //! blocklist files; in event-time order, each scored at its event time) with
 //! a rule file, and
 //! report decisions, hits per rule and, where events carry a fraud `label`
-//! (`gen` output does; anything but `legit` is fraud), precision, recall and
+//! (`gen` output does; anything not starting with `legit` is fraud), precision, recall and
 //! F1 overall and per rule, and the money held that was fraud or not. With
 //! a baseline rule file, both run over the same features and the verdicts
 //! that changed are listed with the rules that made the difference.
@@ -336,8 +336,10 @@ pub fn load_blocklist(path: &Path) -> Result<Blocklist, BacktestError> {
     Ok(crate::reload::blocklist::build(&[path.to_path_buf()], 0, "")?.into_list(1))
 }
 
-fn is_fraud(label: &str) -> bool {
-    label != "legit"
+/// A label marks fraud unless it is `legit` or starts with it (`gen`'s
+/// look-alikes: `legit_new_shop`, `legit_landlord`...).
+pub fn is_fraud(label: &str) -> bool {
+    crate::tools::gen::is_fraud_label(label)
 }
 
 /// What a replay runs over: the service's engine with the rules and list
@@ -855,6 +857,51 @@ reason = "trial"
         format!(
             r#"{{"event_id":"{id}","event_time_ms":{t},"amount_minor":{amount},"currency":"VND","payer":{{"account":"{payer}"}},"payee":{{"account":"P"}},"label":"{label}"}}"#
         )
+    }
+
+    #[test]
+    fn legit_and_its_look_alikes_are_legit_everything_else_is_fraud() {
+        for l in [
+            "legit",
+            "legit_new_shop",
+            "legit_landlord",
+            "legit_salary_day",
+        ] {
+            assert!(!is_fraud(l), "{l}");
+        }
+        for l in ["mule_fan_in", "scam_transfer", "sim_swap", "fraud", ""] {
+            assert!(is_fraud(l), "{l}");
+        }
+        for l in crate::tools::gen::LABELS {
+            assert_eq!(is_fraud(l), !l.starts_with("legit"), "{l}");
+        }
+        // In a replay: a look-alike that is flagged is a false positive.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rules = dir.path().join("r.toml");
+        std::fs::write(&rules, RULES).expect("write");
+        let t0 = 1_795_526_680_000;
+        let lines = [
+            line("a", "A", 5_000_000, t0, "legit_landlord"),
+            line("b", "B", 5_000_000, t0 + 1_000, "scam_transfer"),
+        ];
+        let events = dir.path().join("e.jsonl");
+        std::fs::write(&events, lines.join("\n")).expect("write");
+        let r = run(&Options {
+            config: None,
+            rules: Some(rules),
+            baseline: None,
+            model: None,
+            events,
+            blocklist: None,
+            verdicts_out: None,
+            features_out: None,
+            progress: false,
+        })
+        .expect("runs");
+        let q = r.overall.expect("labelled");
+        assert_eq!((r.fraud, q.true_positives, q.false_positives), (1, 1, 1));
+        assert_eq!(r.by_label["legit_landlord"], (1, 1));
+        assert!(render_text(&r).contains("legit_landlord"));
     }
 
     /// Six events, in file order not time order, checked by hand:

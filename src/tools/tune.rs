@@ -443,7 +443,7 @@ pub fn run(opts: &Options) -> Result<Suggestion, TuneError> {
     for (p, label) in &prepared.events {
         let v = prepared.engine.score_at(p, p.event_time_ms);
         let Some(label) = label else { continue };
-        let fraud = label != "legit";
+        let fraud = crate::tools::backtest::is_fraud(label);
         let hits = v
             .reasons
             .iter()
