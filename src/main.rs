@@ -81,6 +81,10 @@ enum Command {
         seed: u64,
         #[arg(long, default_value_t = 0.02)]
         fraud_rate: f64,
+        /// Payments of history (three days, before now) scored first, so
+        /// customers have habits the rules read (0: start cold).
+        #[arg(long, default_value_t = 1_000_000)]
+        history: u64,
     },
     /// Score JSON events (one per line) from a file or stdin; print verdicts as JSON lines.
     Score {
@@ -258,6 +262,7 @@ async fn main() -> Result<()> {
             listen,
             seed,
             fraud_rate,
+            history,
         } => {
             let listen = if listen.is_empty() {
                 None
@@ -273,6 +278,7 @@ async fn main() -> Result<()> {
                 duration: duration.map(Duration::from_secs),
                 seed,
                 fraud_rate,
+                history,
             };
             demo::run_with_metrics(opts, listen).await?;
             Ok(())

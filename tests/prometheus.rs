@@ -104,6 +104,10 @@ fn start_demo(dir: &Path) -> (Proc, String) {
             "120",
             "--listen",
             &addr,
+            // Live traffic from the first second (the metrics are the
+            // point here, not the history's habits).
+            "--history",
+            "0",
         ])
         .stdout(Stdio::null())
         .stderr(log)

@@ -19,7 +19,16 @@ pub struct DemoOptions {
     pub duration: Option<Duration>,
     pub seed: u64,
     pub fraud_rate: f64,
+    /// Payments of history (event time before now, at the customers'
+    /// pace) scored before the live part, so customers have habits the
+    /// rules can read (fraud only strikes customers with history). 0: none.
+    pub history: u64,
 }
+
+/// Customers in the demo's bank.
+const CUSTOMERS: u32 = 100_000;
+/// Mean seconds of event time between two payments of one customer.
+const CUSTOMER_GAP_S: f64 = 4.0 * 3600.0;
 
 /// What the demo saw, for its final line (and tests).
 #[derive(Debug, Default, Clone)]
@@ -37,19 +46,18 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool, mut print: impl FnMut(&str)) -
     let metrics = Metrics::new();
     let engine = std::sync::Arc::new(Engine::new(EngineConfig::default()));
     let _sweeper = engine.spawn_sweeper(std::time::Duration::from_secs(60));
-    let gen = Generator::new(GenConfig {
+    // Event time runs at a bank's pace for its customers (the pace the
+    // default pack was tuned at: each customer pays every few hours),
+    // whatever `--rate` plays it at on the wall clock: the live part is a
+    // time-lapse of the days after the history.
+    let pace = CUSTOMERS as f64 / CUSTOMER_GAP_S;
+    let history_ms = (opts.history as f64 / pace * 1000.0) as i64;
+    let mut gen = Generator::new(GenConfig {
         seed: opts.seed,
         fraud_rate: opts.fraud_rate,
-        start_ms: crate::now_ms(),
-        events_per_sec: if opts.rate == 0 {
-            100_000.0
-        } else {
-            opts.rate as f64
-        },
-        // A bank-sized population: at 2,000 payments/s each customer pays
-        // every few minutes, not every few seconds (which every velocity
-        // rule would rightly flag).
-        accounts: 500_000,
+        start_ms: crate::now_ms() - history_ms,
+        events_per_sec: pace,
+        accounts: CUSTOMERS,
     });
     engine.set_blocklist(Blocklist::new(1, gen.blocklist_entries()));
     // The default rule pack, as a bank would start.
@@ -59,25 +67,38 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool, mut print: impl FnMut(&str)) -
             tracing::warn!(error = %e, "default rule pack refused; the demo runs the built-in checks")
         }
     }
+    if opts.history > 0 {
+        // Days of history at a customer's pace, scored as the stream would
+        // have scored them (not counted in the live figures or metrics).
+        let t = Instant::now();
+        let mut n = 0u64;
+        while n < opts.history && !stop.load(Ordering::Relaxed) {
+            let Some((p, _)) = gen.next() else { break };
+            engine.score_at(&p, p.event_time_ms);
+            n += 1;
+        }
+        print(&format!(
+            "history: {n} payments of {CUSTOMERS} customers over the last {:.1} days scored in {:.1} s; now live (a time-lapse: event time runs at the customers' pace)",
+            history_ms as f64 / 86_400_000.0,
+            t.elapsed().as_secs_f64()
+        ));
+    }
     let started = Instant::now();
-    let offset_ms = crate::now_ms() - started.elapsed().as_millis() as i64;
     let mut sum = DemoSummary::default();
     let mut last_print = Instant::now();
     let mut last_events = 0u64;
     let mut engine_ns_total = 0u64;
-    for (mut p, label) in gen {
+    for (p, label) in gen {
         if stop.load(Ordering::Relaxed) || opts.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
         if opts.rate > 0 {
-            // Pace to the generator's event time, anchored at the wall clock.
-            let due = Duration::from_millis((p.event_time_ms - offset_ms).max(0) as u64);
+            // Pace by count on the wall clock: `rate` payments a second.
+            let due = Duration::from_secs_f64(sum.events as f64 / opts.rate as f64);
             let now = started.elapsed();
             if due > now {
                 std::thread::sleep((due - now).min(Duration::from_millis(50)));
             }
-        } else {
-            p.event_time_ms = p.event_time_ms.min(crate::now_ms());
         }
         let v = engine.score(&p);
         metrics.events_consumed.increment(1);
