@@ -891,6 +891,7 @@ reason = "trial"
             rules: Some(rules),
             baseline: None,
             model: None,
+            shadow_model: None,
             events,
             blocklist: None,
             verdicts_out: None,
