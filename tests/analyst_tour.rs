@@ -1,8 +1,10 @@
 //! The README's analyst walk-through (backtest -> HTML report -> tune ->
 //! train a model -> shadow it -> promote it), run as written: the shell
 //! block between the `analyst-tour` markers, with `fraudline` the binary
-//! under test and every `--count` and `--accounts` divided by 10 (the only
-//! change: the same history per customer, 10x fewer customers), in a
+//! under test and every `--count` and `--accounts` divided by 4 (the only
+//! change: the same history per customer, 4x fewer customers; at 10x fewer
+//! the pack's precision on 2,000 customers is too low for tune to reach
+//! 0.9 without breaking the pack's tests), in a
 //! scratch directory that sees the repository's deploy/. Then the files
 //! each step promises are checked.
 
@@ -11,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The README's tour block, `--count` / `--accounts N` scaled down to N / 10.
+/// The README's tour block, `--count` / `--accounts N` scaled down to N / 4.
 fn tour_script() -> String {
     let readme = std::fs::read_to_string(common::repo().join("README.md")).unwrap();
     let begin = readme
@@ -33,7 +35,7 @@ fn tour_script() -> String {
                 if let Some(n) = words.next() {
                     let n: u64 = n.parse().expect("a number");
                     out.push(' ');
-                    out.push_str(&(n / 10).to_string());
+                    out.push_str(&(n / 4).to_string());
                 }
             }
             if words.peek().is_some() {
