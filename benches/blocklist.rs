@@ -27,8 +27,11 @@ use criterion::{black_box, criterion_group, Criterion, Throughput};
 use fraudline::engine::{Engine, EngineConfig, ListKind};
 use fraudline::event::{self, Format, Limits, Payment};
 use fraudline::reload::blocklist as source;
+
+mod support;
 use fraudline::tools::gen::{GenConfig, Generator};
 use fraudline::tools::memory::rss_bytes;
+use support::{assert_scored_not_replayed, Rounds};
 
 const N: usize = 10_000_000;
 
@@ -207,13 +210,17 @@ fn reload_under_load(path: &std::path::Path) {
     for p in &warm {
         engine.score(p);
     }
-    let mut i = 0;
+    let replays_before = engine.features().duplicates_seen();
+    // Rounds of the set, renamed and later in event time: earlier versions
+    // cycled the same ids and times, so every call after the first pass
+    // took the duplicate path and updated nothing.
+    let mut it = Rounds::new(set);
     let mut run = |until: &dyn Fn(usize) -> bool| {
         let mut ns = Vec::with_capacity(16_000_000);
         while !until(ns.len()) {
-            i = (i + 1) % set.len();
+            let p = it.next_item();
             let t = Instant::now();
-            black_box(engine.score(black_box(&set[i])));
+            black_box(engine.score(black_box(p)));
             ns.push(t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
         }
         ns
@@ -244,6 +251,13 @@ fn reload_under_load(path: &std::path::Path) {
             during,
         ));
     }
+
+    assert_scored_not_replayed(
+        engine.features(),
+        replays_before,
+        it.handed_out(),
+        "blocklist reload under load",
+    );
     println!("engine score (default rules, 10 M list), one thread scoring, the other reloading the list:");
     print!("  {:>12}", "latency");
     for (name, _) in &phases {

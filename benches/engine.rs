@@ -23,6 +23,9 @@ use fraudline::proto::PaymentEvent;
 use fraudline::tools::gen::{GenConfig, Generator};
 use prost::Message as _;
 
+mod support;
+use support::{assert_scored_not_replayed, Rounds};
+
 /// Events scored before measuring, so the feature maps hold a realistic
 /// population (the generator's 10,000 customers and their payees).
 const WARM: usize = 100_000;
@@ -133,38 +136,6 @@ fn floor_update(map: &mut HashMap<String, Floor, ahash::RandomState>, key: &str,
     }
 }
 
-/// Moves the set forward in event time by its own span once it has been
-/// scored, so cycling never feeds the engine events older than its state.
-/// Costs one add per event, amortised, inside the timer.
-struct Shifting {
-    set: Vec<Payment>,
-    span_ms: i64,
-    i: usize,
-}
-
-impl Shifting {
-    fn new(set: Vec<Payment>) -> Self {
-        let first = set.first().map_or(0, |p| p.event_time_ms);
-        let last = set.last().map_or(0, |p| p.event_time_ms);
-        Shifting {
-            set,
-            span_ms: last - first + 1_000,
-            i: 0,
-        }
-    }
-
-    fn next_item(&mut self) -> &Payment {
-        if self.i == self.set.len() {
-            self.i = 0;
-            for p in &mut self.set {
-                p.event_time_ms += self.span_ms;
-            }
-        }
-        self.i += 1;
-        &self.set[self.i - 1]
-    }
-}
-
 fn score(c: &mut Criterion) {
     let (warm, set) = events();
     let now = fraudline::now_ms();
@@ -173,10 +144,17 @@ fn score(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     {
         let engine = warmed_engine(&warm);
-        let mut it = Shifting::new(set.clone());
+        let before = engine.features().duplicates_seen();
+        let mut it = Rounds::new(set.clone());
         g.bench_function("fraudline_score_at", |b| {
             b.iter(|| engine.score_at(black_box(it.next_item()), now))
         });
+        assert_scored_not_replayed(
+            engine.features(),
+            before,
+            it.handed_out(),
+            "score/fraudline_score_at",
+        );
     }
     {
         // The same with the default rule pack (35 rules) instead of the
@@ -187,10 +165,17 @@ fn score(c: &mut Criterion) {
             Ok(f) => engine.set_rules(f.rules),
             Err(e) => panic!("{e}"),
         }
-        let mut it = Shifting::new(set.clone());
+        let before = engine.features().duplicates_seen();
+        let mut it = Rounds::new(set.clone());
         g.bench_function("fraudline_score_at_default_rules", |b| {
             b.iter(|| engine.score_at(black_box(it.next_item()), now))
         });
+        assert_scored_not_replayed(
+            engine.features(),
+            before,
+            it.handed_out(),
+            "score/fraudline_score_at_default_rules",
+        );
     }
     {
         let mut map: HashMap<String, Floor, ahash::RandomState> =
@@ -199,7 +184,7 @@ fn score(c: &mut Criterion) {
             floor_update(&mut map, &p.payer.account, p);
             floor_update(&mut map, &p.payee.account, p);
         }
-        let mut it = Shifting::new(set);
+        let mut it = Rounds::new(set);
         g.bench_function("baseline_hashmap_per_entity", |b| {
             b.iter(|| {
                 let p = black_box(it.next_item());
@@ -212,17 +197,29 @@ fn score(c: &mut Criterion) {
 }
 
 fn decode_and_score(c: &mut Criterion) {
-    let (warm, set) = events();
+    let (warm, mut set) = events();
+    // Each id ends in a round number of fixed width, so that after decode a
+    // round is renamed in place (no allocation) and moved forward in event
+    // time, as `Rounds` does: no payment is a replay (checked below).
+    for p in &mut set {
+        p.event_id.push_str("~r000000");
+    }
     let proto: Vec<Vec<u8>> = set.iter().map(Payment::to_protobuf).collect();
     let span_ms = set.last().map_or(0, |p| p.event_time_ms) - set[0].event_time_ms + 1_000;
     let engine = warmed_engine(&warm);
+    let before = engine.features().duplicates_seen();
     let limits = Limits::default();
 
     let mut g = c.benchmark_group("decode_and_score");
     g.throughput(Throughput::Elements(1));
+    let mut refused = 0u64;
+    // Outside the routine: criterion calls it again for the warm-up and
+    // for every sample, and a cycle restarted there replays its payments
+    // (earlier versions did, and measured mostly the duplicate path).
+    let mut it = Cycle::new(&proto);
+    let mut round = 0i64;
+    let mut scored = 0u64;
     g.bench_function("protobuf_to_verdict_bytes", |b| {
-        let mut it = Cycle::new(&proto);
-        let mut round = 0i64;
         b.iter(|| {
             if it.i == it.items.len() {
                 round += 1;
@@ -232,16 +229,51 @@ fn decode_and_score(c: &mut Criterion) {
             let now = fraudline::now_ms();
             match event::decode(bytes, None, &limits, now) {
                 Ok(mut p) => {
-                    // Replayed bytes move forward in event time (see `Shifting`).
+                    let digits = round_digits(round);
+                    let n = p.event_id.len();
+                    p.event_id.replace_range(n - 6.., digits.as_str());
                     p.event_time_ms += round * span_ms;
                     let v = engine.score_at(&p, now);
+                    scored += 1;
                     v.to_wire(&p.event_id, p.event_time_ms).encode_to_vec()
                 }
-                Err(_) => Vec::new(),
+                Err(_) => {
+                    refused += 1;
+                    Vec::new()
+                }
             }
         })
     });
     g.finish();
+    assert_eq!(
+        refused, 0,
+        "payments refused by decode: the figure is not of scoring"
+    );
+    assert_scored_not_replayed(
+        engine.features(),
+        before,
+        scored,
+        "decode_and_score/protobuf_to_verdict_bytes",
+    );
+}
+
+/// `round` as six digits, on the stack.
+fn round_digits(round: i64) -> RoundDigits {
+    let mut d = [b'0'; 6];
+    let mut r = round.rem_euclid(1_000_000);
+    for slot in d.iter_mut().rev() {
+        *slot = b'0' + (r % 10) as u8;
+        r /= 10;
+    }
+    RoundDigits(d)
+}
+
+struct RoundDigits([u8; 6]);
+
+impl RoundDigits {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("000000")
+    }
 }
 
 fn config() -> Criterion {

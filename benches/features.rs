@@ -20,6 +20,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+mod support;
+use support::{assert_scored_not_replayed, Rounds};
+
 use criterion::{black_box, criterion_group, Criterion, Throughput};
 use fraudline::engine::features::{FeatureConfig, FeatureStore};
 use fraudline::engine::{Engine, EngineConfig};
@@ -43,36 +46,6 @@ fn events() -> (Vec<Payment>, Vec<Payment>) {
     .collect();
     let set = all.split_off(WARM);
     (all, set)
-}
-
-/// Moves the set forward by its own span after each pass.
-struct Shifting {
-    set: Vec<Payment>,
-    span_ms: i64,
-    i: usize,
-}
-
-impl Shifting {
-    fn new(set: Vec<Payment>) -> Self {
-        let first = set.first().map_or(0, |p| p.event_time_ms);
-        let last = set.last().map_or(0, |p| p.event_time_ms);
-        Shifting {
-            set,
-            span_ms: last - first + 1_000,
-            i: 0,
-        }
-    }
-
-    fn next_item(&mut self) -> &Payment {
-        if self.i == self.set.len() {
-            self.i = 0;
-            for p in &mut self.set {
-                p.event_time_ms += self.span_ms;
-            }
-        }
-        self.i += 1;
-        &self.set[self.i - 1]
-    }
 }
 
 #[derive(Default)]
@@ -144,7 +117,8 @@ fn features(c: &mut Criterion) {
         }
         let (a, k) = store.entity_counts();
         println!("features: {a} accounts and {k} devices/phones/IPs resident");
-        let mut it = Shifting::new(set.clone());
+        let before = store.duplicates_seen();
+        let mut it = Rounds::new(set.clone());
         g.bench_function("fraudline_update_and_read", |b| {
             b.iter(|| store.update_and_read(black_box(it.next_item())))
         });
@@ -174,8 +148,15 @@ fn features(c: &mut Criterion) {
             })
         });
         let _ = store.commit_txn();
-        // What the bench assumed: transactions journaled entities.
+        // What the bench assumed: transactions journaled entities, and
+        // every payment was scored, none replayed.
         assert!(journaled > 0, "no entity was journaled");
+        assert_scored_not_replayed(
+            &store,
+            before,
+            it.handed_out(),
+            "features/fraudline_update_and_read (+ txn_open)",
+        );
         println!("txn-open bench: {journaled} entities journaled in {n} payments");
     }
     {
@@ -191,13 +172,20 @@ fn features(c: &mut Criterion) {
             engine.warm(p);
         }
         let now = fraudline::now_ms();
-        let mut it = Shifting::new(set.clone());
+        let before = engine.features().duplicates_seen();
+        let mut it = Rounds::new(set.clone());
         g.bench_function("engine_score_default_rules", |b| {
             b.iter(|| engine.score_at(black_box(it.next_item()), now))
         });
         percentiles("features/engine_score_default_rules", || {
             black_box(engine.score_at(black_box(it.next_item()), now));
         });
+        assert_scored_not_replayed(
+            engine.features(),
+            before,
+            it.handed_out(),
+            "features/engine_score_default_rules",
+        );
     }
     {
         let mut map: FloorMap = HashMap::with_hasher(ahash::RandomState::new());
@@ -205,7 +193,7 @@ fn features(c: &mut Criterion) {
             floor_payment(&mut map, p);
         }
         println!("baseline: {} entities resident", map.len());
-        let mut it = Shifting::new(set);
+        let mut it = Rounds::new(set);
         g.bench_function("baseline_hashmap_per_entity", |b| {
             b.iter(|| floor_payment(&mut map, black_box(it.next_item())))
         });

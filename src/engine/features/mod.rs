@@ -46,7 +46,7 @@ pub mod distinct;
 pub mod journal;
 pub mod window;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use dashmap::mapref::entry::Entry as MapEntry;
@@ -303,6 +303,11 @@ pub struct FeatureStore {
     /// The latest event time seen by any entity: the sweep's clock, so that
     /// replays and backtests of old data evict by their own time.
     watermark: AtomicU32,
+    /// Payments that took the duplicate path (also counted in
+    /// `fraudline_feature_duplicate_events_total`), readable without a
+    /// metrics recorder: benches assert it did not move, so a figure never
+    /// rests on replays that update nothing.
+    duplicates_seen: AtomicU64,
     hasher: ahash::RandomState,
     metrics: FeatureMetrics,
     /// Snapshot cuts and the transaction journal.
@@ -313,6 +318,11 @@ pub struct FeatureStore {
 }
 
 impl FeatureStore {
+    /// Payments that took the duplicate path since this store was made.
+    pub fn duplicates_seen(&self) -> u64 {
+        self.duplicates_seen.load(Ordering::Relaxed)
+    }
+
     pub fn new(cfg: FeatureConfig) -> FeatureStore {
         let map = || {
             DashMap::with_capacity_and_hasher_and_shard_amount(0, ahash::RandomState::new(), SHARDS)
@@ -341,6 +351,7 @@ impl FeatureStore {
             n_kit: AtomicUsize::new(0),
             over_cap: AtomicBool::new(false),
             watermark: AtomicU32::new(0),
+            duplicates_seen: AtomicU64::new(0),
             // Fixed seeds: the same identifier hashes the same in every run.
             hasher: ahash::RandomState::with_seeds(0x5eed, 0xf4a0d, 0x11e, 0xacc7),
             metrics: FeatureMetrics::new(),
@@ -456,6 +467,7 @@ impl FeatureStore {
             duplicate = a.events.contains_at(event, st.event_s);
             if duplicate {
                 m.duplicates.increment(1);
+                self.duplicates_seen.fetch_add(1, Ordering::Relaxed);
             } else {
                 self.tracker.touch(payer, a, epoch);
                 m.arrival(st.arrival);
