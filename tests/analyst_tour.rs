@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 /// The README's tour block, `--count` / `--accounts N` scaled down to N / 4.
@@ -50,31 +50,6 @@ fn tour_script() -> String {
         .join("\n")
 }
 
-fn python_site() -> PathBuf {
-    let tools = std::env::var_os("FRAUDLINE_TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/fraudline-tools")
-        });
-    let site = tools.join("py-lgbm");
-    let works = || {
-        Command::new("python3")
-            .args(["-c", "import lightgbm, numpy"])
-            .env("PYTHONPATH", &site)
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !works() {
-        let _ = Command::new(common::repo().join("deploy/ci/install-tools.sh")).status();
-    }
-    assert!(
-        works(),
-        "python3 with lightgbm is not installed and deploy/ci/install-tools.sh could not install it: the tour's model step cannot run"
-    );
-    site
-}
-
 fn read(d: &Path, f: &str) -> String {
     std::fs::read_to_string(d.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"))
 }
@@ -83,7 +58,7 @@ fn read(d: &Path, f: &str) -> String {
 fn the_readme_analyst_tour_runs_as_written() {
     let script = tour_script();
     assert!(script.contains("fraudline tune") && script.contains("--shadow-model"));
-    let site = python_site();
+    let site = common::lightgbm_site();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::os::unix::fs::symlink(common::repo().join("deploy"), d.join("deploy")).unwrap();

@@ -14,32 +14,6 @@ use fraudline::engine::features::catalogue::CATALOGUE;
 use fraudline::engine::model::Model;
 use fraudline::engine::FeatureVector;
 
-/// A python3 that imports lightgbm and numpy (installing them once).
-fn python_with_lightgbm() -> (PathBuf, PathBuf) {
-    let tools = std::env::var_os("FRAUDLINE_TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/fraudline-tools")
-        });
-    let site = tools.join("py-lgbm");
-    let works = || {
-        Command::new("python3")
-            .args(["-c", "import lightgbm, numpy"])
-            .env("PYTHONPATH", &site)
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !works() {
-        let _ = Command::new(common::repo().join("deploy/ci/install-tools.sh")).status();
-    }
-    assert!(
-        works(),
-        "python3 with lightgbm is not installed and deploy/ci/install-tools.sh could not install it: this check did not run"
-    );
-    (PathBuf::from("python3"), site)
-}
-
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("run");
     assert!(
@@ -80,7 +54,7 @@ fn rows(csv: &Path) -> Vec<FeatureVector> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fraudline_scores_equal_lightgbms_own_predictions() {
-    let (python, site) = python_with_lightgbm();
+    let (python, site) = (PathBuf::from("python3"), common::lightgbm_site());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let bin = env!("CARGO_BIN_EXE_fraudline");

@@ -116,13 +116,7 @@ impl Generator {
             let payee = Self::party(self.fresh('7'), 3, AccountKind::Account);
             let amount = round_to(h.median * self.rng.gen_range(0.3..1.0), 1_000);
             let mut p = self.payment(c, at, payee, amount);
-            p.device_id = dev.clone();
-            if let Some(ip) = &ip {
-                p.ip = ip.clone();
-            }
-            if let Some(ph) = &phone {
-                p.phone = ph.clone();
-            }
+            on_fraud_device(&mut p, &dev, ip.as_deref(), phone.as_deref());
             self.enqueue(p, "account_takeover");
             at += self.rng.gen_range(20_000..120_000);
         }
@@ -131,13 +125,7 @@ impl Generator {
             let payee = Self::party(self.fresh('7'), 3, AccountKind::Account);
             let amount = round_to(h.median * self.rng.gen_range(3.0..20.0), 100_000);
             let mut p = self.payment(c, at, payee, amount);
-            p.device_id = dev.clone();
-            if let Some(ip) = &ip {
-                p.ip = ip.clone();
-            }
-            if let Some(ph) = &phone {
-                p.phone = ph.clone();
-            }
+            on_fraud_device(&mut p, &dev, ip.as_deref(), phone.as_deref());
             self.enqueue(p, "account_takeover");
             at += self.rng.gen_range(30_000..300_000);
         }
@@ -155,10 +143,7 @@ impl Generator {
             let payee = Self::party(self.fresh('7'), 2, AccountKind::Account);
             let amount = round_to(h.median * self.rng.gen_range(3.0..15.0), 100_000);
             let mut p = self.payment(c, at, payee, amount);
-            p.device_id = dev.clone();
-            if let Some(ip) = &ip {
-                p.ip = ip.clone();
-            }
+            on_fraud_device(&mut p, &dev, ip.as_deref(), None);
             if flagged {
                 p.attributes.insert("sim_changed_24h".into(), "true".into());
             }
@@ -235,5 +220,22 @@ impl Generator {
             self.enqueue(p, "velocity_burst");
             at += self.rng.gen_range(2_000..12_000);
         }
+    }
+}
+
+/// A payment made from the fraudster's device: its id, and the IP and
+/// phone it shows when the scheme brings its own.
+fn on_fraud_device(
+    p: &mut crate::event::Payment,
+    dev: &str,
+    ip: Option<&str>,
+    phone: Option<&str>,
+) {
+    p.device_id = dev.to_string();
+    if let Some(ip) = ip {
+        p.ip = ip.to_string();
+    }
+    if let Some(ph) = phone {
+        p.phone = ph.to_string();
     }
 }
