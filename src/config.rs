@@ -166,6 +166,7 @@ pub struct KafkaConfig {
     pub commit_interval_ms: u64,
     pub commit_max_events: usize,
     pub max_in_flight: usize,
+    pub scoring_threads: usize,
     pub auto_offset_reset: String,
     pub session_timeout_ms: u64,
     pub fetch_wait_max_ms: u64,
@@ -456,6 +457,12 @@ impl Config {
         }
         if k.max_in_flight == 0 {
             e.push("kafka.max_in_flight: must be at least 1".into());
+        }
+        if k.scoring_threads > 256 {
+            e.push(format!(
+                "kafka.scoring_threads: {} is outside 0..=256 (0: one per core)",
+                k.scoring_threads
+            ));
         }
         if !["earliest", "latest"].contains(&k.auto_offset_reset.as_str()) {
             e.push(format!(

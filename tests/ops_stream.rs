@@ -194,9 +194,10 @@ async fn a_running_fraudline_exports_lag_per_partition_and_never_logs_an_account
     );
     // ... and nothing in them is an identifier in clear.
     let gen = fraudline::tools::gen::Generator::new(fraudline::tools::gen::GenConfig {
-        // As produce_events generated them (identities do not depend on
-        // start_ms; the event_id check below proves it).
+        // As produce_events generated them (the event_id check below
+        // proves it).
         seed: 11,
+        start_ms: common::events_start_ms(),
         fraud_rate: 0.05,
         events_per_sec: 200.0,
         ..Default::default()

@@ -181,9 +181,12 @@ fn wait_until(limit: Duration, f: impl Fn() -> bool) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_survives_sigkill_mid_stream() {
+    // More events than the others: the stream must still be mid-way when
+    // the reader has seen its first 3,000 committed verdicts.
+    const EOS_EVENTS: usize = 3 * EVENTS;
     let brokers = broker();
     let t = create_topics(brokers, "eos", 3).await;
-    let placement = produce_events(brokers, &t.payments, EVENTS, 2).await;
+    let placement = produce_events(brokers, &t.payments, EOS_EVENTS, 2).await;
     // Small transactions so the kill lands between and inside them.
     let cfg = config_toml(brokers, &t, "exactly-once", "", "commit_max_events = 500\n");
     let mut f = Fraudline::start(&cfg);
@@ -192,7 +195,7 @@ async fn exactly_once_survives_sigkill_mid_stream() {
     let some = committed.poll_until(Duration::from_secs(120), |r| r.len() >= 3_000);
     assert!(some, "no progress; log:\n{}", f.log_tail());
     assert!(
-        committed.records.len() < EVENTS,
+        committed.records.len() < EOS_EVENTS,
         "killed too late to prove anything"
     );
     f.sigkill();
@@ -200,7 +203,7 @@ async fn exactly_once_survives_sigkill_mid_stream() {
 
     let mut f = f.restart();
     let all = committed.poll_until(Duration::from_secs(180), |r| {
-        distinct_ids(r).len() >= EVENTS
+        distinct_ids(r).len() >= EOS_EVENTS
     });
     assert!(
         all,
@@ -214,13 +217,13 @@ async fn exactly_once_survives_sigkill_mid_stream() {
     assert_eq!(ids, expected);
     assert_eq!(
         committed.records.len(),
-        EVENTS,
+        EOS_EVENTS,
         "a read_committed reader sees each event_id exactly once (killed after {seen_at_kill})"
     );
     // The aborted transaction's records are in the log, but hidden from read_committed.
     let mut uncommitted = Reader::new(brokers, &t.verdicts, false);
-    uncommitted.poll_until(Duration::from_secs(30), |r| r.len() >= EVENTS);
-    assert!(uncommitted.records.len() >= EVENTS);
+    uncommitted.poll_until(Duration::from_secs(30), |r| r.len() >= EOS_EVENTS);
+    assert!(uncommitted.records.len() >= EOS_EVENTS);
     assert_eq!(
         f.sigterm_and_wait(Duration::from_secs(30)),
         Some(0),

@@ -12,21 +12,21 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt as _;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
-use super::record::{last_resort, Source};
-use super::state_log::{self, Batch, StateBatches};
+use super::lanes::{Batch, Lanes};
+use super::record::{last_resort, log_state, RecordIn, Source};
+use super::state_log::{self, Batch as StateBatch, StateBatches};
 use super::tracker::OffsetTracker;
-use super::{
-    clients, process, subscribe, Outcome, ProcessOptions, StreamContext, StreamError, StreamParts,
-};
+use super::{clients, subscribe, Outcome, StreamContext, StreamError, StreamParts};
 use crate::config::Config;
 use crate::telemetry;
 
@@ -52,7 +52,7 @@ struct Pending {
 }
 
 type Acked = Pin<Box<dyn Future<Output = (Pending, Option<OwnedDeliveryResult>)> + Send>>;
-type BatchAcked = Pin<Box<dyn Future<Output = (Batch, Option<OwnedDeliveryResult>)> + Send>>;
+type BatchAcked = Pin<Box<dyn Future<Output = (StateBatch, Option<OwnedDeliveryResult>)> + Send>>;
 
 /// How a produce error is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +107,8 @@ struct Loop<'a> {
     batches: Option<StateBatches>,
     batch_acks: FuturesUnordered<BatchAcked>,
     stop: super::Stop,
-    opts: ProcessOptions,
+    /// Where records are decoded, scored and encoded.
+    lanes: Lanes,
 }
 
 pub async fn run(
@@ -122,6 +123,7 @@ pub async fn run(
         opts,
         batches,
     } = clients(cfg, parts).await?;
+    let lanes = super::start_lanes(cfg, parts, opts, batches.is_some())?;
     subscribe(cfg, &consumer)?;
     let (stop, forward) = super::Stop::new(shutdown);
     let mut l = Loop {
@@ -134,7 +136,7 @@ pub async fn run(
         batches,
         batch_acks: FuturesUnordered::new(),
         stop,
-        opts,
+        lanes,
     };
     parts.ready.set_stream(true);
     info!(
@@ -160,43 +162,36 @@ impl Loop<'_> {
 
     /// Consumes until shutdown.
     async fn consume(&mut self) -> Result<(), StreamError> {
-        let opts = self.opts.clone();
         let max_in_flight = self.cfg.kafka.max_in_flight;
-        let parts = self.parts;
         let mut stop = self.stop.clone();
+        let consumer = self.consumer.clone();
         // State-log batches older than this are sent (an idle stream's
         // timer finds none open).
         let mut flush = tokio::time::interval(Duration::from_millis(self.cfg.kafka.state_batch_ms));
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let logging = self.batches.is_some();
         loop {
+            let room = self.inflight.len() + self.lanes.outstanding() < max_in_flight;
             tokio::select! {
                 biased;
                 () = stop.stopped() => return Ok(()),
                 Some((p, r)) = self.inflight.next(), if !self.inflight.is_empty() => self.on_ack(p, r).await?,
                 Some((b, r)) = self.batch_acks.next(), if !self.batch_acks.is_empty() => self.on_batch_ack(b, r).await,
+                Some(b) = self.lanes.next(), if self.lanes.busy() => self.on_scored(b).await?,
                 _ = flush.tick(), if logging => self.flush_batches(true).await,
-                msg = self.consumer.recv(), if self.inflight.len() < max_in_flight => match msg {
+                msg = consumer.recv(), if room => match msg {
                     Ok(m) => {
-                        parts.metrics.events_consumed.increment(1);
-                        let (partition, offset) = (m.partition(), m.offset());
-                        parts.applied.note(partition, offset);
-                        let (pending, logged) = match process(&m, &parts.engine, &opts, &parts.metrics, self.batches.as_mut()) {
-                            Outcome::Verdict { key, payload, headers, event_time_ms, state, .. } => (Pending {
-                                partition, offset, dlq_kind: None, key, payload, headers,
-                                event_time_ms: Some(event_time_ms), attempts: 0, last_resort: false, alone: false,
-                            }, state),
-                            Outcome::Dead { key, payload, headers, kind } => (Pending {
-                                partition, offset, dlq_kind: Some(kind), key, payload, headers,
-                                event_time_ms: None, attempts: 0, last_resort: false, alone: false,
-                            }, false),
-                        };
+                        self.take(&RecordIn::of(&m));
                         drop(m);
-                        self.tracker.start(partition, offset, 1 + u8::from(logged));
-                        self.send(pending).await;
-                        if logged {
-                            self.flush_batches(false).await;
+                        // Whatever else librdkafka already holds goes in the
+                        // same lane batches (no wait for more).
+                        while self.inflight.len() + self.lanes.outstanding() < max_in_flight {
+                            match consumer.recv().now_or_never() {
+                                Some(Ok(m)) => self.take(&RecordIn::of(&m)),
+                                _ => break,
+                            }
                         }
+                        self.lanes.flush();
                     }
                     Err(e) => {
                         // Every 100 ms while the brokers are away: once per 10 s.
@@ -211,6 +206,85 @@ impl Loop<'_> {
                 }
             }
         }
+    }
+
+    /// A consumed record: into feature state's marks and its lane.
+    fn take(&mut self, rec: &RecordIn<'_>) {
+        self.parts.metrics.events_consumed.increment(1);
+        self.parts.applied.note(rec.partition, rec.offset);
+        self.lanes.push(rec);
+    }
+
+    /// A lane's batch is scored: its outputs are sent in its order (each
+    /// partition's log order), with their state-log entries.
+    async fn on_scored(&mut self, mut b: Batch) -> Result<(), StreamError> {
+        if b.poisoned() {
+            return Err(StreamError::Lane);
+        }
+        for i in 0..b.len() {
+            let Some(s) = b.take(i) else { continue };
+            let (partition, offset) = (s.partition, s.offset);
+            let (pending, logged) = match s.outcome {
+                Outcome::Verdict {
+                    key,
+                    payload,
+                    headers,
+                    event_time_ms,
+                    state,
+                    ..
+                } => {
+                    let logged = log_state(
+                        self.batches.as_mut(),
+                        state.as_ref(),
+                        s.input,
+                        partition,
+                        offset,
+                    );
+                    (
+                        Pending {
+                            partition,
+                            offset,
+                            dlq_kind: None,
+                            key,
+                            payload,
+                            headers,
+                            event_time_ms: Some(event_time_ms),
+                            attempts: 0,
+                            last_resort: false,
+                            alone: false,
+                        },
+                        logged,
+                    )
+                }
+                Outcome::Dead {
+                    key,
+                    payload,
+                    headers,
+                    kind,
+                } => (
+                    Pending {
+                        partition,
+                        offset,
+                        dlq_kind: Some(kind),
+                        key,
+                        payload,
+                        headers,
+                        event_time_ms: None,
+                        attempts: 0,
+                        last_resort: false,
+                        alone: false,
+                    },
+                    false,
+                ),
+            };
+            self.tracker.start(partition, offset, 1 + u8::from(logged));
+            self.send(pending).await;
+            if logged {
+                self.flush_batches(false).await;
+            }
+        }
+        self.lanes.recycle(b);
+        Ok(())
     }
 
     fn topic(&self, to_dlq: bool) -> &str {
@@ -344,7 +418,7 @@ impl Loop<'_> {
         let Some(batches) = self.batches.as_mut() else {
             return;
         };
-        let ready: Vec<Batch> = if all {
+        let ready: Vec<StateBatch> = if all {
             batches.take_all()
         } else {
             batches.take_full().collect()
@@ -356,7 +430,7 @@ impl Loop<'_> {
 
     /// Enqueues a state-log batch; one that cannot be written is given up
     /// (logged and counted) and its payments' offsets released.
-    async fn send_batch(&mut self, mut b: Batch) {
+    async fn send_batch(&mut self, mut b: StateBatch) {
         let Some(batches) = self.batches.as_ref() else {
             return;
         };
@@ -372,7 +446,7 @@ impl Loop<'_> {
     /// A state-log batch acknowledged, or failed: re-sent while the failure
     /// may pass, else given up (its payments' features stay on this
     /// instance, counted).
-    async fn on_batch_ack(&mut self, mut b: Batch, r: Option<OwnedDeliveryResult>) {
+    async fn on_batch_ack(&mut self, mut b: StateBatch, r: Option<OwnedDeliveryResult>) {
         let e = match r {
             Some(Ok(_)) => return self.finished_many(b.partition, &b.offsets),
             Some(Err((e, _))) => e,
@@ -523,8 +597,18 @@ impl Loop<'_> {
     async fn drain(mut self) -> Result<(), StreamError> {
         info!(
             in_flight = self.inflight.len(),
+            scoring = self.lanes.outstanding(),
             "draining: waiting for in-flight verdicts"
         );
+        // What the lanes hold is scored already or about to be: sent like
+        // the rest, so its offsets commit now.
+        self.lanes.flush();
+        while self.lanes.busy() {
+            match self.lanes.next().await {
+                Some(b) => self.on_scored(b).await?,
+                None => break,
+            }
+        }
         // The shutdown is already signalled: a batch that cannot be
         // enqueued at once keeps its offsets uncommitted (read again after
         // the restart).

@@ -18,18 +18,21 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt as _;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
 use super::at_least_once::{classify, Failure};
-use super::record::{last_resort, Source};
+use super::lanes::{Batch, Lanes};
+use super::record::{last_resort, log_state, process, RecordIn, Source};
 use super::state_log::{self, StateBatches};
 use super::{
-    clients, process, subscribe, Outcome, ProcessOptions, SharedConsumer, StreamContext,
-    StreamError, StreamParts,
+    clients, subscribe, Outcome, ProcessOptions, SharedConsumer, StreamContext, StreamError,
+    StreamParts,
 };
 use crate::config::Config;
 use crate::telemetry;
@@ -93,6 +96,19 @@ impl Isolation {
             .get(&partition)
             .is_some_and(|end| offset < *end)
     }
+
+    /// Whether the record at `at` takes the one-at-a-time path (isolated,
+    /// or in a range re-read one event per transaction); forgets a careful
+    /// range once it is passed.
+    fn special(&mut self, (partition, offset): (i32, i64)) -> bool {
+        if let Some(end) = self.careful_until.get(&partition) {
+            if offset < *end {
+                return true;
+            }
+            self.careful_until.remove(&partition);
+        }
+        self.skip.contains(&(partition, offset)) || self.replace.contains(&(partition, offset))
+    }
 }
 
 struct Loop<'a> {
@@ -107,6 +123,12 @@ struct Loop<'a> {
     batches: Option<StateBatches>,
     stop: super::Stop,
     opts: ProcessOptions,
+    /// Where records are decoded, scored and encoded. All of a
+    /// transaction's records are back from the lanes before it commits or
+    /// aborts, so feature state's transaction holds exactly its payments.
+    lanes: Lanes,
+    /// `commit_max_events` reached while outputs were being sent.
+    commit_due: bool,
 }
 
 pub async fn run(
@@ -121,6 +143,7 @@ pub async fn run(
         opts,
         batches,
     } = clients(cfg, parts).await?;
+    let lanes = super::start_lanes(cfg, parts, opts.clone(), batches.is_some())?;
     {
         let p = producer.clone();
         blocking(move || p.init_transactions(TXN_TIMEOUT))
@@ -157,6 +180,8 @@ pub async fn run(
         batches,
         stop,
         opts,
+        lanes,
+        commit_due: false,
     };
     tokio::select! {
         r = l.consume() => r?,
@@ -176,12 +201,17 @@ impl Loop<'_> {
     }
 
     async fn consume(&mut self) -> Result<(), StreamError> {
-        let opts = self.opts.clone();
         let interval = Duration::from_millis(self.cfg.kafka.commit_interval_ms);
+        let max_in_flight = self.cfg.kafka.max_in_flight;
         let mut ticker = tokio::time::interval(interval.min(Duration::from_millis(50)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stop = self.stop.clone();
+        let consumer = self.consumer.clone();
         loop {
+            if self.commit_due {
+                self.commit().await?;
+            }
+            let room = self.lanes.outstanding() < max_in_flight;
             tokio::select! {
                 biased;
                 () = stop.stopped() => return Ok(()),
@@ -197,50 +227,22 @@ impl Loop<'_> {
                         }
                     }
                 }
-                msg = self.consumer.recv() => match msg {
+                Some(b) = self.lanes.next(), if self.lanes.busy() => self.on_scored(b).await?,
+                msg = consumer.recv(), if room => match msg {
                     Ok(m) => {
-                        self.parts.metrics.events_consumed.increment(1);
-                        if !self.txn.open {
-                            self.producer.begin_transaction().map_err(|source| StreamError::Transaction { step: "begin", source })?;
-                            // Feature state joins the transaction: an abort
-                            // puts it back, so re-scored events see what
-                            // they first saw.
-                            if let Err(e) = self.parts.engine.begin_txn() {
-                                warn!(error = %e, "feature state cannot join the transaction");
+                        let mut special = self.admit(&m)?;
+                        // Whatever else librdkafka already holds goes in the
+                        // same lane batches (no wait for more), up to a
+                        // record that must go one at a time.
+                        while special.is_none() && self.lanes.outstanding() < max_in_flight {
+                            match consumer.recv().now_or_never() {
+                                Some(Ok(m)) => special = self.admit(&m)?,
+                                _ => break,
                             }
-                            self.txn.open = true;
-                            self.txn.started = Instant::now();
-                            self.txn.revokes_at_begin = self.revokes();
                         }
-                        let (partition, offset) = (m.partition(), m.offset());
-                        self.parts.applied.note(partition, offset);
-                        let at = (partition, offset);
-                        let outcome = if self.isolation.skip.contains(&at) {
-                            None
-                        } else if self.isolation.replace.contains(&at) {
-                            let source = Source { topic: m.topic(), partition, offset };
-                            Some(last_resort(&source, m.key().unwrap_or_default(),
-                                "the broker refused this record's output in an earlier transaction",
-                                self.cfg.limits.max_key_bytes))
-                        } else {
-                            Some(process(&m, &self.parts.engine, &opts, &self.parts.metrics, self.batches.as_mut()))
-                        };
-                        drop(m);
-                        if let Some(outcome) = outcome {
-                            let isolated = self.isolation.replace.contains(&at);
-                            self.produce(partition, offset, outcome, isolated).await;
-                        } else {
-                            error!(partition, offset, "record skipped: neither its output nor its minimal dead letter could be produced");
-                            metrics::counter!(telemetry::LAST_RESORT, "outcome" => "unwritable").increment(1);
-                        }
-                        if self.txn.open {
-                            self.txn.offsets.insert(partition, offset + 1);
-                            self.txn.events += 1;
-                            if self.txn.events >= self.cfg.kafka.commit_max_events
-                                || self.isolation.careful(partition, offset)
-                            {
-                                self.commit().await?;
-                            }
+                        self.lanes.flush();
+                        if let Some(m) = special {
+                            self.one_at_a_time(m).await?;
                         }
                     }
                     Err(e) => {
@@ -256,6 +258,174 @@ impl Loop<'_> {
                 }
             }
         }
+    }
+
+    /// A consumed record joins the open transaction (one is begun if none
+    /// is) and goes to its lane; a record that must go one at a time
+    /// (isolation after an abort) is handed back, detached.
+    fn admit(&mut self, m: &BorrowedMessage<'_>) -> Result<Option<OwnedMessage>, StreamError> {
+        self.parts.metrics.events_consumed.increment(1);
+        if !self.txn.open {
+            self.producer
+                .begin_transaction()
+                .map_err(|source| StreamError::Transaction {
+                    step: "begin",
+                    source,
+                })?;
+            // Feature state joins the transaction: an abort puts it back,
+            // so re-scored events see what they first saw.
+            if let Err(e) = self.parts.engine.begin_txn() {
+                warn!(error = %e, "feature state cannot join the transaction");
+            }
+            self.txn.open = true;
+            self.txn.started = Instant::now();
+            self.txn.revokes_at_begin = self.revokes();
+        }
+        let (partition, offset) = (m.partition(), m.offset());
+        self.parts.applied.note(partition, offset);
+        if self.isolation.special((partition, offset)) {
+            return Ok(Some(m.detach()));
+        }
+        self.lanes.push(&RecordIn::of(m));
+        Ok(None)
+    }
+
+    /// A lane's batch is scored: its outputs go into the open transaction
+    /// in its order.
+    async fn on_scored(&mut self, mut b: Batch) -> Result<(), StreamError> {
+        if b.poisoned() {
+            return Err(StreamError::Lane);
+        }
+        for i in 0..b.len() {
+            let Some(s) = b.take(i) else { continue };
+            let (partition, offset) = (s.partition, s.offset);
+            if let Outcome::Verdict { state, .. } = &s.outcome {
+                log_state(
+                    self.batches.as_mut(),
+                    state.as_ref(),
+                    s.input,
+                    partition,
+                    offset,
+                );
+            }
+            self.produce(partition, offset, s.outcome, false).await;
+            if self.txn.open {
+                self.txn.offsets.insert(partition, offset + 1);
+                self.txn.events += 1;
+                if self.txn.events >= self.cfg.kafka.commit_max_events {
+                    self.commit_due = true;
+                }
+            }
+        }
+        self.lanes.recycle(b);
+        Ok(())
+    }
+
+    /// Waits for every record in the lanes; with `send`, their outputs go
+    /// into the open transaction, else they are dropped (the transaction is
+    /// being aborted: they are read again).
+    async fn settle_lanes(&mut self, send: bool) -> Result<(), StreamError> {
+        self.lanes.flush();
+        while self.lanes.busy() {
+            let Some(b) = self.lanes.next().await else {
+                break;
+            };
+            if send {
+                self.on_scored(b).await?;
+            } else if b.poisoned() {
+                return Err(StreamError::Lane);
+            } else {
+                self.lanes.recycle(b);
+            }
+        }
+        Ok(())
+    }
+
+    /// A record isolated after an abort, or in a range re-read one event
+    /// per transaction: the lanes are settled first (order), then it is
+    /// scored here and, when careful, committed alone.
+    async fn one_at_a_time(&mut self, m: OwnedMessage) -> Result<(), StreamError> {
+        self.settle_lanes(true).await?;
+        if !self.txn.open {
+            // settle_lanes may have committed (commit_max_events): the
+            // record needs a transaction of its own.
+            self.producer
+                .begin_transaction()
+                .map_err(|source| StreamError::Transaction {
+                    step: "begin",
+                    source,
+                })?;
+            if let Err(e) = self.parts.engine.begin_txn() {
+                warn!(error = %e, "feature state cannot join the transaction");
+            }
+            self.txn.open = true;
+            self.txn.started = Instant::now();
+            self.txn.revokes_at_begin = self.revokes();
+        }
+        let (partition, offset) = (m.partition(), m.offset());
+        let at = (partition, offset);
+        let outcome = if self.isolation.skip.contains(&at) {
+            None
+        } else if self.isolation.replace.contains(&at) {
+            let source = Source {
+                topic: m.topic(),
+                partition,
+                offset,
+            };
+            Some(last_resort(
+                &source,
+                m.key().unwrap_or_default(),
+                "the broker refused this record's output in an earlier transaction",
+                self.cfg.limits.max_key_bytes,
+            ))
+        } else {
+            let rec = RecordIn {
+                topic: m.topic(),
+                partition,
+                offset,
+                key: m.key(),
+                payload: m.payload().unwrap_or(&[]),
+                format: owned_content_type(&m),
+            };
+            let o = process(
+                &rec,
+                &self.parts.engine,
+                &self.opts,
+                &self.parts.metrics,
+                self.batches.is_some(),
+            );
+            if let Outcome::Verdict { state, .. } = &o {
+                log_state(
+                    self.batches.as_mut(),
+                    state.as_ref(),
+                    rec.payload,
+                    partition,
+                    offset,
+                );
+            }
+            Some(o)
+        };
+        if let Some(outcome) = outcome {
+            let isolated = self.isolation.replace.contains(&at);
+            self.produce(partition, offset, outcome, isolated).await;
+        } else {
+            error!(
+                partition,
+                offset,
+                "record skipped: neither its output nor its minimal dead letter could be produced"
+            );
+            metrics::counter!(telemetry::LAST_RESORT, "outcome" => "unwritable").increment(1);
+        }
+        if self.txn.open {
+            self.txn.offsets.insert(partition, offset + 1);
+            self.txn.events += 1;
+            if self.txn.events >= self.cfg.kafka.commit_max_events
+                || self.isolation.careful(partition, offset)
+            {
+                self.commit().await?;
+            }
+        }
+        Ok(())
     }
 
     /// Sends one output record in the open transaction. A record librdkafka
@@ -396,10 +566,14 @@ impl Loop<'_> {
         // each (the offsets would still be accepted: the group metadata is
         // the new generation's). Aborting leaves them to the new owner; the
         // partitions still held are read again from their committed offsets.
+        self.commit_due = false;
         if self.revokes() != self.txn.revokes_at_begin {
             warn!("partitions were revoked while this transaction was open: aborting it; their new owner scores those events");
             return self.abort_with(false).await;
         }
+        // Every record of the transaction, out of the lanes and sent.
+        self.settle_lanes(true).await?;
+        self.commit_due = false;
         // The transaction's payments go to the state log with it.
         self.send_batches(true).await;
         let mut tpl = TopicPartitionList::new();
@@ -477,6 +651,8 @@ impl Loop<'_> {
     /// [`Loop::abort`]; `isolate`: look for the record that failed the
     /// transaction (not after an abort on revoke, where none did).
     async fn abort_with(&mut self, isolate: bool) -> Result<(), StreamError> {
+        // Nothing may score while feature state is put back.
+        self.settle_lanes(false).await?;
         let p = self.producer.clone();
         blocking(move || p.abort_transaction(TXN_TIMEOUT))
             .await
@@ -604,6 +780,18 @@ fn split(cfg: &Config, o: Outcome) -> Parts<'_> {
             Some(kind),
         ),
     }
+}
+
+/// The format an owned record's content-type header names.
+fn owned_content_type(m: &OwnedMessage) -> Option<crate::event::Format> {
+    use rdkafka::message::Headers as _;
+    let headers = m.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case(super::HDR_CONTENT_TYPE))
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(crate::event::Format::from_content_type)
 }
 
 /// Seeks `partitions` (those still assigned) back to their committed

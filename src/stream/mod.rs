@@ -20,6 +20,7 @@ pub mod at_least_once;
 mod context;
 pub mod exactly_once;
 pub mod lag;
+mod lanes;
 pub mod record;
 pub mod sink;
 pub mod source;
@@ -39,7 +40,6 @@ use crate::config::{Config, Delivery};
 use crate::engine::Engine;
 use crate::telemetry::Metrics;
 pub use context::StreamContext;
-pub(crate) use record::process;
 pub use record::{Outcome, ProcessOptions, HDR_CONTENT_TYPE};
 use sink::options_for;
 pub use sink::{output_record_limit, producer_config};
@@ -65,6 +65,10 @@ pub enum StreamError {
     FatalProducer(String),
     #[error("offset commit failed: {0}")]
     Commit(KafkaError),
+    #[error("cannot start the scoring lanes: {0}")]
+    LaneStart(std::io::Error),
+    #[error("a scoring lane panicked (see the log line before this); the stream stops so that the process restarts and reads those records again")]
+    Lane,
     #[error("the output topics take records of at most {limit} bytes, but a dead letter needs up to {needed} (limits.max_key_bytes plus envelope): raise the topics' max.message.bytes or lower limits.max_key_bytes")]
     RecordLimit { limit: usize, needed: usize },
 }
@@ -267,6 +271,23 @@ async fn clients(cfg: &Config, parts: &StreamParts) -> Result<Clients, StreamErr
         opts,
         batches,
     })
+}
+
+/// Starts the delivery loop's scoring lanes (`kafka.scoring_threads`).
+fn start_lanes(
+    cfg: &Config,
+    parts: &StreamParts,
+    opts: ProcessOptions,
+    log_state: bool,
+) -> Result<lanes::Lanes, StreamError> {
+    let lp = lanes::LaneParts {
+        engine: parts.engine.clone(),
+        opts,
+        metrics: parts.metrics.clone(),
+        topic: Arc::from(cfg.kafka.payments_topic.as_str()),
+        log_state,
+    };
+    lanes::Lanes::start(cfg.kafka.scoring_threads, &lp).map_err(StreamError::LaneStart)
 }
 
 /// Settings shared by the consumer and the producer: brokers and the

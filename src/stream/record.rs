@@ -30,8 +30,9 @@ pub enum Outcome {
         headers: OwnedHeaders,
         event_time_ms: i64,
         decision: Decision,
-        /// The payment went into a state-log batch (state log on).
-        state: bool,
+        /// What goes into the state-log batch of its partition (state
+        /// log on): the caller pushes it, in partition order.
+        state: Option<StateBytes>,
     },
     Dead {
         key: Vec<u8>,
@@ -39,6 +40,42 @@ pub enum Outcome {
         headers: OwnedHeaders,
         kind: &'static str,
     },
+}
+
+/// A scored payment's state-log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateBytes {
+    /// The input record's own value: protobuf that decodes to this payment
+    /// (no second encoding).
+    Input,
+    /// The payment encoded as protobuf (the input was JSON, or too large).
+    Encoded(Vec<u8>),
+}
+
+/// One input record as the scoring path reads it: borrowed from a consumed
+/// message or from a scoring lane's batch ([`super::lanes`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RecordIn<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+    /// From the record's content-type header, when it names one.
+    pub format: Option<Format>,
+}
+
+impl<'a> RecordIn<'a> {
+    pub fn of<'m: 'a>(msg: &'a BorrowedMessage<'m>) -> RecordIn<'a> {
+        RecordIn {
+            topic: msg.topic(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+            key: msg.key(),
+            payload: msg.payload().unwrap_or(&[]),
+            format: content_type(msg),
+        }
+    }
 }
 
 /// How records are turned into verdicts; fixed for the life of the stream.
@@ -61,7 +98,7 @@ impl ProcessOptions {
     }
 }
 
-fn content_type(msg: &BorrowedMessage<'_>) -> Option<Format> {
+pub(crate) fn content_type(msg: &BorrowedMessage<'_>) -> Option<Format> {
     let headers = msg.headers()?;
     headers
         .iter()
@@ -72,26 +109,26 @@ fn content_type(msg: &BorrowedMessage<'_>) -> Option<Format> {
 }
 
 /// Decodes, scores and encodes one record. Never fails: what cannot be
-/// scored becomes a dead letter naming why. With the state log on, a scored
-/// payment is added to `state`'s batch of its partition.
+/// scored becomes a dead letter naming why. With `log_state` (the state log
+/// on), a scored payment's verdict says what its state-log entry is.
 pub(crate) fn process(
-    msg: &BorrowedMessage<'_>,
+    rec: &RecordIn<'_>,
     engine: &Engine,
     opts: &ProcessOptions,
     metrics: &Metrics,
-    state: Option<&mut super::state_log::StateBatches>,
+    log_state: bool,
 ) -> Outcome {
     let now = crate::now_ms();
-    let bytes = msg.payload().unwrap_or(&[]);
-    let key_len = msg.key().map_or(0, <[u8]>::len);
+    let bytes = rec.payload;
+    let key_len = rec.key.map_or(0, <[u8]>::len);
     if key_len > opts.limits.max_key_bytes {
         let e = DecodeError::KeyTooLarge {
             size: key_len,
             limit: opts.limits.max_key_bytes,
         };
-        return dead_letter(msg, bytes, &e, now, opts, metrics);
+        return dead_letter(rec, &e, now, opts, metrics);
     }
-    let format = content_type(msg).unwrap_or_else(|| Format::detect(bytes));
+    let format = rec.format.unwrap_or_else(|| Format::detect(bytes));
     match event::decode(bytes, Some(format), &opts.limits, now) {
         Ok(p) => {
             let started = std::time::Instant::now();
@@ -100,8 +137,8 @@ pub(crate) fn process(
                 .engine_latency
                 .record(started.elapsed().as_secs_f64());
             metrics.verdict(v.decision).increment(1);
-            let key = msg
-                .key()
+            let key = rec
+                .key
                 .map(<[u8]>::to_vec)
                 .unwrap_or_else(|| p.payer.account.clone().into_bytes());
             let wire = if opts.explain {
@@ -126,32 +163,45 @@ pub(crate) fn process(
                 score = v.score,
                 "scored"
             );
-            let logged = state.is_some();
-            if let Some(batches) = state {
-                let (partition, offset) = (msg.partition(), msg.offset());
+            let state = log_state.then(|| {
                 if format == Format::Protobuf && bytes.len() <= crate::state::RAW_PAYMENT_MAX {
-                    // The input bytes decode to this payment: no second encoding.
-                    batches.push(bytes, partition, offset);
+                    StateBytes::Input
                 } else {
-                    batches.push(&p.to_protobuf(), partition, offset);
+                    StateBytes::Encoded(p.to_protobuf())
                 }
-            }
+            });
             Outcome::Verdict {
                 key,
                 payload,
                 headers,
                 event_time_ms: p.event_time_ms,
                 decision: v.decision,
-                state: logged,
+                state,
             }
         }
-        Err(e) => dead_letter(msg, bytes, &e, now, opts, metrics),
+        Err(e) => dead_letter(rec, &e, now, opts, metrics),
     }
 }
 
+/// Pushes a scored payment's state-log entry into its partition's batch;
+/// returns whether it did (the offset then awaits the batch's ack too).
+pub(crate) fn log_state(
+    batches: Option<&mut super::state_log::StateBatches>,
+    state: Option<&StateBytes>,
+    input: &[u8],
+    partition: i32,
+    offset: i64,
+) -> bool {
+    match (batches, state) {
+        (Some(b), Some(StateBytes::Input)) => b.push(input, partition, offset),
+        (Some(b), Some(StateBytes::Encoded(bytes))) => b.push(bytes, partition, offset),
+        _ => return false,
+    }
+    true
+}
+
 fn dead_letter(
-    msg: &BorrowedMessage<'_>,
-    bytes: &[u8],
+    rec: &RecordIn<'_>,
     e: &DecodeError,
     now: i64,
     opts: &ProcessOptions,
@@ -159,22 +209,22 @@ fn dead_letter(
 ) -> Outcome {
     metrics.decode_error(e);
     tracing::debug!(
-        topic = msg.topic(),
-        partition = msg.partition(),
-        offset = msg.offset(),
+        topic = rec.topic,
+        partition = rec.partition,
+        offset = rec.offset,
         kind = e.kind(),
         "record refused, sent to the dead-letter topic"
     );
     let source = Source {
-        topic: msg.topic(),
-        partition: msg.partition(),
-        offset: msg.offset(),
+        topic: rec.topic,
+        partition: rec.partition,
+        offset: rec.offset,
     };
-    let key = msg.key().unwrap_or_default();
+    let key = rec.key.unwrap_or_default();
     bounded_dead_letter(
         &source,
         key,
-        bytes,
+        rec.payload,
         e,
         now,
         opts.dlq_max_payload_bytes,

@@ -171,6 +171,15 @@ pub fn broker_log_tail(brokers: &str) -> String {
 /// Where each produced event landed: event_id -> (partition, offset).
 pub type Placement = HashMap<String, (i32, i64)>;
 
+/// The `start_ms` of every generated stream [`produce_events`] writes in
+/// this test process (ten minutes before its first call): a test that
+/// regenerates the same events uses it too, since what the generator draws
+/// depends on the hour of day.
+pub fn events_start_ms() -> i64 {
+    static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *START.get_or_init(|| fraudline::now_ms() - 600_000)
+}
+
 /// Produces `count` generated events (alternating protobuf and JSON, keyed by
 /// payer) and returns where each landed.
 pub async fn produce_events(brokers: &str, topic: &str, count: usize, seed: u64) -> Placement {
@@ -181,7 +190,7 @@ pub async fn produce_events(brokers: &str, topic: &str, count: usize, seed: u64)
         .unwrap();
     let gen = Generator::new(GenConfig {
         seed,
-        start_ms: fraudline::now_ms() - 600_000,
+        start_ms: events_start_ms(),
         events_per_sec: 200.0,
         fraud_rate: 0.05,
         ..GenConfig::default()
