@@ -109,6 +109,9 @@ struct Loop<'a> {
     stop: super::Stop,
     /// Where records are decoded, scored and encoded.
     lanes: Lanes,
+    /// Committable offsets that moved since they were last stored: stored
+    /// in one call per loop turn, not one per acknowledgement.
+    to_store: Vec<(i32, i64)>,
 }
 
 pub async fn run(
@@ -137,6 +140,7 @@ pub async fn run(
         batch_acks: FuturesUnordered::new(),
         stop,
         lanes,
+        to_store: Vec::new(),
     };
     parts.ready.set_stream(true);
     info!(
@@ -171,11 +175,18 @@ impl Loop<'_> {
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let logging = self.batches.is_some();
         loop {
+            self.store_moved();
             let room = self.inflight.len() + self.lanes.outstanding() < max_in_flight;
             tokio::select! {
                 biased;
                 () = stop.stopped() => return Ok(()),
-                Some((p, r)) = self.inflight.next(), if !self.inflight.is_empty() => self.on_ack(p, r).await?,
+                Some((p, r)) = self.inflight.next(), if !self.inflight.is_empty() => {
+                    self.on_ack(p, r).await?;
+                    // The acknowledgements that came with it, in one go.
+                    while let Some(Some((p, r))) = self.inflight.next().now_or_never() {
+                        self.on_ack(p, r).await?;
+                    }
+                }
                 Some((b, r)) = self.batch_acks.next(), if !self.batch_acks.is_empty() => self.on_batch_ack(b, r).await,
                 Some(b) = self.lanes.next(), if self.lanes.busy() => self.on_scored(b).await?,
                 _ = flush.tick(), if logging => self.flush_batches(true).await,
@@ -494,17 +505,30 @@ impl Loop<'_> {
     }
 
     fn store(&mut self, partition: i32, next: i64) {
-        // Fails only when the partition was revoked meanwhile; the new
+        match self.to_store.iter_mut().find(|(p, _)| *p == partition) {
+            Some(e) => e.1 = e.1.max(next),
+            None => self.to_store.push((partition, next)),
+        }
+    }
+
+    /// Stores the committable offsets that moved, for the next (auto)commit.
+    fn store_moved(&mut self) {
+        if self.to_store.is_empty() {
+            return;
+        }
+        // Fails only when a partition was revoked meanwhile; the new
         // owner re-reads from the last commit (at-least-once).
         // `store_offsets` stores the offset as given: the next one to read.
         // (`store_offset` would add one itself.)
-        let mut tpl = TopicPartitionList::new();
+        let mut tpl = TopicPartitionList::with_capacity(self.to_store.len());
         let topic = &self.cfg.kafka.payments_topic;
-        let stored = tpl
-            .add_partition_offset(topic, partition, Offset::Offset(next))
-            .and_then(|()| self.consumer.store_offsets(&tpl));
-        if let Err(e) = stored {
-            tracing::debug!(error = %e, partition, "offset not stored");
+        for (partition, next) in self.to_store.drain(..) {
+            if let Err(e) = tpl.add_partition_offset(topic, partition, Offset::Offset(next)) {
+                tracing::debug!(error = %e, partition, "offset not stored");
+            }
+        }
+        if let Err(e) = self.consumer.store_offsets(&tpl) {
+            tracing::debug!(error = %e, "offsets not stored");
         }
     }
 
@@ -627,6 +651,7 @@ impl Loop<'_> {
         while let Some((b, r)) = self.batch_acks.next().await {
             self.on_batch_ack(b, r).await;
         }
+        self.store_moved();
         let consumer = self.consumer.clone();
         let producer = self.producer.clone();
         let committed = tokio::task::spawn_blocking(move || {
