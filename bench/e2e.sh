@@ -5,6 +5,14 @@
 #
 #   bench/e2e.sh                        defaults: 200,000 events; 5,000 events/s for 10 s
 #   bench/e2e.sh --repeat 3             any e2e_bench argument (--help lists them)
+#   FRAUDLINE_E2E_SHORT=1 bench/e2e.sh  the main tables only (no floor, scaling or settings)
+#
+# In one run: (1) fraudline at-least-once and exactly-once beside the
+# pass-through, with their ratios; (2) Kafka's own tools on the same broker
+# (bench/kafka_perf.sh), the independent floor; (3) scaling: one scoring lane
+# against one per core; (4) the latency / throughput trade-off of the
+# consumer's fetch wait and the producer's linger, pass-through beside
+# fraudline at each.
 #
 # Environment:
 #   FRAUDLINE_KAFKA_STATE   broker state directory (default /tmp/fraudline-kafka-bench,
@@ -41,3 +49,28 @@ echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(lscpu | sed -n 's/^Mod
 echo
 cargo run -q --release --example e2e_bench -- \
   --brokers "$brokers" --broker-pid "$broker_pid" "$@"
+
+[ "${FRAUDLINE_E2E_SHORT:-0}" = 1 ] && exit 0
+
+bench/kafka_perf.sh "$brokers" 200000 "$(cargo run -q --release --example e2e_bench -- --mean-bytes)" 5000
+
+echo "### Scaling: scoring lanes (kafka.scoring_threads), at-least-once, 200,000 events"
+echo
+echo "| run | system | events/s | ratio to pass-through | p50 ms | p99 ms | p99.9 ms |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
+for lanes in 1 2; do
+  cargo run -q --release --example e2e_bench -- --brokers "$brokers" --no-exactly-once \
+    --no-latency --scoring-threads "$lanes" --rows "$lanes lane(s)"
+done
+echo
+
+echo "### Latency against throughput: consumer fetch wait and producer linger (at-least-once; latency at 5,000 events/s)"
+echo
+echo "| fetch_wait_max_ms, linger_ms | system | events/s | ratio to pass-through | p50 ms | p99 ms | p99.9 ms |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
+for s in "1 0" "10 1" "100 5" "500 20"; do
+  set -- $s
+  cargo run -q --release --example e2e_bench -- --brokers "$brokers" --no-exactly-once \
+    --kafka "fetch_wait_max_ms=$1" --kafka "linger_ms=$2" --rows "$1, $2$([ "$s" = "10 1" ] && echo ' (default)')"
+done
+echo

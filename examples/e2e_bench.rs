@@ -83,6 +83,21 @@ struct Args {
     /// Pid of the broker, to report its CPU time per run too.
     #[arg(long)]
     broker_pid: Option<u32>,
+    /// fraudline's scoring lanes (`kafka.scoring_threads`; 0: one per core).
+    #[arg(long, default_value_t = 0)]
+    scoring_threads: usize,
+    /// A `[kafka]` setting for every system, e.g. `--kafka linger_ms=5`
+    /// (the pass-through builds its clients from the same config). Repeatable.
+    #[arg(long = "kafka", value_name = "KEY=VALUE")]
+    kafka: Vec<String>,
+    /// Print only table rows `| LABEL | system | events/s | ratio | p50 | p99 | p99.9 |`
+    /// (bench/e2e.sh prints the header once for several runs).
+    #[arg(long, value_name = "LABEL")]
+    rows: Option<String>,
+    /// Print the mean value size of the generated events and exit (the
+    /// record size bench/kafka_perf.sh uses).
+    #[arg(long)]
+    mean_bytes: bool,
 }
 
 /// The systems under test.
@@ -128,6 +143,12 @@ impl System {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.mean_bytes {
+        let events = generate_throughput_events(10_000);
+        let bytes: usize = events.iter().map(|(_, v)| v.len()).sum();
+        println!("{}", bytes / events.len());
+        return Ok(());
+    }
     fraudline::telemetry::init_tracing(fraudline::telemetry::LogFormat::Text, "warn");
     let mut systems = vec![System::PassThrough, System::AtLeastOnce];
     if args.no_pass_through {
@@ -236,10 +257,17 @@ async fn create_topics(args: &Args, name: &str) -> Result<Topics> {
 
 /// The config the fraudline runs use, and the pass-through's client settings.
 fn config(args: &Args, t: &Topics, system: System) -> Result<Config> {
+    let mut extra = format!("scoring_threads = {}\n", args.scoring_threads);
+    for kv in &args.kafka {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--kafka {kv}: expected KEY=VALUE"))?;
+        extra.push_str(&format!("{} = {}\n", k.trim(), v.trim()));
+    }
     let toml = format!(
         "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\npayments_topic = \"{}\"\n\
          verdicts_topic = \"{}\"\ndlq_topic = \"{}\"\nstate_topic = \"{}-state\"\ndelivery = \"{}\"\n\
-         transactional_id = \"{}-txn\"\n[http]\nlisten = \"\"\n",
+         transactional_id = \"{}-txn\"\n{extra}[http]\nlisten = \"\"\n",
         args.brokers,
         t.group,
         t.input,
@@ -452,14 +480,20 @@ fn send_blocking(
 
 /// (key, protobuf bytes) of `n` generated events from one hour ago.
 fn generate_throughput_events(n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
-    Generator::new(GenConfig {
+    let events: Vec<(Vec<u8>, Vec<u8>)> = Generator::new(GenConfig {
         seed: 42,
         start_ms: fraudline::now_ms() - 3_600_000,
         ..GenConfig::default()
     })
     .take(n)
     .map(|(p, _)| (p.payer.account.clone().into_bytes(), p.to_protobuf()))
-    .collect()
+    .collect();
+    let bytes: usize = events.iter().map(|(_, v)| v.len()).sum();
+    eprintln!(
+        "e2e_bench: {n} events, mean value {} bytes",
+        bytes / n.max(1)
+    );
+    events
 }
 
 fn preproduce(brokers: &str, topic: &str, events: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
@@ -929,7 +963,47 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// One row per system for a comparison across settings (`--rows LABEL`).
+fn print_rows(label: &str, tp: &[ThroughputRow], lat: &[LatencyRow]) {
+    let base = median(
+        tp.iter()
+            .filter(|r| r.system == System::PassThrough)
+            .map(ThroughputRow::steady_rate)
+            .collect(),
+    );
+    let mut systems: Vec<System> = tp.iter().map(|r| r.system).collect();
+    systems.extend(lat.iter().map(|r| r.system));
+    systems.dedup();
+    for s in systems {
+        let rate = median(
+            tp.iter()
+                .filter(|r| r.system == s)
+                .map(ThroughputRow::steady_rate)
+                .collect(),
+        );
+        let ratio = if base > 0.0 && rate > 0.0 {
+            format!("{:.2}", rate / base)
+        } else {
+            "–".into()
+        };
+        let (p50, p99, p999) = lat
+            .iter()
+            .find(|r| r.system == s)
+            .map_or(("–".into(), "–".into(), "–".into()), |r| {
+                (r.p50.to_string(), r.p99.to_string(), r.p999.to_string())
+            });
+        println!(
+            "| {label} | {} | {:.0} | {ratio} | {p50} | {p99} | {p999} |",
+            s.name(),
+            rate
+        );
+    }
+}
+
 fn print_tables(args: &Args, tp: &[ThroughputRow], lat: &[LatencyRow]) {
+    if let Some(label) = &args.rows {
+        return print_rows(label, tp, lat);
+    }
     if !tp.is_empty() {
         let runs = tp.iter().filter(|r| r.system == tp[0].system).count();
         println!(

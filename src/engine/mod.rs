@@ -64,7 +64,8 @@ pub struct Engine {
 #[derive(Default)]
 struct TxnGate {
     open: std::sync::RwLock<bool>,
-    foreign: std::sync::Mutex<Vec<Payment>>,
+    /// Per journal segment (see [`Engine::seal_txn`]), oldest first.
+    foreign: std::sync::Mutex<std::collections::VecDeque<Vec<Payment>>>,
 }
 
 impl Engine {
@@ -185,11 +186,15 @@ impl Engine {
     }
 
     fn keep_foreign(&self, p: &Payment) {
-        self.txn
+        if let Some(segment) = self
+            .txn
             .foreign
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(p.clone());
+            .back_mut()
+        {
+            segment.push(p.clone());
+        }
     }
 
     /// Opens the exactly-once stream's transaction over feature state (see
@@ -201,36 +206,68 @@ impl Engine {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         self.features.begin_txn()?;
-        self.txn
+        let mut foreign = self
+            .txn
             .foreign
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+            .unwrap_or_else(PoisonError::into_inner);
+        foreign.clear();
+        foreign.push_back(Vec::new());
         *open = true;
         Ok(())
     }
 
-    /// Keeps the transaction's changes.
+    /// Seals the transaction being committed and opens the next segment,
+    /// so the stream scores on while the commit runs (see
+    /// [`FeatureStore::seal_txn`]).
+    pub fn seal_txn(&self) -> Result<(), StateError> {
+        let _open = self
+            .txn
+            .open
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.features.seal_txn()?;
+        self.txn
+            .foreign
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(Vec::new());
+        Ok(())
+    }
+
+    /// Keeps the changes of the oldest open segment (the whole transaction
+    /// when it was never sealed).
     pub fn commit_txn(&self) -> Result<(), StateError> {
         let mut open = self
             .txn
             .open
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        *open = false;
-        self.txn
+        let mut foreign = self
+            .txn
             .foreign
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-        self.features.commit_txn().map(|_| ())
+            .unwrap_or_else(PoisonError::into_inner);
+        foreign.pop_front();
+        let r = self.features.commit_txn().map(|_| ());
+        *open = self.features.txn_open();
+        if !*open {
+            foreign.clear();
+        }
+        r
     }
 
-    /// Puts feature state back as it was when the transaction began, then
-    /// applies again the payments others applied meanwhile (in-line calls,
-    /// other instances' state records), in their order. The stream then
-    /// re-consumes its own, which see the state they first saw. Returns how
-    /// many foreign payments were applied again.
+    /// Whether a transaction (or a segment of one) is open.
+    pub fn txn_open(&self) -> bool {
+        self.features.txn_open()
+    }
+
+    /// Puts feature state back as it was when the transaction began (its
+    /// oldest open segment), then applies again the payments others
+    /// applied meanwhile (in-line calls, other instances' state records),
+    /// in their order. The stream then re-consumes its own, which see the
+    /// state they first saw. Returns how many foreign payments were
+    /// applied again.
     pub fn abort_txn(&self) -> Result<usize, StateError> {
         let mut open = self
             .txn
@@ -246,10 +283,12 @@ impl Engine {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        for p in &foreign {
+        let mut n = 0;
+        for p in foreign.iter().flatten() {
             self.apply(p);
+            n += 1;
         }
-        undone.map(|_| foreign.len())
+        undone.map(|_| n)
     }
 
     /// Swaps in a new rule set between two events.

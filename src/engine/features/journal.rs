@@ -138,10 +138,12 @@ struct Cut {
     arena: Vec<u8>,
 }
 
+/// One segment of an open transaction: from its start epoch until the next
+/// [`FeatureStore::seal_txn`] (or the end).
 struct Txn {
     start: u32,
     watermark: u32,
-    /// Pre-images in first-change order; `None` = created in the txn.
+    /// Pre-images in first-change order; `None` = created in the segment.
     undo: Vec<(EntityKey, Option<Range<usize>>)>,
     arena: Vec<u8>,
 }
@@ -162,7 +164,10 @@ struct Logs {
     removed: Vec<EntityKey>,
     last_cut_id: u32,
     cut: Option<Cut>,
-    txn: Option<Txn>,
+    /// The open transaction's segments, oldest first (a pipelined stream
+    /// seals one and scores into the next while the first commits);
+    /// journaling goes to the newest. Empty: no transaction open.
+    txn: std::collections::VecDeque<Txn>,
 }
 
 impl Logs {
@@ -177,7 +182,7 @@ impl Logs {
                 c.side.push((key, at..c.arena.len()));
             }
         }
-        if let Some(t) = &mut self.txn {
+        if let Some(t) = self.txn.back_mut() {
             if m.epoch < t.start {
                 let at = t.arena.len();
                 ent.encode(&mut t.arena);
@@ -273,7 +278,7 @@ impl Tracker {
     #[inline]
     pub(super) fn created(&self, kind: EntityKind, key: u64) {
         if self.active.load(Ordering::Relaxed) & TXN != 0 {
-            if let Some(t) = &mut self.logs().txn {
+            if let Some(t) = self.logs().txn.back_mut() {
                 t.undo.push((EntityKey { kind, key }, None));
             }
         }
@@ -316,7 +321,7 @@ impl Tracker {
         let mut logs = self.logs();
         let epoch = self.epoch.load(Ordering::Relaxed);
         let m = ent.meta();
-        if m.epoch == epoch || (logs.cut.is_none() && logs.txn.is_none()) {
+        if m.epoch == epoch || (logs.cut.is_none() && logs.txn.is_empty()) {
             if f(ent) {
                 ent.meta_mut().epoch = epoch;
             }
@@ -325,7 +330,7 @@ impl Tracker {
         let key = EntityKey { kind: T::KIND, key };
         let marks = (
             logs.cut.as_ref().map(|c| (c.side.len(), c.arena.len())),
-            logs.txn.as_ref().map(|t| (t.undo.len(), t.arena.len())),
+            logs.txn.back().map(|t| (t.undo.len(), t.arena.len())),
         );
         logs.save(key, ent, m);
         if f(ent) {
@@ -336,7 +341,7 @@ impl Tracker {
                 c.side.truncate(n);
                 c.arena.truncate(a);
             }
-            if let (Some(t), Some((n, a))) = (&mut logs.txn, marks.1) {
+            if let (Some(t), Some((n, a))) = (logs.txn.back_mut(), marks.1) {
                 t.undo.truncate(n);
                 t.arena.truncate(a);
             }
@@ -573,20 +578,43 @@ impl FeatureStore {
         let t = &self.tracker;
         let _gate = t.exclusive();
         let mut logs = t.logs();
-        if logs.txn.is_some() {
+        if !logs.txn.is_empty() {
             return Err(StateError::TxnOpen);
         }
+        self.open_segment(&mut logs);
+        t.active.fetch_or(TXN, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Closes the current segment of the open transaction and starts the
+    /// next: a pipelined stream seals the transaction it is committing and
+    /// scores the next one's payments while the commit runs. Then
+    /// [`FeatureStore::commit_txn`] keeps the oldest segment's changes (the
+    /// committed transaction) and [`FeatureStore::abort_txn`] puts back
+    /// every segment's. Waits for the payments in flight.
+    pub fn seal_txn(&self) -> Result<(), StateError> {
+        let t = &self.tracker;
+        let _gate = t.exclusive();
+        let mut logs = t.logs();
+        if logs.txn.is_empty() {
+            return Err(StateError::NoTxn);
+        }
+        self.open_segment(&mut logs);
+        Ok(())
+    }
+
+    /// Starts a journal segment at a new epoch (under the gate and the mutex).
+    fn open_segment(&self, logs: &mut Logs) {
+        let t = &self.tracker;
         let start = t.epoch.load(Ordering::Relaxed) + 1;
-        logs.txn = Some(Txn {
+        logs.txn.push_back(Txn {
             start,
             watermark: self.watermark.load(Ordering::Relaxed),
             undo: Vec::new(),
             arena: Vec::new(),
         });
         t.txn_start.store(start, Ordering::Relaxed);
-        t.active.fetch_or(TXN, Ordering::Relaxed);
         t.epoch.store(start, Ordering::Release);
-        Ok(())
     }
 
     /// Whether a transaction is open.
@@ -594,59 +622,74 @@ impl FeatureStore {
         self.tracker.active.load(Ordering::Relaxed) & TXN != 0
     }
 
-    /// Keeps every change made since [`FeatureStore::begin_txn`] and drops
-    /// the journal. Waits for the payments in flight.
+    /// Keeps every change of the transaction's oldest segment (everything
+    /// since [`FeatureStore::begin_txn`] when it was never sealed) and drops
+    /// its journal; the transaction stays open while a newer segment does.
+    /// Waits for the payments in flight.
     pub fn commit_txn(&self) -> Result<TxnReport, StateError> {
         let t = &self.tracker;
         let _gate = t.exclusive();
         let mut logs = t.logs();
-        let Some(txn) = logs.txn.take() else {
+        let Some(txn) = logs.txn.pop_front() else {
             return Err(StateError::NoTxn);
         };
-        t.active.fetch_and(!TXN, Ordering::Relaxed);
+        if logs.txn.is_empty() {
+            t.active.fetch_and(!TXN, Ordering::Relaxed);
+        }
         Ok(report(&txn))
     }
 
-    /// Puts the store back exactly as it was at [`FeatureStore::begin_txn`]:
-    /// every entity changed since gets its pre-image back, every entity
-    /// created since is removed, and the store watermark is reset. This
-    /// undoes *every* payment since the transaction began, in-line ones
-    /// included; the caller must feed again each one whose effect should
-    /// stay: the stream re-consumes from the transaction's start offsets,
-    /// and in-line payments come back when their records in the payments
-    /// topic are consumed (if those were among the aborted, they are
-    /// re-consumed with them). Entity counters stay right. Evictions by the
-    /// sweeper during the transaction are undone too. Waits for the
-    /// payments in flight and holds them off until done (a pause of about
-    /// a microsecond per journaled entity).
+    /// Puts the store back exactly as it was at [`FeatureStore::begin_txn`]
+    /// (or at the oldest segment's start, when segments were committed
+    /// since): every entity changed since gets its pre-image back, every
+    /// entity created since is removed, and the store watermark is reset.
+    /// This undoes *every* payment since then, in-line ones included; the
+    /// caller must feed again each one whose effect should stay: the stream
+    /// re-consumes from the transaction's start offsets, and in-line
+    /// payments come back when their records in the payments topic are
+    /// consumed (if those were among the aborted, they are re-consumed with
+    /// them). Entity counters stay right. Evictions by the sweeper during
+    /// the transaction are undone too. Waits for the payments in flight and
+    /// holds them off until done (a pause of about a microsecond per
+    /// journaled entity).
     pub fn abort_txn(&self) -> Result<TxnReport, StateError> {
         let t = &self.tracker;
         let _gate = t.exclusive();
-        let txn = {
+        let segments = {
             let mut logs = t.logs();
-            let Some(txn) = logs.txn.take() else {
+            if logs.txn.is_empty() {
                 return Err(StateError::NoTxn);
-            };
+            }
             t.active.fetch_and(!TXN, Ordering::Relaxed);
-            txn
+            std::mem::take(&mut logs.txn)
         };
         let epoch = t.epoch.load(Ordering::Relaxed);
         let mut failed = 0;
         let mut first = None;
-        // Latest first: an entity is journaled once per transaction, unless
-        // a cut re-marked it; the earliest pre-image must win.
-        for (key, image) in txn.undo.iter().rev() {
-            let image = image
-                .as_ref()
-                .map(|r| txn.arena.get(r.clone()).unwrap_or(&[]));
-            if let Err(e) = self.put(*key, image, epoch) {
-                failed += 1;
-                first.get_or_insert(e);
+        let mut total = TxnReport::default();
+        // Newest segment first, latest first within one: an entity is
+        // journaled once per segment, unless a cut re-marked it; the
+        // earliest pre-image must win.
+        for txn in segments.iter().rev() {
+            for (key, image) in txn.undo.iter().rev() {
+                let image = image
+                    .as_ref()
+                    .map(|r| txn.arena.get(r.clone()).unwrap_or(&[]));
+                if let Err(e) = self.put(*key, image, epoch) {
+                    failed += 1;
+                    first.get_or_insert(e);
+                }
             }
+            let r = report(txn);
+            total.journaled += r.journaled;
+            total.created += r.created;
+            total.journal_bytes += r.journal_bytes;
         }
-        self.watermark.store(txn.watermark, Ordering::Relaxed);
+        if let Some(oldest) = segments.front() {
+            self.watermark.store(oldest.watermark, Ordering::Relaxed);
+        }
         match first {
-            None => Ok(report(&txn)),
+            None => Ok(total),
             Some(first) => Err(StateError::Undo { failed, first }),
         }
     }

@@ -534,6 +534,50 @@ proptest! {
         prop_assert_eq!(feed(&a, &f), feed(&r, &f));
     }
 
+    /// A pipelined stream seals the transaction it commits and scores the
+    /// next one meanwhile: begin, T1, seal, T2; then the first segment
+    /// commits and the second aborts, or both abort, or both commit. The
+    /// store reads as a reference that saw only what was kept.
+    #[test]
+    fn sealed_segments_commit_and_abort_apart(
+        p in evs(0..40),
+        t1 in evs(1..40),
+        t2 in evs(1..40),
+        f in evs(1..30),
+        ending in 0u8..3,
+    ) {
+        let a = store();
+        let r = store();
+        feed(&a, &p);
+        feed(&r, &p);
+        a.begin_txn().expect("none open");
+        feed(&a, &t1);
+        a.seal_txn().expect("open");
+        feed(&a, &t2);
+        match ending {
+            0 => {
+                a.commit_txn().expect("open");
+                prop_assert!(a.txn_open(), "the second segment is still open");
+                feed(&r, &t1);
+                a.abort_txn().expect("open");
+            }
+            1 => {
+                a.abort_txn().expect("open");
+            }
+            _ => {
+                a.commit_txn().expect("open");
+                a.commit_txn().expect("open");
+                feed(&r, &t1);
+                feed(&r, &t2);
+            }
+        }
+        prop_assert!(!a.txn_open());
+        prop_assert_eq!(a.seal_txn(), Err(StateError::NoTxn));
+        same_store(&a, &r)?;
+        prop_assert_eq!(feed(&a, &f), feed(&r, &f));
+        same_store(&a, &r)?;
+    }
+
     /// A cut taken inside a transaction holds the state at the cut even if
     /// the transaction then aborts; the next cut carries the rollback.
     #[test]
