@@ -291,6 +291,12 @@ impl SnapshotHandle {
         }
     }
 
+    /// Whether a cut is due (exactly-once: the stream then commits without
+    /// overlap and calls [`SnapshotHandle::at_boundary`]).
+    pub fn due(&self) -> bool {
+        self.0.want.load(Ordering::Relaxed)
+    }
+
     /// Exactly-once: called by the stream when no transaction is open.
     /// Takes the cut if one is due (one atomic load otherwise).
     pub fn at_boundary(&self) {

@@ -5,6 +5,16 @@
 //! the old one and aborts its open transaction, and consumption resumes from
 //! the offsets committed with the last good transaction.
 //!
+//! Pipelined: when a transaction commits, its records are sealed (feature
+//! state's journal starts a new segment, [`crate::engine::Engine::seal_txn`])
+//! and the commit runs in the background while the loop goes on consuming
+//! and scoring the next transaction's records; their outputs are held until
+//! the commit is known and then produced in the next Kafka transaction. A
+//! failed commit aborts both: feature state goes back to the sealed
+//! transaction's start and every partition read since is re-read. A due
+//! snapshot cut takes one commit without overlap, so the cut sees committed
+//! payments only.
+//!
 //! No record can make the loop abort for ever. A record librdkafka refuses
 //! at once (too large) is replaced inside the transaction by a minimal dead
 //! letter. A record the broker refuses later fails the commit: the
@@ -51,12 +61,17 @@ struct Sent {
     delivery: DeliveryFuture,
 }
 
+#[derive(Default)]
 struct Txn {
+    /// The Kafka transaction is begun (at its first output).
     open: bool,
-    started: Instant,
-    /// The consumer's revoke count when the transaction began.
+    /// When its first record was consumed (`None`: no record yet).
+    started: Option<Instant>,
+    /// The consumer's revoke count when its first record was consumed.
     revokes_at_begin: u64,
     events: usize,
+    /// Input partitions it consumed from (re-read after an abort).
+    consumed: HashSet<i32>,
     /// Next offset to commit, per input partition, for this transaction.
     offsets: HashMap<i32, i64>,
     /// Event times of the verdicts in this transaction (end-to-end latency
@@ -70,7 +85,9 @@ struct Txn {
 impl Txn {
     fn reset(&mut self) {
         self.open = false;
+        self.started = None;
         self.events = 0;
+        self.consumed.clear();
         self.offsets.clear();
         self.event_times.clear();
         self.dlq_kinds.clear();
@@ -129,6 +146,20 @@ struct Loop<'a> {
     lanes: Lanes,
     /// `commit_max_events` reached while outputs were being sent.
     commit_due: bool,
+    /// The commit running in the background, and its transaction.
+    commit_task: Option<tokio::task::JoinHandle<CommitOutcome>>,
+    committing: Option<Txn>,
+    /// Scored batches of the next transaction, held while one commits.
+    held: Vec<Batch>,
+    held_records: usize,
+}
+
+/// How a background commit ended.
+enum CommitOutcome {
+    Committed,
+    /// Abort and re-read (the error, if any, is logged by the task).
+    Abort,
+    Fatal(KafkaError),
 }
 
 pub async fn run(
@@ -166,31 +197,24 @@ pub async fn run(
         parts,
         consumer,
         producer,
-        txn: Txn {
-            open: false,
-            started: Instant::now(),
-            revokes_at_begin: 0,
-            events: 0,
-            offsets: HashMap::new(),
-            event_times: Vec::new(),
-            dlq_kinds: Vec::new(),
-            sent: Vec::new(),
-        },
+        txn: Txn::default(),
         isolation: Isolation::default(),
         batches,
         stop,
         opts,
         lanes,
         commit_due: false,
+        commit_task: None,
+        committing: None,
+        held: Vec::new(),
+        held_records: 0,
     };
     tokio::select! {
         r = l.consume() => r?,
         () = forward => {}
     }
     info!("draining: committing the open transaction");
-    if l.txn.open {
-        l.commit().await?;
-    }
+    l.commit().await?;
     info!("drained and committed");
     Ok(())
 }
@@ -207,36 +231,43 @@ impl Loop<'_> {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stop = self.stop.clone();
         let consumer = self.consumer.clone();
+        let snapshots = self.parts.state.as_ref().and_then(|s| s.snapshots.clone());
         loop {
-            if self.commit_due {
-                self.commit().await?;
+            if self.commit_due && self.commit_task.is_none() {
+                self.start_commit().await?;
             }
-            let room = self.lanes.outstanding() < max_in_flight;
+            let room = self.lanes.outstanding() + self.held_records < max_in_flight;
             tokio::select! {
                 biased;
                 () = stop.stopped() => return Ok(()),
+                Some(r) = futures::future::OptionFuture::from(self.commit_task.as_mut()) => {
+                    self.commit_task = None;
+                    self.on_committed(r.unwrap_or(CommitOutcome::Abort)).await?;
+                }
                 _ = ticker.tick() => {
-                    if self.txn.open && self.txn.started.elapsed() >= interval {
+                    if let Some(s) = snapshots.as_ref().filter(|s| s.due()) {
+                        // One commit without overlap: between transactions
+                        // the cut holds committed payments only.
                         self.commit().await?;
-                    }
-                    if !self.txn.open {
-                        // Between transactions: a due snapshot cut holds
-                        // committed payments only.
-                        if let Some(s) = self.parts.state.as_ref().and_then(|s| s.snapshots.as_ref()) {
+                        if !self.parts.engine.txn_open() {
                             s.at_boundary();
                         }
+                    } else if self.commit_task.is_none()
+                        && self.txn.started.is_some_and(|t| t.elapsed() >= interval)
+                    {
+                        self.start_commit().await?;
                     }
                 }
                 Some(b) = self.lanes.next(), if self.lanes.busy() => self.on_scored(b).await?,
                 msg = consumer.recv(), if room => match msg {
                     Ok(m) => {
-                        let mut special = self.admit(&m)?;
+                        let mut special = self.admit(&m);
                         // Whatever else librdkafka already holds goes in the
                         // same lane batches (no wait for more), up to a
                         // record that must go one at a time.
-                        while special.is_none() && self.lanes.outstanding() < max_in_flight {
+                        while special.is_none() && self.lanes.outstanding() + self.held_records < max_in_flight {
                             match consumer.recv().now_or_never() {
-                                Some(Ok(m)) => special = self.admit(&m)?,
+                                Some(Ok(m)) => special = self.admit(&m),
                                 _ => break,
                             }
                         }
@@ -260,11 +291,40 @@ impl Loop<'_> {
         }
     }
 
-    /// A consumed record joins the open transaction (one is begun if none
-    /// is) and goes to its lane; a record that must go one at a time
-    /// (isolation after an abort) is handed back, detached.
-    fn admit(&mut self, m: &BorrowedMessage<'_>) -> Result<Option<OwnedMessage>, StreamError> {
+    /// A consumed record joins the current transaction (feature state's
+    /// journal is opened if it is not) and goes to its lane; a record that
+    /// must go one at a time (isolation after an abort) is handed back,
+    /// detached.
+    fn admit(&mut self, m: &BorrowedMessage<'_>) -> Option<OwnedMessage> {
         self.parts.metrics.events_consumed.increment(1);
+        self.joined();
+        let (partition, offset) = (m.partition(), m.offset());
+        self.txn.consumed.insert(partition);
+        self.parts.applied.note(partition, offset);
+        if self.isolation.special((partition, offset)) {
+            return Some(m.detach());
+        }
+        self.lanes.push(&RecordIn::of(m));
+        None
+    }
+
+    /// A record is about to be scored for the current transaction: feature
+    /// state journals from here (an abort puts it back, so re-scored events
+    /// see what they first saw), and the transaction's clock starts.
+    fn joined(&mut self) {
+        if !self.parts.engine.txn_open() {
+            if let Err(e) = self.parts.engine.begin_txn() {
+                warn!(error = %e, "feature state cannot join the transaction");
+            }
+        }
+        if self.txn.started.is_none() {
+            self.txn.started = Some(Instant::now());
+            self.txn.revokes_at_begin = self.revokes();
+        }
+    }
+
+    /// Begins the Kafka transaction at the current transaction's first output.
+    fn ensure_open(&mut self) -> Result<(), StreamError> {
         if !self.txn.open {
             self.producer
                 .begin_transaction()
@@ -272,22 +332,9 @@ impl Loop<'_> {
                     step: "begin",
                     source,
                 })?;
-            // Feature state joins the transaction: an abort puts it back,
-            // so re-scored events see what they first saw.
-            if let Err(e) = self.parts.engine.begin_txn() {
-                warn!(error = %e, "feature state cannot join the transaction");
-            }
             self.txn.open = true;
-            self.txn.started = Instant::now();
-            self.txn.revokes_at_begin = self.revokes();
         }
-        let (partition, offset) = (m.partition(), m.offset());
-        self.parts.applied.note(partition, offset);
-        if self.isolation.special((partition, offset)) {
-            return Ok(Some(m.detach()));
-        }
-        self.lanes.push(&RecordIn::of(m));
-        Ok(None)
+        Ok(())
     }
 
     /// A lane's batch is scored: its outputs go into the open transaction
@@ -296,6 +343,13 @@ impl Loop<'_> {
         if b.poisoned() {
             return Err(StreamError::Lane);
         }
+        if self.commit_task.is_some() {
+            // The next transaction's: produced once this commit is known.
+            self.held_records += b.len();
+            self.held.push(b);
+            return Ok(());
+        }
+        self.ensure_open()?;
         for i in 0..b.len() {
             let Some(s) = b.take(i) else { continue };
             let (partition, offset) = (s.partition, s.offset);
@@ -345,23 +399,11 @@ impl Loop<'_> {
     /// per transaction: the lanes are settled first (order), then it is
     /// scored here and, when careful, committed alone.
     async fn one_at_a_time(&mut self, m: OwnedMessage) -> Result<(), StreamError> {
+        self.finish_commit().await?;
         self.settle_lanes(true).await?;
-        if !self.txn.open {
-            // settle_lanes may have committed (commit_max_events): the
-            // record needs a transaction of its own.
-            self.producer
-                .begin_transaction()
-                .map_err(|source| StreamError::Transaction {
-                    step: "begin",
-                    source,
-                })?;
-            if let Err(e) = self.parts.engine.begin_txn() {
-                warn!(error = %e, "feature state cannot join the transaction");
-            }
-            self.txn.open = true;
-            self.txn.started = Instant::now();
-            self.txn.revokes_at_begin = self.revokes();
-        }
+        self.joined();
+        self.txn.consumed.insert(m.partition());
+        self.ensure_open()?;
         let (partition, offset) = (m.partition(), m.offset());
         let at = (partition, offset);
         let outcome = if self.isolation.skip.contains(&at) {
@@ -558,7 +600,27 @@ impl Loop<'_> {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Commits the current transaction and waits for it (shutdown, a
+    /// snapshot boundary, one-at-a-time isolation).
     async fn commit(&mut self) -> Result<(), StreamError> {
+        self.finish_commit().await?;
+        self.start_commit().await?;
+        self.finish_commit().await
+    }
+
+    /// Waits for the commit running in the background, if any.
+    async fn finish_commit(&mut self) -> Result<(), StreamError> {
+        let Some(task) = self.commit_task.take() else {
+            return Ok(());
+        };
+        let r = task.await.unwrap_or(CommitOutcome::Abort);
+        self.on_committed(r).await
+    }
+
+    /// Seals the current transaction and starts its commit in the
+    /// background (no other commit may be running).
+    async fn start_commit(&mut self) -> Result<(), StreamError> {
+        self.commit_due = false;
         // Partitions left this instance while the transaction was open
         // (cooperative rebalancing keeps the rest consuming): their new
         // owner has already read their committed offset and is scoring the
@@ -566,14 +628,24 @@ impl Loop<'_> {
         // each (the offsets would still be accepted: the group metadata is
         // the new generation's). Aborting leaves them to the new owner; the
         // partitions still held are read again from their committed offsets.
-        self.commit_due = false;
-        if self.revokes() != self.txn.revokes_at_begin {
+        if self.txn.started.is_some() && self.revokes() != self.txn.revokes_at_begin {
             warn!("partitions were revoked while this transaction was open: aborting it; their new owner scores those events");
             return self.abort_with(false).await;
         }
         // Every record of the transaction, out of the lanes and sent.
         self.settle_lanes(true).await?;
         self.commit_due = false;
+        if !self.txn.open {
+            // Nothing was produced, so nothing was consumed: close feature
+            // state's (empty) journal.
+            if self.parts.engine.txn_open() {
+                if let Err(e) = self.parts.engine.commit_txn() {
+                    warn!(error = %e, "feature state transaction not committed");
+                }
+            }
+            self.txn.reset();
+            return Ok(());
+        }
         // The transaction's payments go to the state log with it.
         self.send_batches(true).await;
         let mut tpl = TopicPartitionList::new();
@@ -584,88 +656,101 @@ impl Loop<'_> {
                 warn!(error = %e, "bad offset in transaction");
             }
         }
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let Some(cgm) = self.consumer.group_metadata() else {
-                warn!("no consumer group metadata; aborting the transaction");
-                return self.abort().await;
-            };
-            let p = self.producer.clone();
-            let tpl2 = tpl.clone();
-            let r = blocking(move || {
-                p.send_offsets_to_transaction(&tpl2, &cgm, TXN_TIMEOUT)?;
-                p.commit_transaction(TXN_TIMEOUT)
-            })
-            .await;
-            match r {
-                Ok(()) => {
+        if let Err(e) = self.parts.engine.seal_txn() {
+            warn!(error = %e, "feature state transaction not sealed");
+        }
+        self.committing = Some(std::mem::take(&mut self.txn));
+        self.commit_task = Some(tokio::spawn(commit_kafka(
+            self.producer.clone(),
+            self.consumer.clone(),
+            tpl,
+        )));
+        Ok(())
+    }
+
+    /// The background commit ended: on success the held records go out in
+    /// the next transaction; else both are aborted and re-read.
+    async fn on_committed(&mut self, r: CommitOutcome) -> Result<(), StreamError> {
+        let Some(mut done) = self.committing.take() else {
+            return Ok(());
+        };
+        match r {
+            CommitOutcome::Committed => {
+                if let Err(e) = self.parts.engine.commit_txn() {
+                    warn!(error = %e, "feature state transaction not committed");
+                }
+                metrics::counter!(telemetry::TRANSACTIONS, "result" => "committed").increment(1);
+                let now = crate::now_ms();
+                for t in done.event_times.drain(..) {
+                    self.parts
+                        .metrics
+                        .end_to_end_latency
+                        .record((now - t).max(0) as f64 / 1000.0);
+                }
+                for k in done.dlq_kinds.drain(..) {
+                    self.parts.metrics.dlq(k);
+                }
+                let held = std::mem::take(&mut self.held);
+                self.held_records = 0;
+                for b in held {
+                    self.on_scored(b).await?;
+                }
+                if self.txn.started.is_none() && !self.lanes.busy() && self.parts.engine.txn_open()
+                {
+                    // Idle: close the next segment, empty, so that a cut
+                    // between transactions sees no journal open.
                     if let Err(e) = self.parts.engine.commit_txn() {
                         warn!(error = %e, "feature state transaction not committed");
                     }
-                    metrics::counter!(telemetry::TRANSACTIONS, "result" => "committed")
-                        .increment(1);
-                    let now = crate::now_ms();
-                    for t in self.txn.event_times.drain(..) {
-                        self.parts
-                            .metrics
-                            .end_to_end_latency
-                            .record((now - t).max(0) as f64 / 1000.0);
-                    }
-                    for k in self.txn.dlq_kinds.drain(..) {
-                        self.parts.metrics.dlq(k);
-                    }
-                    self.txn.reset();
-                    return Ok(());
                 }
-                Err(e) => {
-                    let (retriable, needs_abort, fatal) = match &e {
-                        KafkaError::Transaction(t) => {
-                            (t.is_retriable(), t.txn_requires_abort(), t.is_fatal())
-                        }
-                        _ => (true, false, false),
-                    };
-                    if fatal {
-                        return Err(StreamError::Transaction {
-                            step: "commit",
-                            source: e,
-                        });
-                    }
-                    if needs_abort || !retriable || attempt >= 10 {
-                        warn!(error = %e, "transaction commit failed; aborting and re-processing");
-                        return self.abort().await;
-                    }
-                    warn!(error = %e, attempt, "transaction commit failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(())
+            }
+            CommitOutcome::Fatal(source) => Err(StreamError::Transaction {
+                step: "commit",
+                source,
+            }),
+            CommitOutcome::Abort => {
+                warn!("transaction commit failed; aborting it and the next one, and re-processing");
+                // The committed-to-be transaction's records, and the next
+                // one's partitions too: both are read again.
+                let next = std::mem::take(&mut self.txn);
+                done.consumed.extend(next.consumed);
+                self.txn = done;
+                for b in std::mem::take(&mut self.held) {
+                    self.lanes.recycle(b);
                 }
+                self.held_records = 0;
+                self.abort_with(true).await
             }
         }
     }
 
-    /// Aborts the open transaction, marks the records that caused it, and
-    /// seeks every partition it touched back to its committed offset.
-    async fn abort(&mut self) -> Result<(), StreamError> {
-        self.abort_with(true).await
-    }
-
-    /// [`Loop::abort`]; `isolate`: look for the record that failed the
-    /// transaction (not after an abort on revoke, where none did).
+    /// Aborts the current transaction, marks the records that caused it
+    /// (with `isolate`: not after an abort on revoke, where none did), and
+    /// seeks every partition it read back to its committed offset.
     async fn abort_with(&mut self, isolate: bool) -> Result<(), StreamError> {
         // Nothing may score while feature state is put back.
         self.settle_lanes(false).await?;
-        let p = self.producer.clone();
-        blocking(move || p.abort_transaction(TXN_TIMEOUT))
-            .await
-            .map_err(|source| StreamError::Transaction {
-                step: "abort",
-                source,
-            })?;
+        if self.txn.open {
+            let p = self.producer.clone();
+            blocking(move || p.abort_transaction(TXN_TIMEOUT))
+                .await
+                .map_err(|source| StreamError::Transaction {
+                    step: "abort",
+                    source,
+                })?;
+        }
         metrics::counter!(telemetry::TRANSACTIONS, "result" => "aborted").increment(1);
         if let Some(b) = self.batches.as_mut() {
             // Their payments are read and scored again.
             b.clear();
         }
-        match self.parts.engine.abort_txn() {
+        let undone = if self.parts.engine.txn_open() {
+            self.parts.engine.abort_txn()
+        } else {
+            Ok(0)
+        };
+        match undone {
             Ok(reapplied) => info!(
                 reapplied,
                 "feature state put back to the transaction's start"
@@ -674,13 +759,13 @@ impl Loop<'_> {
         }
         let sent = std::mem::take(&mut self.txn.sent);
         let touched: Vec<(i32, i64)> = self.txn.offsets.iter().map(|(p, o)| (*p, *o)).collect();
+        let partitions: Vec<i32> = self.txn.consumed.iter().copied().collect();
         self.txn.reset();
         if isolate {
             self.find_culprits(sent, &touched).await;
         }
         let topic = self.cfg.kafka.payments_topic.clone();
         let consumer = self.consumer.clone();
-        let partitions: Vec<i32> = touched.iter().map(|(p, _)| *p).collect();
         let rewound =
             tokio::task::spawn_blocking(move || rewind(&consumer, &topic, &partitions)).await;
         match rewound {
@@ -737,6 +822,48 @@ impl Loop<'_> {
                 *end = (*end).max(*next);
             }
         }
+    }
+}
+
+/// Sends the offsets into the open transaction and commits it (in the
+/// background). A retriable failure is retried (up to 10 times); one that
+/// needs an abort is reported as [`CommitOutcome::Abort`].
+async fn commit_kafka(
+    producer: FutureProducer<StreamContext>,
+    consumer: SharedConsumer,
+    tpl: TopicPartitionList,
+) -> CommitOutcome {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(cgm) = consumer.group_metadata() else {
+            warn!("no consumer group metadata; aborting the transaction");
+            return CommitOutcome::Abort;
+        };
+        let p = producer.clone();
+        let tpl2 = tpl.clone();
+        let r = blocking(move || {
+            p.send_offsets_to_transaction(&tpl2, &cgm, TXN_TIMEOUT)?;
+            p.commit_transaction(TXN_TIMEOUT)
+        })
+        .await;
+        let e = match r {
+            Ok(()) => return CommitOutcome::Committed,
+            Err(e) => e,
+        };
+        let (retriable, needs_abort, fatal) = match &e {
+            KafkaError::Transaction(t) => (t.is_retriable(), t.txn_requires_abort(), t.is_fatal()),
+            _ => (true, false, false),
+        };
+        if fatal {
+            return CommitOutcome::Fatal(e);
+        }
+        if needs_abort || !retriable || attempt >= 10 {
+            warn!(error = %e, "transaction commit failed; aborting and re-processing");
+            return CommitOutcome::Abort;
+        }
+        warn!(error = %e, attempt, "transaction commit failed; retrying");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
