@@ -17,7 +17,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{error, info, warn};
@@ -51,7 +51,37 @@ struct Pending {
     alone: bool,
 }
 
-type Acked = Pin<Box<dyn Future<Output = (Pending, Option<OwnedDeliveryResult>)> + Send>>;
+/// A record in flight: resolves with it and its delivery report (`None`:
+/// the producer dropped it, or it never reached the producer). A concrete
+/// future, so a record in flight costs no allocation of its own.
+struct Acked {
+    pending: Option<Pending>,
+    delivery: Option<DeliveryFuture>,
+}
+
+impl Future for Acked {
+    type Output = (Pending, Option<OwnedDeliveryResult>);
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.get_mut();
+        let report = match this.delivery.as_mut() {
+            Some(f) => match Pin::new(f).poll(cx) {
+                std::task::Poll::Ready(r) => r.ok(),
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            },
+            None => None,
+        };
+        this.delivery = None;
+        match this.pending.take() {
+            Some(p) => std::task::Poll::Ready((p, report)),
+            // FuturesUnordered never polls a finished future again.
+            None => std::task::Poll::Pending,
+        }
+    }
+}
 type BatchAcked = Pin<Box<dyn Future<Output = (StateBatch, Option<OwnedDeliveryResult>)> + Send>>;
 
 /// How a produce error is handled.
@@ -418,8 +448,10 @@ impl Loop<'_> {
                 }
             }
         };
-        self.inflight
-            .push(Box::pin(async move { (p, future.await.ok()) }));
+        self.inflight.push(Acked {
+            pending: Some(p),
+            delivery: Some(future),
+        });
         self.parts.metrics.in_flight.set(self.inflight.len() as f64);
     }
 
@@ -674,5 +706,8 @@ impl Loop<'_> {
 /// Puts a record whose producer died into flight as a failed delivery, so
 /// that [`Loop::on_ack`] reports the fatal error.
 fn break_fatal(inflight: &mut FuturesUnordered<Acked>, p: Pending) {
-    inflight.push(Box::pin(async move { (p, None) }));
+    inflight.push(Acked {
+        pending: Some(p),
+        delivery: None,
+    });
 }
