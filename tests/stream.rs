@@ -364,7 +364,8 @@ async fn every_payers_payments_are_scored_in_log_order_across_lanes() {
         })
         .collect();
     // Per payer, in log order (partition, offset).
-    let mut by_payer: HashMap<&str, Vec<((i32, i64), &str)>> = HashMap::new();
+    type InLog<'a> = Vec<((i32, i64), &'a str)>;
+    let mut by_payer: HashMap<&str, InLog> = HashMap::new();
     for (p, at) in payments.iter().zip(&placed) {
         by_payer
             .entry(p.payer.account.as_str())
