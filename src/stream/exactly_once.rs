@@ -236,7 +236,14 @@ impl Loop<'_> {
             if self.commit_due && self.commit_task.is_none() {
                 self.start_commit().await?;
             }
-            let room = self.lanes.outstanding() + self.held_records < max_in_flight;
+            // While a transaction commits, the next one fills up to its
+            // own size bound (double buffering, not an unbounded backlog).
+            let cap = if self.commit_task.is_some() {
+                max_in_flight.min(self.cfg.kafka.commit_max_events)
+            } else {
+                max_in_flight
+            };
+            let room = self.lanes.outstanding() + self.held_records < cap;
             tokio::select! {
                 biased;
                 () = stop.stopped() => return Ok(()),
@@ -265,7 +272,7 @@ impl Loop<'_> {
                         // Whatever else librdkafka already holds goes in the
                         // same lane batches (no wait for more), up to a
                         // record that must go one at a time.
-                        while special.is_none() && self.lanes.outstanding() + self.held_records < max_in_flight {
+                        while special.is_none() && self.lanes.outstanding() + self.held_records < cap {
                             match consumer.recv().now_or_never() {
                                 Some(Ok(m)) => special = self.admit(&m),
                                 _ => break,
