@@ -152,6 +152,8 @@ struct Loop<'a> {
     /// Scored batches of the next transaction, held while one commits.
     held: Vec<Batch>,
     held_records: usize,
+    /// Transactions aborted so far.
+    aborts: u64,
 }
 
 /// How a background commit ended.
@@ -208,6 +210,7 @@ pub async fn run(
         committing: None,
         held: Vec::new(),
         held_records: 0,
+        aborts: 0,
     };
     tokio::select! {
         r = l.consume() => r?,
@@ -406,7 +409,13 @@ impl Loop<'_> {
     /// per transaction: the lanes are settled first (order), then it is
     /// scored here and, when careful, committed alone.
     async fn one_at_a_time(&mut self, m: OwnedMessage) -> Result<(), StreamError> {
+        let aborts = self.aborts;
         self.finish_commit().await?;
+        if self.aborts != aborts {
+            // The commit before it failed: its partition was rewound, and
+            // the record is read again.
+            return Ok(());
+        }
         self.settle_lanes(true).await?;
         self.joined();
         self.txn.consumed.insert(m.partition());
@@ -736,6 +745,7 @@ impl Loop<'_> {
     /// (with `isolate`: not after an abort on revoke, where none did), and
     /// seeks every partition it read back to its committed offset.
     async fn abort_with(&mut self, isolate: bool) -> Result<(), StreamError> {
+        self.aborts += 1;
         // Nothing may score while feature state is put back.
         self.settle_lanes(false).await?;
         if self.txn.open {
