@@ -244,7 +244,11 @@ async fn refused_verdict_becomes_a_minimal_dead_letter(delivery: &str) {
     if delivery == "exactly-once" {
         // Aborts to find the culprit, not a loop.
         let aborted = metric(&body, "fraudline_transactions_total{result=\"aborted\"}");
-        assert!(aborted <= 5.0, "aborted {aborted} transactions");
+        assert!(
+            aborted <= 5.0,
+            "aborted {aborted} transactions; log:\n{}",
+            f.log_tail()
+        );
         // The aborted transactions' verdicts are still in the log (a
         // read_uncommitted reader sees them): every event scored again got
         // the verdict, reasons and features it got the first time.
@@ -259,7 +263,8 @@ async fn refused_verdict_becomes_a_minimal_dead_letter(delivery: &str) {
         let rescored: Vec<&Vec<proto::Verdict>> = by_id.values().filter(|v| v.len() > 1).collect();
         assert!(
             !rescored.is_empty(),
-            "no event was scored twice: the abort path was not driven"
+            "no event was scored twice: the abort path was not driven; log:\n{}",
+            f.log_tail()
         );
         let same =
             |v: &proto::Verdict| (v.decision, v.score, v.reasons.clone(), v.features.clone());
