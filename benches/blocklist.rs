@@ -5,17 +5,23 @@
 //!   path (`reload::blocklist::build`), timed on one thread, with process
 //!   RSS before and after and the table's own bytes per entry;
 //! - lookup: one `Blocklist::lookup` (hit and miss) and `Blocklist::check`
-//!   of a payment (payee, payer, device, phone: four lookups) against the
-//!   10 M list, in criterion; then 1,000,000 single calls of each timed with
-//!   `Instant` for p50 / p99 / p99.9 (the two clock reads add ~25-40 ns,
-//!   measured below as `clock_only`);
+//!   of a payment (payee, payer, device, phone) against the 10 M list, in
+//!   criterion, then 1,000,000 single calls of each timed with `Instant` for
+//!   p50 / p99 / p99.9 (the two clock reads add ~25-40 ns, measured as
+//!   `clock_only`). Cold (the figures to quote): the values are 1,000,000
+//!   drawn at random from the whole list and 1,000,000 unlisted ones (the
+//!   checks: 200,000 payments of each), so every call pays its memory and
+//!   TLB misses. Warm: 1,000 values cycled, as earlier versions measured;
+//!   their slots stay cached, so those are the best case only;
 //! - reload: `Engine::score` with the default rule pack, timed one call at a
 //!   time for 4 s with the 10 M list in place, then again while a second
 //!   thread reloads the 10 M file through `Sources::reload_files` (read,
-//!   validate, build aside, swap, free the old table), flat out and then
-//!   paced to `reload_duty_cycle = 0.1`: the latency histograms side by side.
+//!   validate, build aside, swap, free the old table) paced to each duty
+//!   cycle of `FRAUDLINE_BENCH_DUTY` (default `1.0,0.5,0.25,0.1`; `off`
+//!   skips this part): the latency histograms side by side and a table of
+//!   reload time, p50, p99 and p99 ratio per duty cycle.
 //!
-//! Run: `cargo bench --bench blocklist` (about 3 minutes; ~1.5 GB of RAM and
+//! Run: `cargo bench --bench blocklist` (about 6 minutes; ~1.5 GB of RAM and
 //! ~600 MB of /tmp).
 
 use std::io::Write;
@@ -27,6 +33,8 @@ use criterion::{black_box, criterion_group, Criterion, Throughput};
 use fraudline::engine::{Engine, EngineConfig, ListKind};
 use fraudline::event::{self, Format, Limits, Payment};
 use fraudline::reload::blocklist as source;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 mod support;
 use fraudline::tools::gen::{GenConfig, Generator};
@@ -34,6 +42,10 @@ use fraudline::tools::memory::rss_bytes;
 use support::{assert_scored_not_replayed, Rounds};
 
 const N: usize = 10_000_000;
+/// Values (listed, and as many unlisted) the cold lookups draw from.
+const COLD: usize = 1_000_000;
+/// Payments (hit, and as many miss) the cold checks draw from.
+const COLD_PAYMENTS: usize = 200_000;
 
 fn value(i: usize) -> (&'static str, String) {
     match i % 10 {
@@ -111,27 +123,61 @@ fn blocklist(c: &mut Criterion) {
     let list = built.into_list(1);
     assert_eq!(list.len(), N);
 
-    let hit_values: Vec<String> = (0..1000).map(|i| value(i * 10).1).collect();
-    let miss_values: Vec<String> = (0..1000).map(|i| format!("11111{i:011}")).collect();
-    let hits: Vec<Payment> = hit_values.iter().map(|v| payment(v, "")).collect();
-    let misses: Vec<Payment> = miss_values
-        .iter()
-        .map(|v| payment(v, "0912 000 111"))
-        .collect();
     let now = 1_795_526_680_451;
+    // Warm: 1,000 values cycled, as earlier versions of this bench measured.
+    // Their slots stay in the caches, so these figures are the cached best
+    // case. Cold: 1,000,000 values drawn at random from the whole list (and
+    // as many unlisted ones), each used once a pass: every call pays the
+    // memory (and TLB) misses a live stream of payments pays.
+    let warm_hits: Vec<String> = (0..1000).map(|i| value(i * 10).1).collect();
+    let warm_misses: Vec<String> = (0..1000).map(|i| format!("11111{i:011}")).collect();
+    let mut rng = SmallRng::seed_from_u64(14);
+    let cold_hits: Vec<String> = (0..COLD)
+        .map(|_| value(rng.gen_range(0..N / 10) * 10 + rng.gen_range(0..6)).1)
+        .collect();
+    let cold_misses: Vec<String> = (0..COLD)
+        .map(|_| format!("11111{:011}", rng.gen_range(0..100_000_000_000u64)))
+        .collect();
+    // check: payee and phone drawn at random too (the payer and device
+    // repeat, so theirs stay cached).
+    let hits: Vec<Payment> = (0..COLD_PAYMENTS)
+        .map(|i| payment(&cold_hits[i], ""))
+        .collect();
+    let misses: Vec<Payment> = (0..COLD_PAYMENTS)
+        .map(|i| {
+            let phone = format!(
+                "0912 {:03} {:03}",
+                rng.gen_range(0..1000),
+                rng.gen_range(0..1000)
+            );
+            payment(&cold_misses[i], &phone)
+        })
+        .collect();
+    for v in &cold_hits[..1000] {
+        assert!(
+            list.lookup(ListKind::Account, v, now).is_some(),
+            "{v} listed"
+        );
+    }
+    for v in &cold_misses[..1000] {
+        assert!(
+            list.lookup(ListKind::Account, v, now).is_none(),
+            "{v} not listed"
+        );
+    }
     let mut g = c.benchmark_group("blocklist_10m");
     g.throughput(Throughput::Elements(1));
     let mut i = 0;
     g.bench_function("lookup_hit", |b| {
         b.iter(|| {
-            i = (i + 1) % hit_values.len();
-            black_box(list.lookup(ListKind::Account, black_box(&hit_values[i]), now))
+            i = (i + 1) % cold_hits.len();
+            black_box(list.lookup(ListKind::Account, black_box(&cold_hits[i]), now))
         })
     });
     g.bench_function("lookup_miss", |b| {
         b.iter(|| {
-            i = (i + 1) % miss_values.len();
-            black_box(list.lookup(ListKind::Account, black_box(&miss_values[i]), now))
+            i = (i + 1) % cold_misses.len();
+            black_box(list.lookup(ListKind::Account, black_box(&cold_misses[i]), now))
         })
     });
     g.bench_function("check_hit", |b| {
@@ -150,24 +196,50 @@ fn blocklist(c: &mut Criterion) {
     percentiles("clock_only", || {
         black_box(i);
     });
-    percentiles("blocklist_10m/lookup_hit", || {
-        i = (i + 1) % hit_values.len();
-        black_box(list.lookup(ListKind::Account, black_box(&hit_values[i]), now));
-    });
-    percentiles("blocklist_10m/lookup_miss", || {
-        i = (i + 1) % miss_values.len();
-        black_box(list.lookup(ListKind::Account, black_box(&miss_values[i]), now));
-    });
-    percentiles("blocklist_10m/check_hit", || {
+    percentiles(
+        "blocklist_10m/lookup_hit (warm: 1,000 values cycled)",
+        || {
+            i = (i + 1) % warm_hits.len();
+            black_box(list.lookup(ListKind::Account, black_box(&warm_hits[i]), now));
+        },
+    );
+    percentiles(
+        "blocklist_10m/lookup_miss (warm: 1,000 values cycled)",
+        || {
+            i = (i + 1) % warm_misses.len();
+            black_box(list.lookup(ListKind::Account, black_box(&warm_misses[i]), now));
+        },
+    );
+    percentiles(
+        "blocklist_10m/lookup_hit (cold: 1 M random listed values)",
+        || {
+            i = (i + 1) % cold_hits.len();
+            black_box(list.lookup(ListKind::Account, black_box(&cold_hits[i]), now));
+        },
+    );
+    percentiles(
+        "blocklist_10m/lookup_miss (cold: 1 M random unlisted values)",
+        || {
+            i = (i + 1) % cold_misses.len();
+            black_box(list.lookup(ListKind::Account, black_box(&cold_misses[i]), now));
+        },
+    );
+    percentiles("blocklist_10m/check_hit (cold: 200,000 payments)", || {
         i = (i + 1) % hits.len();
         black_box(list.check(black_box(&hits[i]), now));
     });
-    percentiles("blocklist_10m/check_miss", || {
+    percentiles("blocklist_10m/check_miss (cold: 200,000 payments)", || {
         i = (i + 1) % misses.len();
         black_box(list.check(black_box(&misses[i]), now));
     });
+    drop((hits, misses, cold_hits, cold_misses));
     drop(list);
-    reload_under_load(&path);
+    let duties = duties();
+    if duties.is_empty() {
+        println!("reload under load: skipped (FRAUDLINE_BENCH_DUTY=off)");
+    } else {
+        reload_under_load(&path, &duties);
+    }
 }
 
 /// Latency buckets for the side-by-side histogram, in ns.
@@ -193,9 +265,32 @@ fn histogram(ns: &[u32]) -> [usize; 10] {
     h
 }
 
-/// Engine p99 with the 10 M list in place, and while it is reloaded: flat
-/// out, then paced to the default `reload_duty_cycle` of 0.1.
-fn reload_under_load(path: &std::path::Path) {
+/// The duty cycles `reload_under_load` paces reloads to:
+/// `FRAUDLINE_BENCH_DUTY` (comma-separated, each in (0, 1]; `off` skips the
+/// part), by default 1.0, 0.5, 0.25 and 0.1.
+fn duties() -> Vec<f64> {
+    let spec = std::env::var("FRAUDLINE_BENCH_DUTY").unwrap_or_else(|_| "1.0,0.5,0.25,0.1".into());
+    if spec.trim() == "off" {
+        return Vec::new();
+    }
+    spec.split(',')
+        .map(|d| {
+            let d: f64 = d
+                .trim()
+                .parse()
+                .expect("FRAUDLINE_BENCH_DUTY: numbers in (0, 1]");
+            assert!(
+                d > 0.0 && d <= 1.0,
+                "FRAUDLINE_BENCH_DUTY: {d} is not in (0, 1]"
+            );
+            d
+        })
+        .collect()
+}
+
+/// Engine p99 with the 10 M list in place, and while it is reloaded at each
+/// of `duties` (see [`duties`]).
+fn reload_under_load(path: &std::path::Path, duties: &[f64]) {
     let mut events = Generator::new(GenConfig {
         seed: 11,
         start_ms: fraudline::now_ms() - 3_600_000,
@@ -226,7 +321,8 @@ fn reload_under_load(path: &std::path::Path) {
         ns
     };
     let mut phases: Vec<(String, Vec<u32>)> = Vec::new();
-    for duty in [1.0, 0.1] {
+    let mut took_s: Vec<f64> = Vec::new();
+    for &duty in duties {
         let sources = Arc::new(
             source::Sources::new(engine.clone(), vec![path.to_path_buf()], 0, "84".into())
                 .with_reload_duty(duty),
@@ -245,6 +341,7 @@ fn reload_under_load(path: &std::path::Path) {
         let took = reload_started.elapsed();
         let _ = reloader.join();
         assert_eq!(engine.blocklist().version(), 2);
+        took_s.push(took.as_secs_f64());
         phases.push((format!("before (duty {duty})"), before));
         phases.push((
             format!("reload, duty {duty}: {:.1} s", took.as_secs_f64()),
@@ -290,11 +387,25 @@ fn reload_under_load(path: &std::path::Path) {
             ns.len()
         );
     }
-    for k in [0, 1] {
+    for k in 0..duties.len() {
         println!(
             "  p99 during / before, {}: {:.2}",
             phases[2 * k + 1].0,
             f64::from(qs[2 * k + 1][1]) / f64::from(qs[2 * k][1].max(1))
+        );
+    }
+    println!();
+    println!("| duty | reload s | p50 | p99 | p99 ratio |");
+    println!("|---:|---:|---:|---:|---:|");
+    for (k, duty) in duties.iter().enumerate() {
+        let (before, during) = (qs[2 * k], qs[2 * k + 1]);
+        println!(
+            "| {duty} | {:.1} | {:.2} µs | {:.2} µs | {:.2}× (before: {:.2} µs) |",
+            took_s[k],
+            f64::from(during[0]) / 1000.0,
+            f64::from(during[1]) / 1000.0,
+            f64::from(during[1]) / f64::from(before[1].max(1)),
+            f64::from(before[1]) / 1000.0,
         );
     }
 }
