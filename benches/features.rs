@@ -111,12 +111,22 @@ fn features(c: &mut Criterion) {
     let mut g = c.benchmark_group("features");
     g.throughput(Throughput::Elements(1));
     {
+        let rss_before = fraudline::tools::memory::rss_bytes();
         let store = FeatureStore::new(FeatureConfig::default());
         for p in &warm {
             store.update_and_read(p);
         }
         let (a, k) = store.entity_counts();
         println!("features: {a} accounts and {k} devices/phones/IPs resident");
+        // Memory of the resident state, beside the timings it explains.
+        let rss = fraudline::tools::memory::rss_bytes().saturating_sub(rss_before);
+        let (walked, _) = store.state_bytes();
+        println!(
+            "features: RSS added {} MiB ({:.0} B per account, all state), walked account state {:.0} B per account",
+            rss >> 20,
+            rss as f64 / a.max(1) as f64,
+            walked as f64 / a.max(1) as f64
+        );
         let before = store.duplicates_seen();
         let mut it = Rounds::new(set.clone());
         g.bench_function("fraudline_update_and_read", |b| {

@@ -229,6 +229,11 @@ impl Distinct {
         Distinct::default()
     }
 
+    /// Address and length of the spilled key list, for a prefetch.
+    pub(super) fn spilled(&self) -> Option<(usize, usize)> {
+        super::window::spilled(&self.list)
+    }
+
     /// Records `key` seen at `at_s` with the watermark at `now_s`
     /// (`at_s <= now_s`; a later `at_s` is taken as `now_s`). Keys last seen
     /// before `keep_since_s` are forgotten, except those still in the 24 h
@@ -398,6 +403,18 @@ fn register_rho(fp: u32) -> (usize, usize) {
     (j, rho)
 }
 
+/// `2^-r` for every register value, so that an estimate does not divide
+/// (the same values: each is exact in `f64`).
+const INV_POW2: [f64; RHO_MAX + 1] = {
+    let mut t = [0.0; RHO_MAX + 1];
+    let mut r = 0;
+    while r <= RHO_MAX {
+        t[r] = 1.0 / (1u32 << r) as f64;
+        r += 1;
+    }
+    t
+};
+
 /// The standard HyperLogLog estimate (Flajolet et al. 2007) with linear
 /// counting for small cardinalities; 64-bit hashes need no large-range
 /// correction.
@@ -407,7 +424,7 @@ fn hll_estimate(registers: &[u8; M]) -> u32 {
     let mut sum = 0.0;
     let mut zeros = 0u32;
     for &r in registers {
-        sum += 1.0 / f64::from(1u32 << r);
+        sum += INV_POW2[usize::from(r)];
         zeros += u32::from(r == 0);
     }
     let raw = alpha * m * m / sum;
@@ -538,23 +555,24 @@ impl Sketch {
     fn estimate(&self, lo_s: [Secs; 3]) -> [u32; 3] {
         // Window starts are whole minutes, so minute ticks are exact.
         let lo = lo_s.map(|s| self.tick(s / 60).max(1));
+        // Each window's register is the largest ρ with a tick in it (`lo` is
+        // at least 1, so never-hit cells do not count). Branch-free over the
+        // whole row: a busy payee or shared IP reads this every payment, and
+        // the early exit it replaced mispredicted row after row (2-3x slower
+        // in a stand-alone loop, with `INV_POW2`'s divisions).
         let mut regs = [[0u8; M]; 3];
         for (j, row) in self.ticks.iter().enumerate() {
-            let mut found = [false; 3];
-            for rho in (1..=RHO_MAX).rev() {
-                let t = u32::from(row[rho - 1]);
-                if t == 0 {
-                    continue;
-                }
+            let mut best = [0u8; 3];
+            for (i, &t) in row.iter().enumerate() {
+                let t = u32::from(t);
                 for w in 0..3 {
-                    if !found[w] && t >= lo[w] {
-                        found[w] = true;
-                        regs[w][j] = rho as u8;
+                    if t >= lo[w] {
+                        best[w] = i as u8 + 1;
                     }
                 }
-                if found[0] {
-                    break; // The narrowest window found implies the others.
-                }
+            }
+            for (reg, b) in regs.iter_mut().zip(best) {
+                reg[j] = b;
             }
         }
         regs.map(|r| hll_estimate(&r))
@@ -584,6 +602,11 @@ impl<const CAP: usize, const INLINE: usize> RecentSet<CAP, INLINE> {
         RecentSet {
             slots: SmallVec::new(),
         }
+    }
+
+    /// Address and length of the spilled keys, for a prefetch.
+    pub(super) fn spilled(&self) -> Option<(usize, usize)> {
+        super::window::spilled(&self.slots)
     }
 
     /// Whether `key` was last seen at or after `since_s` (e.g. `now` minus

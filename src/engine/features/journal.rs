@@ -41,11 +41,10 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use dashmap::mapref::entry::Entry as MapEntry;
-use dashmap::DashMap;
 use thiserror::Error;
 
 use super::codec::{self, CodecError, EntityKey, EntityKind};
+use super::table::Table;
 use super::{Account, FeatureStore, Kit};
 
 /// A cut is walking.
@@ -455,18 +454,19 @@ impl SnapshotCut {
     /// entity is encoded under its own lock and handed to `f` after.
     fn walk<V: Tracked>(
         &self,
-        map: &DashMap<u64, V, ahash::RandomState>,
+        map: &Table<V>,
         kind: EntityKind,
         buf: &mut Vec<u8>,
         r: &mut ExportReport,
         f: &mut impl FnMut(EntityKey, Option<&[u8]>),
     ) {
         let in_cut = |m: Meta| (self.lo..=self.hi).contains(&m.epoch) && m.exported_in != self.id;
-        let keys: Vec<u64> = map
-            .iter()
-            .filter(|e| in_cut(e.value().meta()))
-            .map(|e| *e.key())
-            .collect();
+        let mut keys: Vec<u64> = Vec::new();
+        map.for_each(|k, v| {
+            if in_cut(v.meta()) {
+                keys.push(*k);
+            }
+        });
         for key in keys {
             buf.clear();
             {
@@ -739,13 +739,10 @@ impl FeatureStore {
     ///
     /// [`restore`]: FeatureStore::restore
     pub fn finish_restore(&self) {
-        let acc = self.accounts.iter().map(|e| e.value().last_active()).max();
-        let kit = self
-            .kit
-            .iter()
-            .map(|e| e.value().payments.watermark())
-            .max();
-        let wm = acc.unwrap_or(0).max(kit.unwrap_or(0));
+        let mut wm = 0;
+        self.accounts.for_each(|_, a| wm = wm.max(a.last_active()));
+        self.kit
+            .for_each(|_, k| wm = wm.max(k.payments.watermark()));
         self.watermark.store(wm, Ordering::Relaxed);
         self.n_accounts
             .store(self.accounts.len(), Ordering::Relaxed);
@@ -825,26 +822,15 @@ impl FeatureStore {
 
 /// Inserts or replaces an entity; a replaced one first gives a cut walking
 /// its pre-image. `added` runs when the key was not held.
-fn replace<V: Tracked>(
-    t: &Tracker,
-    map: &DashMap<u64, V, ahash::RandomState>,
-    key: u64,
-    value: V,
-    added: impl FnOnce(),
-) {
-    match map.entry(key) {
-        MapEntry::Occupied(mut o) => {
-            let old = o.get();
-            if t.active.load(Ordering::Relaxed) != 0 {
-                t.logs()
-                    .save(EntityKey { kind: V::KIND, key }, old, old.meta());
-            }
-            o.insert(value);
+fn replace<V: Tracked>(t: &Tracker, map: &Table<V>, key: u64, value: V, added: impl FnOnce()) {
+    let new = map.put(key, value, |old| {
+        if t.active.load(Ordering::Relaxed) != 0 {
+            t.logs()
+                .save(EntityKey { kind: V::KIND, key }, old, old.meta());
         }
-        MapEntry::Vacant(v) => {
-            v.insert(value);
-            added();
-        }
+    });
+    if new {
+        added();
     }
 }
 

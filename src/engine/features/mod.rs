@@ -24,11 +24,13 @@
 //!   HyperLogLog beyond, recent-key sets of at most 32. Idle entities go after
 //!   a TTL; past a hard cap the least recently active go first; both are
 //!   counted in `fraudline_feature_evictions_total`.
-//! - **Concurrency.** One sharded map for accounts (payer and payee roles in
-//!   one entry, so pass-through reads one lock) and one for devices, phones
-//!   and IPs. Each entity's update and read happen under its shard lock
-//!   together; a payment takes the locks one after the other, never two at
-//!   once, so there is no global lock and no lock order to get wrong.
+//! - **Concurrency.** One sharded table for accounts (payer and payee roles
+//!   in one entry, so pass-through reads one lock) and one for devices,
+//!   phones and IPs ([`table`]). A payment first prefetches every entity's
+//!   slot, so the cache misses overlap; then each entity's update and read
+//!   happen under its shard lock together; a payment takes the locks one
+//!   after the other, never two at once, so there is no global lock and no
+//!   lock order to get wrong.
 //! - **Identifiers** are hashed once per payment (64-bit ahash, fixed seeds,
 //!   salted by kind); no identifier string is stored or compared.
 //! - **Durability** (engine side; Kafka is the stream layer's): each entity
@@ -44,14 +46,13 @@ pub mod catalogue;
 pub mod codec;
 pub mod distinct;
 pub mod journal;
+mod prefetch;
+mod table;
 pub mod window;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use dashmap::mapref::entry::Entry as MapEntry;
-use dashmap::mapref::one::RefMut;
-use dashmap::DashMap;
 use metrics::{Counter, Gauge};
 
 pub use catalogue::{FeatureVector, F};
@@ -59,6 +60,7 @@ pub use codec::{CodecError, EntityKey, EntityKind};
 use distinct::{Distinct, RecentSet};
 pub use journal::{ExportReport, SnapshotCut, StateError, TxnReport};
 use journal::{Meta, Tracker};
+use table::{RefMut, Table};
 use window::{secs, Arrival, Secs, Span, Window, WindowParams};
 
 use crate::event::Payment;
@@ -70,9 +72,6 @@ pub const DAY_S: u32 = 86_400;
 const EVENT_CAP: usize = 32;
 /// Devices and IPs a payer remembers for "new device / new IP".
 const KIT_CAP: usize = 32;
-
-/// Shards per map: more shards, shorter lock holds during a sweep.
-const SHARDS: usize = 256;
 
 /// Tunables of the feature store (`[features]` in the config).
 #[derive(Debug, Clone, PartialEq)]
@@ -186,6 +185,29 @@ impl Account {
         }
     }
 
+    /// Starts loading what a payment reads of its payer beyond the struct.
+    fn prefetch_payer(&self) {
+        let parts = [
+            self.out.spilled(),
+            self.payees.spilled(),
+            self.events.spilled(),
+            self.kit.spilled(),
+        ];
+        for (at, len) in parts.into_iter().flatten() {
+            prefetch::lines(at, len);
+        }
+    }
+
+    /// Starts loading what a payment reads of its payee beyond the struct.
+    fn prefetch_payee(&self) {
+        if let Some(ib) = &self.inbound {
+            prefetch::lines(
+                &**ib as *const Inbound as usize,
+                std::mem::size_of::<Inbound>(),
+            );
+        }
+    }
+
     fn last_active(&self) -> Secs {
         let inn = self.inbound.as_ref().map_or(0, |i| i.inn.watermark());
         self.out.watermark().max(inn).max(self.first_seen_s)
@@ -292,10 +314,10 @@ pub struct SweepReport {
 /// Concurrent feature state; see the module docs.
 pub struct FeatureStore {
     cfg: FeatureConfig,
-    accounts: DashMap<u64, Box<Account>, ahash::RandomState>,
-    kit: DashMap<u64, Kit, ahash::RandomState>,
-    /// Entries held, kept beside the maps: `DashMap::len` would lock every
-    /// shard, which must not happen while an entry is held.
+    accounts: Table<Box<Account>>,
+    kit: Table<Kit>,
+    /// Entries held, kept beside the maps: `Table::len` locks every shard,
+    /// which must not happen while an entry is held.
     n_accounts: AtomicUsize,
     n_kit: AtomicUsize,
     /// Set when a cap is passed, so the sweeper runs at once.
@@ -324,9 +346,6 @@ impl FeatureStore {
     }
 
     pub fn new(cfg: FeatureConfig) -> FeatureStore {
-        let map = || {
-            DashMap::with_capacity_and_hasher_and_shard_amount(0, ahash::RandomState::new(), SHARDS)
-        };
         FeatureStore {
             out_params: WindowParams {
                 lateness_s: cfg.lateness_s,
@@ -341,12 +360,8 @@ impl FeatureStore {
                 ..KIT_WINDOW
             },
             cfg,
-            accounts: map(),
-            kit: DashMap::with_capacity_and_hasher_and_shard_amount(
-                0,
-                ahash::RandomState::new(),
-                SHARDS,
-            ),
+            accounts: Table::new(),
+            kit: Table::new(),
             n_accounts: AtomicUsize::new(0),
             n_kit: AtomicUsize::new(0),
             over_cap: AtomicBool::new(false),
@@ -382,39 +397,35 @@ impl FeatureStore {
 
     /// The account, created (stamped `epoch`, journaled) if new. The caller
     /// calls [`Tracker::touch`] before changing an existing one.
-    fn account_mut(&self, key: u64, born_s: Secs, epoch: u32) -> RefMut<'_, u64, Box<Account>> {
-        match self.accounts.entry(key) {
-            MapEntry::Occupied(e) => e.into_ref(),
-            MapEntry::Vacant(v) => {
-                self.counted(&self.n_accounts, self.cfg.max_accounts);
-                self.tracker.created(EntityKind::Account, key);
-                let mut a = Box::new(Account::new(born_s));
-                a.meta.epoch = epoch;
-                v.insert(a)
-            }
+    fn account_mut(&self, key: u64, born_s: Secs, epoch: u32) -> RefMut<'_, Box<Account>> {
+        let (a, made) = self.accounts.get_or_insert_with(key, || {
+            let mut a = Box::new(Account::new(born_s));
+            a.meta.epoch = epoch;
+            a
+        });
+        if made {
+            self.counted(&self.n_accounts, self.cfg.max_accounts);
+            self.tracker.created(EntityKind::Account, key);
         }
+        a
     }
 
     /// The device, phone or IP, changed now: created or touched.
-    fn kit_mut(&self, key: u64, epoch: u32) -> RefMut<'_, u64, Kit> {
-        match self.kit.entry(key) {
-            MapEntry::Occupied(e) => {
-                let mut k = e.into_ref();
-                self.tracker.touch(key, &mut *k, epoch);
-                k
-            }
-            MapEntry::Vacant(v) => {
-                self.counted(&self.n_kit, self.cfg.max_kit);
-                self.tracker.created(EntityKind::Kit, key);
-                v.insert(Kit {
-                    meta: Meta {
-                        epoch,
-                        exported_in: 0,
-                    },
-                    ..Kit::default()
-                })
-            }
+    fn kit_mut(&self, key: u64, epoch: u32) -> RefMut<'_, Kit> {
+        let (mut k, made) = self.kit.get_or_insert_with(key, || Kit {
+            meta: Meta {
+                epoch,
+                exported_in: 0,
+            },
+            ..Kit::default()
+        });
+        if made {
+            self.counted(&self.n_kit, self.cfg.max_kit);
+            self.tracker.created(EntityKind::Kit, key);
+        } else {
+            self.tracker.touch(key, &mut *k, epoch);
         }
+        k
     }
 
     fn is_night(&self, t: Secs) -> bool {
@@ -455,6 +466,32 @@ impl FeatureStore {
         let device = self.opt_key(Salt::Device, &p.device_id);
         let ip = self.opt_key(Salt::Ip, &p.ip);
         let phone = self.opt_key(Salt::Phone, &p.phone);
+        // Misses overlap rather than follow one another: every entity's
+        // slot is asked for before any is locked (see `table`); then, with
+        // the slots on their way, the boxed accounts they point to; then
+        // what those point to. Each later round reads what the one before
+        // fetched, under a brief read lock.
+        self.accounts.prefetch(payer);
+        if let Some(k) = payee {
+            self.accounts.prefetch(k);
+        }
+        for k in [device, phone, ip].into_iter().flatten() {
+            self.kit.prefetch(k);
+        }
+        for k in [Some(payer), payee].into_iter().flatten() {
+            if let Some(a) = self.accounts.get(&k) {
+                prefetch::lines(
+                    &**a as *const Account as usize,
+                    std::mem::size_of::<Account>(),
+                );
+            }
+        }
+        if let Some(a) = self.accounts.get(&payer) {
+            a.prefetch_payer();
+        }
+        if let Some(a) = payee.and_then(|k| self.accounts.get(&k)) {
+            a.prefetch_payee();
+        }
         let m = &self.metrics;
         let new_since = |now: Secs| now.saturating_sub(self.cfg.new_within_s);
 
@@ -648,24 +685,17 @@ impl FeatureStore {
     /// entries and boxes plus their heap. Excludes the maps' empty slots and
     /// allocator overhead (the RSS measurement has those).
     pub fn state_bytes(&self) -> (usize, usize) {
-        let acc = self
-            .accounts
-            .iter()
-            .map(|e| {
-                std::mem::size_of::<(u64, Box<Account>)>()
-                    + std::mem::size_of::<Account>()
-                    + e.value().heap_bytes()
-            })
-            .sum();
-        let kit = self
-            .kit
-            .iter()
-            .map(|e| {
-                std::mem::size_of::<(u64, Kit)>()
-                    + e.value().payments.heap_bytes()
-                    + e.value().accounts.heap_bytes()
-            })
-            .sum();
+        let (mut acc, mut kit) = (0, 0);
+        self.accounts.for_each(|_, a| {
+            acc += std::mem::size_of::<(u64, Box<Account>)>()
+                + std::mem::size_of::<Account>()
+                + a.heap_bytes();
+        });
+        self.kit.for_each(|_, k| {
+            kit += std::mem::size_of::<(u64, Kit)>()
+                + k.payments.heap_bytes()
+                + k.accounts.heap_bytes();
+        });
         (acc, kit)
     }
 
@@ -766,7 +796,7 @@ fn read_kit(k: &Kit, fv: &mut FeatureVector, distinct: F, count: F) {
 /// (room, so that one new entity does not trigger a sweep each). Returns how
 /// many went.
 fn evict_over_cap<V>(
-    map: &DashMap<u64, V, ahash::RandomState>,
+    map: &Table<V>,
     held: &AtomicUsize,
     cap: usize,
     last_active: impl Fn(&V) -> Secs,
@@ -777,7 +807,8 @@ fn evict_over_cap<V>(
         return 0;
     }
     let target = cap - cap / 10;
-    let mut times: Vec<Secs> = map.iter().map(|e| last_active(e.value())).collect();
+    let mut times: Vec<Secs> = Vec::with_capacity(len);
+    map.for_each(|_, v| times.push(last_active(v)));
     let excess = times.len().saturating_sub(target);
     if excess == 0 {
         return 0;

@@ -283,6 +283,12 @@ impl<const INLINE: usize> Window<INLINE> {
         self.now
     }
 
+    /// Address and length of the spilled buckets (none while inline), for a
+    /// prefetch.
+    pub(super) fn spilled(&self) -> Option<(usize, usize)> {
+        spilled(&self.entries)
+    }
+
     /// Where an event at `t_ms` would land, without changing anything: lets
     /// the caller check the event id for a replay first.
     pub fn stamp(&self, t_ms: i64, lateness_s: u32) -> Stamp {
@@ -547,6 +553,12 @@ impl<const INLINE: usize> Window<INLINE> {
             assert!(*n <= BUCKETS[l]);
         }
     }
+}
+
+/// Address and byte length of a spilled `SmallVec`'s items, for a prefetch.
+pub(super) fn spilled<A: smallvec::Array>(v: &SmallVec<A>) -> Option<(usize, usize)> {
+    v.spilled()
+        .then(|| (v.as_ptr() as usize, std::mem::size_of_val(v.as_slice())))
 }
 
 #[cfg(test)]
