@@ -175,7 +175,7 @@ async fn refused_verdict_becomes_a_minimal_dead_letter(delivery: &str) {
     let extra = "[limits]\nmax_key_bytes = 7000\n[engine]\nexplain_in_verdicts = true\n";
     let config = config_toml(brokers, &t, delivery, ANY_PORT, "")
         .replace("[http]", &format!("{extra}[http]"))
-        .replace("commit_interval_ms = 100", "commit_interval_ms = 2000");
+        .replace("commit_interval_ms = 100", "commit_interval_ms = 6000");
     let mut f = Fraudline::start(&config);
     let http = f.http.clone();
     let committed_reader = delivery == "exactly-once";
@@ -201,15 +201,33 @@ async fn refused_verdict_becomes_a_minimal_dead_letter(delivery: &str) {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let long_key = "7".repeat(6900);
-    // Payments before the refused one share its transaction (2 s long in
+    // Payments before the refused one share its transaction (6 s long in
     // exactly-once mode): their verdicts reach the log, uncommitted, before
     // the abort, and they are scored again after it.
-    let mut rest: Vec<(String, Vec<u8>)> = (40..60).map(ok).collect();
-    rest.push((long_key.clone(), payment("refused", "acct-refused")));
+    let before: Vec<(String, Vec<u8>)> = (40..60).map(ok).collect();
+    let raw: Vec<(&str, Vec<u8>)> = before
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    produce_raw(brokers, &t.payments, &raw).await;
+    if delivery == "exactly-once" {
+        // Their verdicts are in the log (uncommitted) before the refused
+        // record is produced, so the broker's refusal cannot take them down
+        // with it in one batch, and the abort must hide and re-score them.
+        let mut seen = Reader::new(brokers, &t.verdicts, false);
+        assert!(
+            seen.poll_until(Duration::from_secs(30), |r| distinct_ids(r)
+                .contains("ok-59")),
+            "{delivery}: verdicts of ok-40..59 written; log:\n{}",
+            f.log_tail()
+        );
+    }
+    let mut rest: Vec<(String, Vec<u8>)> =
+        vec![(long_key.clone(), payment("refused", "acct-refused"))];
     rest.extend((60..80).map(ok));
     let raw: Vec<(&str, Vec<u8>)> = rest.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     let placed = produce_raw(brokers, &t.payments, &raw).await;
-    let refused_at = placed[20];
+    let refused_at = placed[0];
 
     assert!(
         verdicts.poll_until(Duration::from_secs(90), |r| distinct_ids(r).len() >= 80),
@@ -242,10 +260,13 @@ async fn refused_verdict_becomes_a_minimal_dead_letter(delivery: &str) {
         "{delivery}: {body}"
     );
     if delivery == "exactly-once" {
-        // Aborts to find the culprit, not a loop.
+        // Aborts to find the culprit, not a loop (the bug this guards
+        // against aborted 1,091 transactions in 20 s). A refused batch fails
+        // the records batched with it, and the idempotent producer's
+        // sequence gap can fail the next transaction too: a few rounds.
         let aborted = metric(&body, "fraudline_transactions_total{result=\"aborted\"}");
         assert!(
-            aborted <= 5.0,
+            aborted <= 10.0,
             "aborted {aborted} transactions; log:\n{}",
             f.log_tail()
         );

@@ -237,7 +237,7 @@ impl Loop<'_> {
         let snapshots = self.parts.state.as_ref().and_then(|s| s.snapshots.clone());
         loop {
             if self.commit_due && self.commit_task.is_none() {
-                self.start_commit().await?;
+                self.commit_point(snapshots.as_ref()).await?;
             }
             // While a transaction commits, the next one fills up to its
             // own size bound (double buffering, not an unbounded backlog).
@@ -255,17 +255,13 @@ impl Loop<'_> {
                     self.on_committed(r.unwrap_or(CommitOutcome::Abort)).await?;
                 }
                 _ = ticker.tick() => {
-                    if let Some(s) = snapshots.as_ref().filter(|s| s.due()) {
-                        // One commit without overlap: between transactions
-                        // the cut holds committed payments only.
-                        self.commit().await?;
-                        if !self.parts.engine.txn_open() {
-                            s.at_boundary();
-                        }
-                    } else if self.commit_task.is_none()
-                        && self.txn.started.is_some_and(|t| t.elapsed() >= interval)
-                    {
-                        self.start_commit().await?;
+                    let due = self.txn.started.map_or(
+                        // Idle: a due cut is taken at once.
+                        snapshots.as_ref().is_some_and(|s| s.due()),
+                        |t| t.elapsed() >= interval,
+                    );
+                    if due && self.commit_task.is_none() {
+                        self.commit_point(snapshots.as_ref()).await?;
                     }
                 }
                 Some(b) = self.lanes.next(), if self.lanes.busy() => self.on_scored(b).await?,
@@ -614,6 +610,26 @@ impl Loop<'_> {
             .context()
             .revokes
             .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A transaction is due (its interval or its size): its commit starts
+    /// in the background; when a snapshot cut is due, it commits without
+    /// overlap instead and the cut is taken between the two transactions,
+    /// so it holds committed payments only.
+    async fn commit_point(
+        &mut self,
+        snapshots: Option<&crate::state::SnapshotHandle>,
+    ) -> Result<(), StreamError> {
+        match snapshots.filter(|s| s.due()) {
+            Some(s) => {
+                self.commit().await?;
+                if !self.parts.engine.txn_open() {
+                    s.at_boundary();
+                }
+                Ok(())
+            }
+            None => self.start_commit().await,
+        }
     }
 
     /// Commits the current transaction and waits for it (shutdown, a
