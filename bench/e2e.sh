@@ -3,7 +3,7 @@
 # stream pipeline beside a plain rdkafka consume -> produce pass-through, in
 # one run (examples/e2e_bench.rs). Prints markdown tables on stdout.
 #
-#   bench/e2e.sh                        defaults: 200,000 events; 5,000 events/s for 10 s
+#   bench/e2e.sh                        defaults: 500,000 events; 5,000 events/s for 10 s
 #   bench/e2e.sh --repeat 3             any e2e_bench argument (--help lists them)
 #   FRAUDLINE_E2E_SHORT=1 bench/e2e.sh  the main tables only (no floor, scaling or settings)
 #
@@ -48,19 +48,19 @@ echo
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p')), broker $brokers (single node, KRaft, same machine)"
 echo
 cargo run -q --release --example e2e_bench -- \
-  --brokers "$brokers" --broker-pid "$broker_pid" "$@"
+  --brokers "$brokers" --broker-pid "$broker_pid" --events 500000 "$@"
 
 [ "${FRAUDLINE_E2E_SHORT:-0}" = 1 ] && exit 0
 
-bench/kafka_perf.sh "$brokers" 200000 "$(cargo run -q --release --example e2e_bench -- --mean-bytes)" 5000
+bench/kafka_perf.sh "$brokers" 500000 "$(cargo run -q --release --example e2e_bench -- --mean-bytes)" 5000
 
-echo "### Scaling: scoring lanes (kafka.scoring_threads), at-least-once, 200,000 events"
+echo "### Scaling: scoring lanes (kafka.scoring_threads), at-least-once, 500,000 events"
 echo
 echo "| run | system | events/s | ratio to pass-through | p50 ms | p99 ms | p99.9 ms |"
 echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
 for lanes in 1 2; do
   cargo run -q --release --example e2e_bench -- --brokers "$brokers" --no-exactly-once \
-    --no-latency --scoring-threads "$lanes" --rows "$lanes lane(s)"
+    --no-latency --events 500000 --scoring-threads "$lanes" --rows "$lanes lane(s)"
 done
 echo
 
@@ -71,6 +71,6 @@ echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
 for s in "1 0" "10 1" "100 5" "500 20"; do
   set -- $s
   cargo run -q --release --example e2e_bench -- --brokers "$brokers" --no-exactly-once \
-    --kafka "fetch_wait_max_ms=$1" --kafka "linger_ms=$2" --rows "$1, $2$([ "$s" = "10 1" ] && echo ' (default)')"
+    --events 500000 --kafka "fetch_wait_max_ms=$1" --kafka "linger_ms=$2" --rows "$1, $2$([ "$s" = "10 1" ] && echo ' (default)')"
 done
 echo

@@ -15,7 +15,9 @@
 //! ```text
 //! cargo run --release --example e2e_bench -- --brokers 127.0.0.1:PORT
 //! ```
-//! Markdown tables go to stdout, progress to stderr.
+//! Markdown tables go to stdout, progress to stderr. For a look inside:
+//! `E2E_LOG=debug` (the log level) and `E2E_PRODUCER_DEBUG=eos` (librdkafka's
+//! `debug` for fraudline's producer).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -149,7 +151,10 @@ fn main() -> Result<()> {
         println!("{}", bytes / events.len());
         return Ok(());
     }
-    fraudline::telemetry::init_tracing(fraudline::telemetry::LogFormat::Text, "warn");
+    fraudline::telemetry::init_tracing(
+        fraudline::telemetry::LogFormat::Text,
+        &std::env::var("E2E_LOG").unwrap_or_else(|_| "warn".into()),
+    );
     let mut systems = vec![System::PassThrough, System::AtLeastOnce];
     if args.no_pass_through {
         systems.retain(|s| *s != System::PassThrough);
@@ -263,6 +268,9 @@ fn config(args: &Args, t: &Topics, system: System) -> Result<Config> {
             .split_once('=')
             .ok_or_else(|| anyhow!("--kafka {kv}: expected KEY=VALUE"))?;
         extra.push_str(&format!("{} = {}\n", k.trim(), v.trim()));
+    }
+    if let Ok(d) = std::env::var("E2E_PRODUCER_DEBUG") {
+        extra.push_str(&format!("producer = {{ debug = \"{d}\" }}\n"));
     }
     let toml = format!(
         "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\npayments_topic = \"{}\"\n\
@@ -1037,9 +1045,16 @@ fn print_rows(label: &str, tp: &[ThroughputRow], lat: &[LatencyRow]) {
             .map(ThroughputRow::steady_rate)
             .collect(),
     );
-    let mut systems: Vec<System> = tp.iter().map(|r| r.system).collect();
-    systems.extend(lat.iter().map(|r| r.system));
-    systems.dedup();
+    let mut systems: Vec<System> = Vec::new();
+    for s in tp
+        .iter()
+        .map(|r| r.system)
+        .chain(lat.iter().map(|r| r.system))
+    {
+        if !systems.contains(&s) {
+            systems.push(s);
+        }
+    }
     for s in systems {
         let rate = median(
             tp.iter()
