@@ -51,6 +51,39 @@ struct Pending {
     alone: bool,
 }
 
+impl Pending {
+    /// A fresh record to send for the input at `partition`/`offset`.
+    fn new(partition: i32, offset: i64, outcome: Outcome) -> Pending {
+        let (key, payload, headers, dlq_kind, event_time_ms) = match outcome {
+            Outcome::Verdict {
+                key,
+                payload,
+                headers,
+                event_time_ms,
+                ..
+            } => (key, payload, headers, None, Some(event_time_ms)),
+            Outcome::Dead {
+                key,
+                payload,
+                headers,
+                kind,
+            } => (key, payload, headers, Some(kind), None),
+        };
+        Pending {
+            partition,
+            offset,
+            dlq_kind,
+            key,
+            payload,
+            headers,
+            event_time_ms,
+            attempts: 0,
+            last_resort: false,
+            alone: false,
+        }
+    }
+}
+
 /// A record in flight: resolves with it and its delivery report (`None`:
 /// the producer dropped it, or it never reached the producer). A concrete
 /// future, so a record in flight costs no allocation of its own.
@@ -265,59 +298,17 @@ impl Loop<'_> {
         for i in 0..b.len() {
             let Some(s) = b.take(i) else { continue };
             let (partition, offset) = (s.partition, s.offset);
-            let (pending, logged) = match s.outcome {
-                Outcome::Verdict {
-                    key,
-                    payload,
-                    headers,
-                    event_time_ms,
-                    state,
-                    ..
-                } => {
-                    let logged = log_state(
-                        self.batches.as_mut(),
-                        state.as_ref(),
-                        s.input,
-                        partition,
-                        offset,
-                    );
-                    (
-                        Pending {
-                            partition,
-                            offset,
-                            dlq_kind: None,
-                            key,
-                            payload,
-                            headers,
-                            event_time_ms: Some(event_time_ms),
-                            attempts: 0,
-                            last_resort: false,
-                            alone: false,
-                        },
-                        logged,
-                    )
-                }
-                Outcome::Dead {
-                    key,
-                    payload,
-                    headers,
-                    kind,
-                } => (
-                    Pending {
-                        partition,
-                        offset,
-                        dlq_kind: Some(kind),
-                        key,
-                        payload,
-                        headers,
-                        event_time_ms: None,
-                        attempts: 0,
-                        last_resort: false,
-                        alone: false,
-                    },
-                    false,
+            let logged = match &s.outcome {
+                Outcome::Verdict { state, .. } => log_state(
+                    self.batches.as_mut(),
+                    state.as_ref(),
+                    s.input,
+                    partition,
+                    offset,
                 ),
+                Outcome::Dead { .. } => false,
             };
+            let pending = Pending::new(partition, offset, s.outcome);
             self.tracker.start(partition, offset, 1 + u8::from(logged));
             self.send(pending).await;
             if logged {
@@ -350,30 +341,15 @@ impl Loop<'_> {
             error = %why,
             "record cannot be produced; replacing it by a minimal dead letter"
         );
-        let Outcome::Dead {
-            key,
-            payload,
-            headers,
-            kind,
-        } = last_resort(
+        let dead = last_resort(
             &source,
             &p.key,
             &why.to_string(),
             self.cfg.limits.max_key_bytes,
-        )
-        else {
-            unreachable!("last_resort makes a dead letter")
-        };
+        );
         Pending {
-            dlq_kind: Some(kind),
-            key,
-            payload,
-            headers,
-            event_time_ms: None,
-            attempts: 0,
             last_resort: true,
-            alone: false,
-            ..p
+            ..Pending::new(p.partition, p.offset, dead)
         }
     }
 

@@ -38,7 +38,7 @@ use tracing::{error, info, warn};
 
 use super::at_least_once::{classify, Failure};
 use super::lanes::{Batch, Lanes};
-use super::record::{last_resort, log_state, process, RecordIn, Source};
+use super::record::{content_type, last_resort, log_state, process, RecordIn, Source};
 use super::state_log::{self, StateBatches};
 use super::{
     clients, subscribe, Outcome, ProcessOptions, SharedConsumer, StreamContext, StreamError,
@@ -442,7 +442,7 @@ impl Loop<'_> {
                 offset,
                 key: m.key(),
                 payload: m.payload().unwrap_or(&[]),
-                format: owned_content_type(&m),
+                format: content_type(&m),
             };
             let o = process(
                 &rec,
@@ -952,18 +952,6 @@ fn split(cfg: &Config, o: Outcome) -> Parts<'_> {
             Some(kind),
         ),
     }
-}
-
-/// The format an owned record's content-type header names.
-fn owned_content_type(m: &OwnedMessage) -> Option<crate::event::Format> {
-    use rdkafka::message::Headers as _;
-    let headers = m.headers()?;
-    headers
-        .iter()
-        .find(|h| h.key.eq_ignore_ascii_case(super::HDR_CONTENT_TYPE))
-        .and_then(|h| h.value)
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(crate::event::Format::from_content_type)
 }
 
 /// Seeks `partitions` (those still assigned) back to their committed

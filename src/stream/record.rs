@@ -98,7 +98,8 @@ impl ProcessOptions {
     }
 }
 
-pub(crate) fn content_type(msg: &BorrowedMessage<'_>) -> Option<Format> {
+/// The format a record's content-type header names, if any.
+pub(crate) fn content_type(msg: &impl Message) -> Option<Format> {
     let headers = msg.headers()?;
     headers
         .iter()
