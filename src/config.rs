@@ -209,6 +209,19 @@ pub struct LimitsConfig {
     pub max_attributes: usize,
     pub max_amount_minor: i64,
     pub max_key_bytes: usize,
+    pub max_event_age_ms: i64,
+    pub stale_events: StaleEvents,
+}
+
+/// `limits.stale_events`: what a payment older than `max_event_age_ms` gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StaleEvents {
+    /// Scored against the state as it is, without moving it (reason
+    /// `STALE_EVENT`).
+    ScoreOnly,
+    /// Refused: code `stale_event` (a dead letter, a 400 / INVALID_ARGUMENT).
+    Refuse,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -490,6 +503,9 @@ impl Config {
         }
         if l.max_future_skew_ms < 0 {
             e.push("limits.max_future_skew_ms: must not be negative".into());
+        }
+        if l.max_event_age_ms < 0 {
+            e.push("limits.max_event_age_ms: must not be negative (0: no limit)".into());
         }
         if l.max_field_bytes == 0 {
             e.push("limits.max_field_bytes: must be positive".into());
@@ -808,6 +824,10 @@ impl Config {
                 payee_fan_in_10m: en.payee_fan_in_10m,
             },
             features: self.feature_config(),
+            event_age: crate::engine::EventAge {
+                max_ms: self.limits.max_event_age_ms,
+                refuse: self.limits.stale_events == StaleEvents::Refuse,
+            },
         }
     }
 

@@ -267,14 +267,14 @@ async fn fraudline_scores_equal_lightgbms_own_predictions() {
         .await
     };
     let v = score().await;
-    assert_eq!(v["model"]["version"], *model.version, "{v}");
-    assert_eq!(v["shadow_model"]["version"], *shadow.version, "{v}");
+    assert_eq!(v["model_version"], *model.version, "{v}");
+    assert_eq!(v["shadow_model_version"], *shadow.version, "{v}");
     let (a, sh) = (
-        v["model"]["score"].as_f64().unwrap(),
-        v["shadow_model"]["score"].as_f64().unwrap(),
+        v["model_score"].as_f64().unwrap(),
+        v["shadow_model_score"].as_f64().unwrap(),
     );
     assert!((0.0..=1.0).contains(&a) && (0.0..=1.0).contains(&sh), "{v}");
-    let top = v["model_contributions"]["top"].as_array().expect("explain");
+    let top = v["model_contributions"].as_array().expect("explain");
     assert!(!top.is_empty() && top.len() <= 5, "{v}");
     assert!(top
         .iter()
@@ -291,7 +291,7 @@ async fn fraudline_scores_equal_lightgbms_own_predictions() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(
-        score().await["shadow_model"]["version"],
+        score().await["shadow_model_version"],
         *shadow.version,
         "the shadow model in use stays"
     );
@@ -302,7 +302,7 @@ async fn fraudline_scores_equal_lightgbms_own_predictions() {
     let start = std::time::Instant::now();
     loop {
         let v = score().await;
-        if v["model"]["version"] == *shadow.version {
+        if v["model_version"] == *shadow.version {
             break;
         }
         assert!(

@@ -397,3 +397,88 @@ async fn every_payers_payments_are_scored_in_log_order_across_lanes() {
         f.log_tail()
     );
 }
+
+/// Issue 15 (event-age policy, the stream side): a payment two days old in
+/// the payments topic is scored without moving state (reason STALE_EVENT;
+/// the payer's next payment does not count it) by default, and is
+/// dead-lettered with kind `stale_event` under `stale_events = "refuse"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_payments_are_scored_without_moving_state_or_refused() {
+    let brokers = broker();
+    let now = fraudline::now_ms();
+    let ev = |id: &str, t: i64| {
+        serde_json::json!({
+            "event_id": id, "event_time_ms": t,
+            "payer": {"account": "5550001"}, "payee": {"account": "5550002"},
+            "amount_minor": 100, "currency": "VND"
+        })
+        .to_string()
+        .into_bytes()
+    };
+    let records = vec![
+        ("5550001", ev("fresh", now - 2_000)),
+        ("5550001", ev("stale", now - 2 * 86_400_000)),
+        ("5550001", ev("next", now - 1_000)),
+    ];
+
+    let t = create_topics(brokers, "stale", 1).await;
+    produce_raw(brokers, &t.payments, &records).await;
+    let mut f = Fraudline::start(&config_toml(
+        brokers,
+        &t,
+        "at-least-once",
+        ANY_PORT,
+        "[engine]\nexplain_in_verdicts = true\n",
+    ));
+    let mut verdicts = Reader::new(brokers, &t.verdicts, false);
+    assert!(
+        verdicts.poll_until(Duration::from_secs(60), |r| r.len() >= 3),
+        "{}",
+        f.log_tail()
+    );
+    let by_id: HashMap<String, proto::Verdict> = verdicts
+        .records
+        .iter()
+        .map(|r| {
+            let v = verdict(r);
+            (v.event_id.clone(), v)
+        })
+        .collect();
+    let stale = &by_id["stale"];
+    assert!(
+        stale.reasons.iter().any(|r| r.rule_id == "STALE_EVENT"),
+        "{stale:?}"
+    );
+    assert_eq!(by_id["next"].features["payer.count_1h"], 2.0);
+    assert_eq!(by_id["next"].features["payer.count_24h"], 2.0);
+    drop(f);
+
+    let t = create_topics(brokers, "stale-refuse", 1).await;
+    produce_raw(brokers, &t.payments, &records).await;
+    let f = Fraudline::start(&config_toml(
+        brokers,
+        &t,
+        "at-least-once",
+        ANY_PORT,
+        "[limits]\nstale_events = \"refuse\"\n",
+    ));
+    let mut verdicts = Reader::new(brokers, &t.verdicts, false);
+    let mut dlq = Reader::new(brokers, &t.dlq, false);
+    assert!(
+        dlq.poll_until(Duration::from_secs(60), |r| !r.is_empty()),
+        "{}",
+        f.log_tail()
+    );
+    assert!(verdicts.poll_until(Duration::from_secs(30), |r| r.len() >= 2));
+    let dl = proto::DeadLetter::decode(dlq.records[0].payload.as_slice()).unwrap();
+    assert_eq!(dl.error_kind, "stale_event", "{dl:?}");
+    let ids: HashSet<String> = verdicts
+        .records
+        .iter()
+        .map(|r| verdict(r).event_id)
+        .collect();
+    assert_eq!(
+        ids,
+        HashSet::from(["fresh".to_string(), "next".to_string()])
+    );
+}

@@ -71,6 +71,11 @@ if ! PYTHONPATH="$TOOLS/py-lgbm" "${PY:-python3}" -c "import lightgbm, numpy" >/
   [ -n "$PY" ] && "$PY" -m pip install -q --disable-pip-version-check --target "$TOOLS/py-lgbm" lightgbm numpy >/dev/null 2>&1 \
     || echo "WARNING: pip could not install lightgbm; the model parity test will fail"
 fi
+if ! PYTHONPATH="$TOOLS/py-proto" "${PY:-python3}" -c "from google.protobuf import json_format" >/dev/null 2>&1; then
+  echo "installing protobuf (PyPI) into $TOOLS/py-proto"
+  [ -n "$PY" ] && "$PY" -m pip install -q --disable-pip-version-check --target "$TOOLS/py-proto" protobuf >/dev/null 2>&1 \
+    || echo "WARNING: pip could not install protobuf; the proto3 JSON round-trip test will fail"
+fi
 export PATH="$TOOLS/bin:$PATH"
 hash -r
 

@@ -366,6 +366,9 @@ pub fn normalise(value: &str) -> String {
         .collect()
 }
 
+/// Set in a key's hash domain for bank-qualified keys (kinds are < 0x80).
+const QUALIFIED: u8 = 0x80;
+
 impl Keyer {
     pub fn new(country_code: &str) -> Keyer {
         Keyer {
@@ -375,13 +378,35 @@ impl Keyer {
     }
 
     fn finish(&self, kind: ListKind, c: &Canon) -> u64 {
-        let h = self.hasher.hash_one((kind as u8, &c.buf[..c.n]));
+        self.finish_in(kind as u8, c)
+    }
+
+    /// `domain` is the kind, with [`QUALIFIED`] set for a bank-qualified
+    /// key: the two spaces never share a key, whatever the spelling.
+    fn finish_in(&self, domain: u8, c: &Canon) -> u64 {
+        let h = self.hasher.hash_one((domain, &c.buf[..c.n]));
         // 0 marks an empty slot.
         h.max(1)
     }
 
-    /// The key `raw` is stored and looked up under (see the module docs).
+    /// The key a listed value is stored under, as a list spells it: for an
+    /// account, e-wallet or card, `BANK:NUMBER` is the qualified key of
+    /// that bank's number ([`Keyer::qualified_key`]) and anything else the
+    /// bare key ([`Keyer::bare_key`]); for the other kinds, the bare key.
     pub fn key(&self, kind: ListKind, raw: &str) -> u64 {
+        if kind.bank_qualified() {
+            if let Some((bank, account)) = raw.split_once(':') {
+                return self.qualified_key(kind, bank, account);
+            }
+        }
+        self.bare_key(kind, raw)
+    }
+
+    /// The key a payment's value is looked up under when any bank's entry
+    /// may match (see the module docs). Never equal to a qualified key: a
+    /// payee whose account field is literally `VCB:5555` at bank TCB does
+    /// not match the entry `VCB:5555`.
+    pub fn bare_key(&self, kind: ListKind, raw: &str) -> u64 {
         let mut c = Canon::new();
         if kind == ListKind::Phone {
             // E.164: "+", the country code, the national number; "00" is an
@@ -419,17 +444,20 @@ impl Keyer {
             .max(1)
     }
 
-    /// The key of `bank:account` for a payment's account: equal to
-    /// `key(kind, "BANK:ACCOUNT")` for the entry spelled that way.
+    /// The key of `account` held at `bank`: equal to `key(kind,
+    /// "BANK:ACCOUNT")` for the entry spelled that way, and in a space of
+    /// its own (never equal to a [`Keyer::bare_key`]).
     pub fn qualified_key(&self, kind: ListKind, bank: &str, account: &str) -> u64 {
+        let domain = kind as u8 | QUALIFIED;
         let mut c = Canon::new();
         c.push_plain(bank);
         c.push(b':');
         c.push_plain(account);
         if c.fits {
-            return self.finish(kind, &c);
+            return self.finish_in(domain, &c);
         }
-        self.key(kind, &format!("{bank}:{account}"))
+        let s = format!("{}:{}", normalise(bank), normalise(account));
+        self.hasher.hash_one((domain, s.as_bytes())).max(1)
     }
 }
 
@@ -1017,7 +1045,7 @@ impl Blocklist {
         let k = kind as usize;
         let qualified = (kind.bank_qualified() && self.qualified[k] && !bank.is_empty())
             .then(|| self.keyer.qualified_key(kind, bank, raw));
-        let bare = (!kind.bank_qualified() || self.bare[k]).then(|| self.keyer.key(kind, raw));
+        let bare = (!kind.bank_qualified() || self.bare[k]).then(|| self.keyer.bare_key(kind, raw));
         [qualified, bare]
     }
 

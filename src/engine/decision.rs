@@ -138,6 +138,15 @@ impl Verdict {
         Some((bias, c))
     }
 
+    /// Whether this payment was scored without moving state because it was
+    /// stale ([`super::STALE_EVENT`]): the state log's readers must not
+    /// apply it either.
+    pub fn is_stale(&self) -> bool {
+        self.reasons
+            .iter()
+            .any(|r| &*r.rule_id == super::STALE_EVENT)
+    }
+
     pub(crate) fn add_hit(&mut self, reason: Reason, shadow: bool, force: Option<Decision>) {
         if shadow {
             self.shadow_hits.push(reason);

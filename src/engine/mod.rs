@@ -36,6 +36,24 @@ pub struct EngineConfig {
     pub thresholds: Thresholds,
     pub builtin: rules::BuiltinParams,
     pub features: features::FeatureConfig,
+    pub event_age: EventAge,
+}
+
+/// Reason of a payment scored without moving feature state because its
+/// event time is older than `limits.max_event_age_ms` (score 0).
+pub const STALE_EVENT: &str = "STALE_EVENT";
+
+/// `limits.max_event_age_ms` and `limits.stale_events`: what becomes of a
+/// payment whose event time is older than the limit against the wall clock
+/// (a replay, a switch's retry days later, a backlog). Counting it as
+/// current would put a two-day-old payment into the payer's last hour.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventAge {
+    /// 0: no limit.
+    pub max_ms: i64,
+    /// Refuse a stale payment (`stale_event`, a dead letter or a 400)
+    /// instead of scoring it against the state as it is, without moving it.
+    pub refuse: bool,
 }
 
 /// The scoring engine. Cheap to share (`Arc<Engine>`): all state inside is
@@ -51,6 +69,7 @@ pub struct Engine {
     /// verdict, never read by the rules (`model.shadow_file`).
     shadow_model: arc_swap::ArcSwapOption<model::Model>,
     txn: TxnGate,
+    event_age: EventAge,
 }
 
 /// The exactly-once stream's transaction over feature state. While one is
@@ -78,7 +97,28 @@ impl Engine {
             model: arc_swap::ArcSwapOption::empty(),
             shadow_model: arc_swap::ArcSwapOption::empty(),
             txn: TxnGate::default(),
+            event_age: cfg.event_age,
         }
+    }
+
+    /// Whether `p` is older than `limits.max_event_age_ms` at `now_ms`.
+    pub fn is_stale(&self, p: &Payment, now_ms: i64) -> bool {
+        self.event_age.max_ms > 0 && now_ms.saturating_sub(p.event_time_ms) > self.event_age.max_ms
+    }
+
+    /// The event-age check of the scoring paths (stream and in-line; not
+    /// the backtest, which scores history at its own time): a stale
+    /// payment is refused when `limits.stale_events = "refuse"`, else it is
+    /// scored without moving state (see [`Engine::score_owned_at`]).
+    pub fn admit(&self, p: &Payment, now_ms: i64) -> Result<(), crate::event::DecodeError> {
+        if self.event_age.refuse && self.is_stale(p, now_ms) {
+            return Err(crate::event::DecodeError::StaleEvent {
+                event_time_ms: p.event_time_ms,
+                age_ms: now_ms.saturating_sub(p.event_time_ms),
+                limit_ms: self.event_age.max_ms,
+            });
+        }
+        Ok(())
     }
 
     /// Scores one payment: updates the features of the entities in it, runs
@@ -92,7 +132,7 @@ impl Engine {
     pub fn score_at(&self, p: &Payment, now_ms: i64) -> Verdict {
         let open = self.txn.open.read().unwrap_or_else(PoisonError::into_inner);
         let v = self.score_owned_at(p, now_ms);
-        if *open {
+        if *open && !v.is_stale() {
             self.keep_foreign(p);
         }
         v
@@ -104,7 +144,12 @@ impl Engine {
     pub fn score_owned_at(&self, p: &Payment, now_ms: i64) -> Verdict {
         let started = Instant::now();
         let home = self.currencies.load().to_home(p.currency, p.amount_minor);
-        let mut fv = self.features.update_and_read_in(p, home);
+        let stale = self.is_stale(p, now_ms);
+        let mut fv = if stale {
+            self.features.read_in(p, home)
+        } else {
+            self.features.update_and_read_in(p, home)
+        };
         let model = self.model.load_full();
         if let Some(m) = &model {
             fv.set(features::F::ModelScore, m.score(&fv));
@@ -137,6 +182,19 @@ impl Engine {
                 v.decision = Decision::Review;
                 v.forced = Some(Decision::Review);
             }
+        }
+        if stale {
+            v.add_hit(
+                Reason {
+                    rule_id: Arc::from(STALE_EVENT),
+                    reason: Arc::from(
+                        "event time older than limits.max_event_age_ms: scored on the state as it is, which it did not move",
+                    ),
+                    score: 0,
+                },
+                false,
+                None,
+            );
         }
         v.engine_time_ns = started.elapsed().as_nanos() as u64;
         v

@@ -301,3 +301,69 @@ fn amount_features_count_home_currency_and_never_mix_an_unknown_one() {
     assert_eq!(v.decision, Decision::Review);
     assert!(v.reasons.iter().any(|r| &*r.rule_id == CURRENCY_UNKNOWN));
 }
+
+/// Issue 15: a payment replayed with an event time 2 days old was counted
+/// as current (the customer's next payment went HOLD instead of ALLOW).
+#[test]
+fn a_stale_payment_is_scored_without_moving_state() {
+    let day = 86_400_000;
+    let e = Engine::new(EngineConfig {
+        event_age: EventAge {
+            max_ms: day,
+            refuse: false,
+        },
+        ..EngineConfig::default()
+    });
+    let now = T0 + 2 * day;
+    e.score_at(&pay("fresh-1", "A", "B", 1_000, now - 60_000), now);
+    let stale = e.score_at(&pay("old", "A", "B", 1_000, T0), now);
+    assert!(stale.is_stale());
+    assert!(stale.reasons.iter().any(|r| &*r.rule_id == STALE_EVENT));
+    assert_eq!(
+        stale.features.get(F::PayerCount1h),
+        1.0,
+        "it saw the state as it is"
+    );
+    assert!(e.admit(&pay("old", "A", "B", 1_000, T0), now).is_ok());
+    let next = e.score_at(&pay("fresh-2", "A", "B", 1_000, now), now);
+    assert!(!next.is_stale());
+    assert_eq!(
+        next.features.get(F::PayerCount1h),
+        2.0,
+        "the stale payment is not in the payer's hour"
+    );
+    assert_eq!(next.features.get(F::PayerCount24h), 2.0);
+    // A stale payment of a payer never seen creates nothing.
+    let (accounts, _) = e.features.entity_counts();
+    e.score_at(&pay("old-2", "NEW", "NEW-PAYEE", 1_000, T0), now);
+    assert_eq!(e.features.entity_counts().0, accounts);
+    // Within the limit, it counts as before.
+    let recent = e.score_at(&pay("late", "A", "B", 1_000, now - day + 60_000), now);
+    assert!(!recent.is_stale());
+}
+
+#[test]
+fn a_stale_payment_is_refused_when_configured() {
+    let day = 86_400_000;
+    let e = Engine::new(EngineConfig {
+        event_age: EventAge {
+            max_ms: day,
+            refuse: true,
+        },
+        ..EngineConfig::default()
+    });
+    let err = e
+        .admit(&pay("old", "A", "B", 1_000, T0), T0 + 2 * day)
+        .unwrap_err();
+    assert_eq!(err.kind(), "stale_event");
+    assert_eq!(err.field(), Some("event_time_ms"));
+    assert!(e
+        .admit(&pay("new", "A", "B", 1_000, T0), T0 + 1_000)
+        .is_ok());
+    // 0 is no limit.
+    let off = Engine::new(EngineConfig::default());
+    assert!(off.admit(&pay("old", "A", "B", 1_000, 0), T0).is_ok());
+    assert!(!off
+        .score_at(&pay("old", "A", "B", 1_000, T0), T0 * 2)
+        .is_stale());
+}

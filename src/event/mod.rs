@@ -98,6 +98,12 @@ pub enum DecodeError {
     BadUtf8(String),
     #[error("invalid JSON: {0}")]
     Json(String),
+    #[error("field `{field}`: {why}")]
+    JsonField { field: &'static str, why: String },
+    #[error("the body must be one JSON object (a fraudline.v1.PaymentEvent): {0}")]
+    NotAnObject(String),
+    #[error("a key is given twice: {why}")]
+    DuplicateKey { field: &'static str, why: String },
     #[error("invalid protobuf: {0}")]
     Protobuf(String),
     #[error("missing required field `{0}`")]
@@ -110,6 +116,12 @@ pub enum DecodeError {
     FutureTimestamp {
         event_time_ms: i64,
         ahead_ms: i64,
+        limit_ms: i64,
+    },
+    #[error("event_time_ms {event_time_ms} is {age_ms} ms old, over limits.max_event_age_ms ({limit_ms} ms)")]
+    StaleEvent {
+        event_time_ms: i64,
+        age_ms: i64,
         limit_ms: i64,
     },
     #[error("event_time_ms {0} is before 2000-01-01 (milliseconds since the Unix epoch expected)")]
@@ -137,12 +149,14 @@ impl DecodeError {
         match self {
             DecodeError::MissingField(f)
             | DecodeError::FieldTooLong { field: f, .. }
+            | DecodeError::JsonField { field: f, .. }
             | DecodeError::InvalidField { field: f, .. } => Some(f),
+            DecodeError::DuplicateKey { field, .. } if !field.is_empty() => Some(field),
             DecodeError::InvalidAmount { .. } => Some("amount_minor"),
             DecodeError::UnknownCurrency(_) => Some("currency"),
-            DecodeError::FutureTimestamp { .. } | DecodeError::TimestampTooOld(_) => {
-                Some("event_time_ms")
-            }
+            DecodeError::FutureTimestamp { .. }
+            | DecodeError::StaleEvent { .. }
+            | DecodeError::TimestampTooOld(_) => Some("event_time_ms"),
             _ => None,
         }
     }
@@ -153,13 +167,16 @@ impl DecodeError {
             DecodeError::Empty => "empty",
             DecodeError::TooLarge { .. } => "too_large",
             DecodeError::BadUtf8(_) => "bad_utf8",
-            DecodeError::Json(_) => "bad_json",
+            DecodeError::Json(_) | DecodeError::JsonField { .. } => "bad_json",
+            DecodeError::NotAnObject(_) => "not_an_object",
+            DecodeError::DuplicateKey { .. } => "duplicate_key",
             DecodeError::Protobuf(_) => "bad_protobuf",
             DecodeError::MissingField(_) => "missing_field",
             DecodeError::InvalidAmount { .. } => "invalid_amount",
             DecodeError::UnknownCurrency(_) => "unknown_currency",
             DecodeError::FutureTimestamp { .. } => "future_timestamp",
             DecodeError::TimestampTooOld(_) => "invalid_timestamp",
+            DecodeError::StaleEvent { .. } => "stale_event",
             DecodeError::FieldTooLong { .. } => "field_too_long",
             DecodeError::InvalidField { .. } => "invalid_field",
             DecodeError::KeyTooLarge { .. } => "key_too_large",
@@ -173,12 +190,15 @@ impl DecodeError {
         "too_large",
         "bad_utf8",
         "bad_json",
+        "not_an_object",
+        "duplicate_key",
         "bad_protobuf",
         "missing_field",
         "invalid_amount",
         "unknown_currency",
         "future_timestamp",
         "invalid_timestamp",
+        "stale_event",
         "field_too_long",
         "invalid_field",
         "key_too_large",
@@ -256,9 +276,7 @@ pub fn decode_wire(
         Format::Json => {
             let text =
                 std::str::from_utf8(bytes).map_err(|e| DecodeError::BadUtf8(e.to_string()))?;
-            let ev: JsonEvent =
-                serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
-            ev.into_wire()?
+            json::parse(text)?.into_wire()?
         }
     };
     Ok(wire)

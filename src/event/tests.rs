@@ -317,6 +317,20 @@ fn every_kind_is_listed_for_metrics() {
             limit_ms: 0,
         },
         DecodeError::TimestampTooOld(0),
+        DecodeError::StaleEvent {
+            event_time_ms: 0,
+            age_ms: 0,
+            limit_ms: 0,
+        },
+        DecodeError::JsonField {
+            field: "x",
+            why: String::new(),
+        },
+        DecodeError::NotAnObject(String::new()),
+        DecodeError::DuplicateKey {
+            field: "x",
+            why: String::new(),
+        },
         DecodeError::FieldTooLong {
             field: "x",
             len: 0,
@@ -336,5 +350,181 @@ fn every_kind_is_listed_for_metrics() {
             e.kind()
         );
     }
-    assert_eq!(errors.len(), DecodeError::KINDS.len());
+    // JsonField shares `bad_json` with Json.
+    assert_eq!(errors.len() - 1, DecodeError::KINDS.len());
+}
+
+fn decode_as_json(text: &str) -> Result<Payment, DecodeError> {
+    decode(text.as_bytes(), Some(Format::Json), &Limits::default(), NOW)
+}
+
+/// What protobuf's own JSON printer writes (lowerCamelCase, int64 as
+/// strings, enums by full name) decodes to the same payment as the .proto
+/// names; issue 15: it got `missing_field event_id` / `bad_json`.
+#[test]
+fn protobufs_own_json_decodes_in_both_spellings() {
+    let from_pb = decode_pb(&good()).unwrap();
+    let t = NOW - 1_000;
+    let camel = format!(
+        r#"{{"eventId":"e-1","eventTimeMs":"{t}",
+            "payer":{{"account":"0011002233","bankCode":"VCB","kind":"ACCOUNT_KIND_ACCOUNT"}},
+            "payee":{{"account":"9988776655","bankCode":"MOMO","kind":"ACCOUNT_KIND_EWALLET"}},
+            "amountMinor":"1500000","currency":"VND","channel":"CHANNEL_MOBILE",
+            "paymentType":"PAYMENT_TYPE_TRANSFER","deviceId":"dev-1","ip":"10.0.0.1",
+            "phone":"+84912345678","geo":{{"lat":21.0,"lon":105.8}},"country":"VN",
+            "attributes":{{"campaign":"tet"}}}}"#
+    );
+    assert_eq!(decode_as_json(&camel).unwrap(), from_pb);
+    let snake = camel
+        .replace("eventId", "event_id")
+        .replace("eventTimeMs", "event_time_ms")
+        .replace("bankCode", "bank_code")
+        .replace("amountMinor", "amount_minor")
+        .replace("paymentType", "payment_type")
+        .replace("deviceId", "device_id");
+    assert_eq!(decode_as_json(&snake).unwrap(), from_pb);
+    // Enums by number, doubles as strings.
+    let numbers = camel
+        .replace("\"CHANNEL_MOBILE\"", "1")
+        .replace("\"ACCOUNT_KIND_EWALLET\"", "2")
+        .replace("\"lat\":21.0", "\"lat\":\"21\"");
+    assert_eq!(decode_as_json(&numbers).unwrap(), from_pb);
+}
+
+/// Jackson, System.Text.Json and Go pointer fields write `null` for what is
+/// absent; issue 15: `bad_json` for ip, phone, device_id, ... .
+#[test]
+fn null_is_absent_for_every_field() {
+    let t = NOW - 1_000;
+    let text = format!(
+        r#"{{"event_id":"e-2","event_time_ms":{t},
+            "payer":{{"account":"1","bank_code":null,"kind":null}},
+            "payee":{{"account":"2","bank_code":null,"kind":null}},
+            "amount_minor":100,"currency":"VND","channel":null,"payment_type":null,
+            "device_id":null,"ip":null,"phone":null,"geo":null,"country":null,
+            "merchant_category":null,"attributes":null,"label":null}}"#
+    );
+    let p = decode_as_json(&text).unwrap();
+    assert_eq!(p.device_id, "");
+    assert_eq!(p.ip, "");
+    assert_eq!(p.geo, None);
+    assert_eq!(p.channel, Channel::Unspecified);
+    // A null required field is that field missing, named.
+    let e = decode_as_json(&text.replace(r#""event_id":"e-2""#, r#""event_id":null"#));
+    assert_eq!(e, Err(DecodeError::MissingField("event_id")));
+    let e = decode_as_json(&text.replace(r#""amount_minor":100"#, r#""amount_minor":null"#))
+        .unwrap_err();
+    assert_eq!(e.field(), Some("amount_minor"));
+}
+
+/// Issue 15: every `bad_json` lacked `field` ("expected i64 at line 1
+/// column 226").
+#[test]
+fn type_errors_name_the_field() {
+    let base = decode_pb(&good()).unwrap().to_json();
+    let cases = [
+        (
+            r#""amount_minor":1500000"#,
+            r#""amount_minor":true"#,
+            "amount_minor",
+        ),
+        (
+            r#""amount_minor":1500000"#,
+            r#""amount_minor":"75x""#,
+            "amount_minor",
+        ),
+        (
+            r#""amount_minor":1500000"#,
+            r#""amount_minor":1.5"#,
+            "amount_minor",
+        ),
+        (r#""device_id":"dev-1""#, r#""device_id":7"#, "device_id"),
+        (
+            r#""bank_code":"VCB""#,
+            r#""bank_code":["VCB"]"#,
+            "payer.bank_code",
+        ),
+        (r#""channel":"MOBILE""#, r#""channel":99"#, "channel"),
+        (r#""campaign":"tet""#, r#""campaign":1"#, "attributes"),
+    ];
+    for (from, to, field) in cases {
+        assert!(base.contains(from), "{from} in {base}");
+        let e = decode_as_json(&base.replacen(from, to, 1)).unwrap_err();
+        assert_eq!(e.kind(), "bad_json", "{to}: {e}");
+        assert_eq!(e.field(), Some(field), "{to}: {e}");
+    }
+}
+
+/// Issue 15: a top-level array was scored by position and `geo:[1,2]` was
+/// accepted.
+#[test]
+fn wrong_shapes_are_refused() {
+    let t = NOW - 1_000;
+    let arr = format!(r#"["e-1",{t},{{"account":"1"}},{{"account":"2"}},100,"VND"]"#);
+    let e = decode_as_json(&arr).unwrap_err();
+    assert_eq!(e.kind(), "not_an_object", "{e}");
+    for body in ["42", "\"x\"", "null", "true"] {
+        assert_eq!(decode_as_json(body).unwrap_err().kind(), "not_an_object");
+    }
+    let base = decode_pb(&good()).unwrap().to_json();
+    let geo = base.replacen(r#""geo":{"lat":21.0,"lon":105.8}"#, r#""geo":[1,2]"#, 1);
+    assert_ne!(geo, base);
+    let e = decode_as_json(&geo).unwrap_err();
+    assert_eq!((e.kind(), e.field()), ("bad_json", Some("geo")), "{e}");
+    let payer = base.replacen(r#""payer":{"#, r#""payer":["#, 1);
+    assert_eq!(decode_as_json(&payer).unwrap_err().field(), Some("payer"));
+    let trailing = format!("{base} {{}}");
+    assert_eq!(decode_as_json(&trailing).unwrap_err().kind(), "bad_json");
+}
+
+/// Issue 15: duplicate keys in `attributes` were accepted, last wins
+/// (`call_in_progress` true then false suppressed the scam rule).
+#[test]
+fn a_key_twice_anywhere_is_refused() {
+    let base = decode_pb(&good()).unwrap().to_json();
+    let dup_attr = base.replacen(
+        r#""campaign":"tet""#,
+        r#""call_in_progress":"true","call_in_progress":"false""#,
+        1,
+    );
+    let e = decode_as_json(&dup_attr).unwrap_err();
+    assert_eq!(
+        (e.kind(), e.field()),
+        ("duplicate_key", Some("attributes")),
+        "{e}"
+    );
+    assert!(e.to_string().contains("call_in_progress"), "{e}");
+    // Both spellings of one field.
+    let both = base.replacen(
+        r#""event_id":"e-1""#,
+        r#""event_id":"e-1","eventId":"e-2""#,
+        1,
+    );
+    let e = decode_as_json(&both).unwrap_err();
+    assert_eq!(
+        (e.kind(), e.field()),
+        ("duplicate_key", Some("event_id")),
+        "{e}"
+    );
+    let party = base.replacen(
+        r#""account":"0011002233""#,
+        r#""account":"1","account":"2""#,
+        1,
+    );
+    let e = decode_as_json(&party).unwrap_err();
+    assert_eq!(e.field(), Some("payer.account"), "{e}");
+    // Inside an unknown field's object, too.
+    let unknown = base.replacen('{', r#"{"x":{"a":1,"b":{"c":1,"c":2}},"#, 1);
+    assert_eq!(
+        decode_as_json(&unknown).unwrap_err().kind(),
+        "duplicate_key"
+    );
+    let unknown_twice = base.replacen('{', r#"{"x":1,"x":2,"#, 1);
+    assert_eq!(
+        decode_as_json(&unknown_twice).unwrap_err().kind(),
+        "duplicate_key"
+    );
+    // Unknown fields alone are still ignored.
+    let ok = base.replacen('{', r#"{"x":{"a":[1,{"b":2}]},"y":null,"#, 1);
+    assert!(decode_as_json(&ok).is_ok());
 }

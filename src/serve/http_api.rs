@@ -1,7 +1,16 @@
-//! `POST /v1/score`: the in-line API over HTTP/JSON. The body is the same
-//! JSON as a Kafka JSON event; the answer is the verdict as JSON, or an
-//! RFC 9457 problem object (`application/problem+json`) with a stable `code`
-//! and, for input errors, the `field` at fault.
+//! `POST /v1/score`: the in-line API over HTTP/JSON. The body is a
+//! `fraudline.v1.PaymentEvent` in protobuf's JSON mapping (the same JSON as
+//! a Kafka JSON event: [`crate::event`]); the answer is the
+//! `fraudline.v1.Verdict` in protobuf's canonical JSON ([`super::proto_json`]),
+//! or an RFC 9457 problem object (`application/problem+json`) with a stable
+//! `code` and, for input errors, the `field` at fault. Every 4xx is a
+//! problem object: a wrong method (405), an unknown path (404), and the
+//! listener's own framing errors (see [`super::framing`]).
+//!
+//! Content: `content-type: application/json` (parameter `charset=utf-8`
+//! only) or none; anything else is 415. `content-encoding: gzip` is
+//! inflated, bounded by the same byte limit after inflating; any other
+//! encoding is 415 with `accept-encoding: gzip`.
 //!
 //! Headers in: `authorization: Bearer <token>` (when tokens are configured),
 //! `x-fraudline-timeout-ms` (the caller's budget). Headers out:
@@ -39,7 +48,20 @@ pub fn router(scorer: Arc<Scorer>, tokens: Option<Arc<Tokens>>) -> Router {
     let metrics = InlineMetrics::new("http");
     metrics.register_zeroes();
     Router::new()
-        .route("/v1/score", post(score))
+        .route(
+            "/v1/score",
+            post(score).fallback(|| async {
+                let mut r = problem(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "the in-line API takes POST /v1/score",
+                    None,
+                );
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
+                r
+            }),
+        )
         .fallback(|| async {
             problem(
                 StatusCode::NOT_FOUND,
@@ -110,20 +132,34 @@ async fn handle(api: &Api, headers: &HeaderMap, body: Body, started: Instant) ->
         }
     }
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        let json = ct
-            .to_str()
-            .ok()
-            .and_then(Format::from_content_type)
-            .is_some_and(|f| f == Format::Json);
-        if !json {
+        if !is_json(ct.as_bytes()) {
             return problem(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
-                "the body must be JSON (content-type: application/json)",
+                "the body must be JSON: content-type application/json (charset utf-8, if any)",
                 Some("content-type"),
             );
         }
     }
+    let gzip = match headers
+        .get(header::CONTENT_ENCODING)
+        .map(HeaderValue::as_bytes)
+    {
+        None => false,
+        Some(e) if e.eq_ignore_ascii_case(b"identity") => false,
+        Some(e) if e.eq_ignore_ascii_case(b"gzip") || e.eq_ignore_ascii_case(b"x-gzip") => true,
+        Some(_) => {
+            let mut r = problem(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_encoding",
+                "the body may be sent as is or with content-encoding gzip",
+                Some("content-encoding"),
+            );
+            r.headers_mut()
+                .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+            return r;
+        }
+    };
     let budget = match headers.get(TIMEOUT_HEADER) {
         None => None,
         Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
@@ -170,13 +206,21 @@ async fn handle(api: &Api, headers: &HeaderMap, body: Body, started: Instant) ->
             )
         }
     };
+    let bytes = if gzip {
+        match gunzip(&bytes, limits.max_message_bytes) {
+            Ok(b) => axum::body::Bytes::from(b),
+            Err(r) => return *r,
+        }
+    } else {
+        bytes
+    };
     let wire = match event::decode_wire(&bytes, Some(Format::Json), &limits) {
         Ok(w) => w,
         Err(e) => return decode_problem(&e),
     };
     match api.scorer.score(wire, started, budget, &api.metrics).await {
         Ok(a) => {
-            let body = api.scorer.json(&a.decided).to_string();
+            let body = super::proto_json::verdict(&api.scorer.wire(&a.decided)).to_string();
             let mut r = (StatusCode::OK, body).into_response();
             let h = r.headers_mut();
             h.insert(
@@ -204,6 +248,52 @@ async fn handle(api: &Api, headers: &HeaderMap, body: Body, started: Instant) ->
             &e.to_string(),
             Some("event_id"),
         ),
+    }
+}
+
+/// Whether a content type is the JSON this API reads: `application/json`,
+/// with no parameter but `charset=utf-8` (any case, spaces allowed).
+fn is_json(ct: &[u8]) -> bool {
+    let Ok(ct) = std::str::from_utf8(ct) else {
+        return false;
+    };
+    let mut parts = ct.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return false;
+    }
+    parts.all(|p| {
+        let p = p.trim();
+        p.is_empty()
+            || p.split_once('=').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("charset")
+                    && v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+            })
+    })
+}
+
+/// Inflates a gzip body, refusing one that inflates past `limit` bytes (a
+/// small body must not become a large one in memory: a "zip bomb").
+fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, Box<Response>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let read = flate2::read::GzDecoder::new(body)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out);
+    match read {
+        Err(e) => Err(Box::new(problem(
+            StatusCode::BAD_REQUEST,
+            "bad_encoding",
+            &format!("content-encoding gzip: the body does not inflate: {e}"),
+            Some("content-encoding"),
+        ))),
+        Ok(n) if n > limit => Err(Box::new(problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            &format!("the body inflates past the {limit}-byte limit"),
+            None,
+        ))),
+        Ok(_) => Ok(out),
     }
 }
 
@@ -280,7 +370,10 @@ pub async fn serve(
                         _ => return,
                     }
                     let conn = http
-                        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                        .serve_connection_with_upgrades(
+                            TokioIo::new(super::framing::FramingProblems::new(tcp)),
+                            svc,
+                        )
                         .into_owned();
                     let _ = watcher.watch(conn).await;
                     drop(slot);
@@ -304,7 +397,10 @@ pub async fn serve(
                         Err(_) => return,
                     };
                     let conn = http
-                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                        .serve_connection_with_upgrades(
+                            TokioIo::new(super::framing::FramingProblems::new(tls)),
+                            svc,
+                        )
                         .into_owned();
                     let _ = watcher.watch(conn).await;
                     drop(slot);

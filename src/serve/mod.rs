@@ -17,10 +17,12 @@
 pub mod admission;
 pub mod audit;
 pub mod auth;
+pub mod framing;
 pub mod grpc;
 pub mod http_api;
 pub mod idempotency;
 pub mod inline;
+pub mod proto_json;
 pub mod ready;
 pub mod scorer;
 

@@ -146,6 +146,7 @@ impl Scorer {
         if let Some(first) = self.recent.get(&payment.event_id) {
             return self.replay(first, fingerprint, m);
         }
+        self.engine.admit(&payment, now)?;
         let deadline = Deadline::from_budget(started, budget.unwrap_or(self.default_budget));
         let permit = match self.admission.admit(&deadline).await {
             Ok(p) => p,
@@ -264,12 +265,5 @@ impl Scorer {
         } else {
             d.verdict.to_wire(&d.event_id, d.event_time_ms)
         }
-    }
-
-    /// The JSON verdict, as `fraudline score` prints it.
-    pub fn json(&self, d: &Decided) -> serde_json::Value {
-        let mut v = d.verdict.to_json(&d.event_id, self.explain);
-        v["event_time_ms"] = d.event_time_ms.into();
-        v
     }
 }

@@ -584,7 +584,16 @@ impl Run {
             crate::now_ms(),
         )
         .map_err(|e| e.to_string())?;
-        self.engine.warm(&p);
+        // A stale in-line payment was scored without moving state where it
+        // was scored; it is here only for its verdict.
+        let stale = rec.verdict.as_ref().is_some_and(|v| {
+            v.reasons
+                .iter()
+                .any(|r| r.rule_id == crate::engine::STALE_EVENT)
+        });
+        if !stale {
+            self.engine.warm(&p);
+        }
         if let (Some(recent), Some(verdict), true) =
             (&self.recent, &rec.verdict, rec.source_partition < 0)
         {

@@ -132,6 +132,9 @@ pub(crate) fn process(
     let format = rec.format.unwrap_or_else(|| Format::detect(bytes));
     match event::decode(bytes, Some(format), &opts.limits, now) {
         Ok(p) => {
+            if let Err(e) = engine.admit(&p, now) {
+                return dead_letter(rec, &e, now, opts, metrics);
+            }
             let started = std::time::Instant::now();
             let v = engine.score_owned_at(&p, now);
             metrics
@@ -164,7 +167,8 @@ pub(crate) fn process(
                 score = v.score,
                 "scored"
             );
-            let state = log_state.then(|| {
+            // A stale payment moved no state: nobody replays it.
+            let state = (log_state && !v.is_stale()).then(|| {
                 if format == Format::Protobuf && bytes.len() <= crate::state::RAW_PAYMENT_MAX {
                     StateBytes::Input
                 } else {

@@ -709,6 +709,34 @@ pub fn tool(name: &str) -> PathBuf {
     })
 }
 
+/// The PYTHONPATH under which python3 imports protobuf's own Python
+/// library (installing it once with deploy/ci/install-tools.sh); fails when
+/// it cannot be had, so a check that needs it never passes unrun.
+pub fn protobuf_site() -> PathBuf {
+    let tools = std::env::var_os("FRAUDLINE_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/fraudline-tools")
+        });
+    let site = tools.join("py-proto");
+    let works = || {
+        Command::new("python3")
+            .args(["-c", "from google.protobuf import json_format"])
+            .env("PYTHONPATH", &site)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !works() {
+        let _ = Command::new(repo().join("deploy/ci/install-tools.sh")).status();
+    }
+    assert!(
+        works(),
+        "python3 with protobuf is not installed and deploy/ci/install-tools.sh could not install it: this check did not run"
+    );
+    site
+}
+
 /// The PYTHONPATH under which python3 imports lightgbm and numpy
 /// (installing them once with deploy/ci/install-tools.sh); fails when they
 /// cannot be had, so a check that needs them never passes unrun.

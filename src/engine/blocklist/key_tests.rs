@@ -140,6 +140,56 @@ fn bank_qualified_accounts_match_only_at_their_bank() {
         .is_some());
 }
 
+/// Issue 15: the qualified entry `VCB:5555555555` matched a payee whose
+/// account field was literally `VCB:5555555555` at bank TCB (the bare
+/// lookup hashed the same spelling). The two key spaces are now apart.
+#[test]
+fn a_qualified_entry_never_matches_an_account_spelled_like_it_at_another_bank() {
+    let list = Blocklist::new(
+        1,
+        [
+            entry(ListKind::Account, "VCB:5555555555", Decision::Hold),
+            // A bare entry too, so the bare lookup is made for this kind.
+            entry(ListKind::Account, "7777777777", Decision::Review),
+        ],
+    );
+    assert!(list
+        .lookup_in(ListKind::Account, "TCB", "VCB:5555555555", 0)
+        .is_none());
+    assert!(list
+        .lookup(ListKind::Account, "VCB:5555555555", 0)
+        .is_none());
+    assert!(list
+        .lookup_in(ListKind::Account, "", "vcb:5555-555-555", 0)
+        .is_none());
+    assert!(list
+        .lookup_in(ListKind::Account, "VCB", "5555555555", 0)
+        .is_some());
+    assert!(list
+        .lookup_in(ListKind::Account, "TCB", "7777777777", 0)
+        .is_some());
+    let k = Keyer::new("");
+    assert_ne!(
+        k.bare_key(ListKind::Account, "VCB:5555555555"),
+        k.qualified_key(ListKind::Account, "VCB", "5555555555")
+    );
+    // The whole payment path: the payee at TCB is not held.
+    let mut p = crate::event::decode(
+        br#"{"event_id":"e","event_time_ms":1795514678561,
+             "payer":{"account":"1000003422","bank_code":"VCB"},
+             "payee":{"account":"VCB:5555555555","bank_code":"TCB"},
+             "amount_minor":1000,"currency":"VND"}"#,
+        None,
+        &crate::event::Limits::default(),
+        1_795_514_678_561,
+    )
+    .expect("valid");
+    assert!(list.check(&p, 0).is_none(), "literal spelling at TCB");
+    p.payee.account = "5555555555".into();
+    p.payee.bank_code = "VCB".into();
+    assert!(list.check(&p, 0).is_some(), "the listed account at VCB");
+}
+
 #[test]
 fn a_payment_is_checked_on_payee_payer_device_phone_and_ip_strongest_first() {
     use crate::event::{Format, Limits};
@@ -328,9 +378,9 @@ fn a_vertical_tab_is_white_space_however_long_the_value() {
             k.key(kind, &long),
             k.key(kind, &format!("{}1", "9".repeat(100)))
         );
-        assert_eq!(
-            k.qualified_key(kind, "VCB", "12\u{b}34"),
-            k.key(kind, "VCB:1234")
-        );
     }
+    assert_eq!(
+        k.qualified_key(ListKind::Account, "VCB", "12\u{b}34"),
+        k.key(ListKind::Account, "VCB:1234")
+    );
 }

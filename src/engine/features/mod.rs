@@ -451,6 +451,18 @@ impl FeatureStore {
     /// rate) leaves the payment's amount out of every amount feature while
     /// its counts, counterparties and novelty still count.
     pub fn update_and_read_in(&self, p: &Payment, amount_home: Option<i64>) -> FeatureVector {
+        self.run(p, amount_home, true)
+    }
+
+    /// What the rules would see for `p` against the state as it is, without
+    /// changing any: a stale payment's path (`limits.max_event_age_ms`). As
+    /// for a duplicate, the per-event novelty features are absent; unlike
+    /// one, nothing is counted as a duplicate and no entity is created.
+    pub fn read_in(&self, p: &Payment, amount_home: Option<i64>) -> FeatureVector {
+        self.run(p, amount_home, false)
+    }
+
+    fn run(&self, p: &Payment, amount_home: Option<i64>, update: bool) -> FeatureVector {
         // Shared with every other payment; a snapshot cut or a transaction
         // boundary waits for it, so each payment is wholly on one side.
         let (_gate, epoch) = self.tracker.enter();
@@ -496,15 +508,24 @@ impl FeatureStore {
         let new_since = |now: Secs| now.saturating_sub(self.cfg.new_within_s);
 
         // Payer: dedup, novelty, velocity, history.
-        let duplicate;
-        {
-            let mut a = self.account_mut(payer, secs(t), epoch);
-            let a = &mut **a;
+        // Read-only (stale) payments take the duplicate path, uncounted.
+        let mut duplicate = !update;
+        let held = if update {
+            Some(self.account_mut(payer, secs(t), epoch))
+        } else {
+            self.accounts.get_mut(&payer)
+        };
+        if let Some(mut held) = held {
+            let a: &mut Account = &mut held;
             let st = a.out.stamp(t, self.cfg.lateness_s);
-            duplicate = a.events.contains_at(event, st.event_s);
+            if update {
+                duplicate = a.events.contains_at(event, st.event_s);
+            }
             if duplicate {
-                m.duplicates.increment(1);
-                self.duplicates_seen.fetch_add(1, Ordering::Relaxed);
+                if update {
+                    m.duplicates.increment(1);
+                    self.duplicates_seen.fetch_add(1, Ordering::Relaxed);
+                }
             } else {
                 self.tracker.touch(payer, a, epoch);
                 m.arrival(st.arrival);
