@@ -152,6 +152,12 @@ fuzz_target!(|data: &[u8]| {
             status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED,
             "{method} {path} answered {status}"
         );
+        let problem: serde_json::Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("{status} without a problem object ({e}): {bytes:?}"));
+        assert_eq!(
+            problem.get("status").and_then(|s| s.as_u64()),
+            Some(u64::from(status.as_u16()))
+        );
         return;
     }
     match mode & 3 {
@@ -169,7 +175,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(ctype, "application/json");
         let d = json.get("decision").and_then(|d| d.as_str()).unwrap_or("");
         assert!(
-            ["ALLOW", "REVIEW", "HOLD"].contains(&d),
+            ["DECISION_ALLOW", "DECISION_REVIEW", "DECISION_HOLD"].contains(&d),
             "a 200 without a decision: {json}"
         );
     } else {
