@@ -124,6 +124,14 @@ pub enum DecodeError {
     InvalidField { field: &'static str, why: String },
     #[error("record key is {size} bytes, over the {limit}-byte limit")]
     KeyTooLarge { size: usize, limit: usize },
+    /// An ISO 20022 message refused (`crate::iso20022::IsoError`): `code`
+    /// is its problem code, `path` the XML path at fault.
+    #[error("ISO 20022 {code} at {path}: {detail}")]
+    Iso20022 {
+        code: &'static str,
+        path: String,
+        detail: String,
+    },
     /// Not a decoding fault: the verdict of a valid record could not be
     /// produced (e.g. the broker refuses its size), so a minimal dead letter
     /// stands in for it.
@@ -163,6 +171,7 @@ impl DecodeError {
             DecodeError::FieldTooLong { .. } => "field_too_long",
             DecodeError::InvalidField { .. } => "invalid_field",
             DecodeError::KeyTooLarge { .. } => "key_too_large",
+            DecodeError::Iso20022 { .. } => "bad_iso20022",
             DecodeError::Unproducible(_) => "unproducible",
         }
     }
@@ -182,6 +191,7 @@ impl DecodeError {
         "field_too_long",
         "invalid_field",
         "key_too_large",
+        "bad_iso20022",
         "unproducible",
     ];
 }
@@ -191,6 +201,8 @@ impl DecodeError {
 pub enum Format {
     Protobuf,
     Json,
+    /// An ISO 20022 pacs.008 with one transaction ([`crate::iso20022`]).
+    Pacs008,
 }
 
 impl Format {
@@ -199,6 +211,13 @@ impl Format {
         let ct = ct.trim().to_ascii_lowercase();
         if ct.contains("json") {
             Some(Format::Json)
+        } else if ct
+            .split(';')
+            .next()
+            .is_some_and(|m| m.trim().ends_with("xml"))
+        {
+            // application/xml, text/xml, application/pacs.008+xml
+            Some(Format::Pacs008)
         } else if ct.contains("protobuf") || ct.contains("proto") {
             Some(Format::Protobuf)
         } else {
@@ -207,11 +226,13 @@ impl Format {
     }
 
     /// Guesses from the bytes: a JSON object starts with `{` (after white
-    /// space). A protobuf PaymentEvent never does: 0x7B would be field 15
-    /// with the deprecated group wire type.
+    /// space), an XML document with `<`. A protobuf PaymentEvent never
+    /// does: 0x7B would be field 15 with the deprecated group wire type,
+    /// 0x3C field 7 with the end-group wire type.
     pub fn detect(bytes: &[u8]) -> Format {
         match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
             Some(b'{') => Format::Json,
+            Some(b'<') => Format::Pacs008,
             _ => Format::Protobuf,
         }
     }
@@ -260,6 +281,7 @@ pub fn decode_wire(
                 serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
             ev.into_wire()?
         }
+        Format::Pacs008 => crate::iso20022::decode_single(bytes, limits)?,
     };
     Ok(wire)
 }

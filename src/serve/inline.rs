@@ -150,7 +150,13 @@ pub async fn start(
             Some(t) => Some(t.rustls_config()?),
             None => None,
         };
-        let router = super::http_api::router(scorer.clone(), tokens.clone());
+        let router = super::http_api::router(scorer.clone(), tokens.clone()).merge(
+            crate::iso20022::http::router(
+                scorer.clone(),
+                tokens.clone(),
+                crate::iso20022::Answering::from_config(&cfg.iso20022),
+            ),
+        );
         tasks.push(tokio::spawn(super::http_api::serve(
             listener,
             router,
