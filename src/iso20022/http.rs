@@ -8,6 +8,10 @@
 //! (`application/problem+json`) naming the XML path and a stable code, and
 //! no transaction of that message touches the features. Auth, deadline
 //! header and body bound are the JSON endpoint's (`inline.*`).
+//!
+//! Headers out: `fraudline-replay: true` when every transaction was
+//! answered from the recent-verdict cache (a retry), `fraudline-degraded:
+//! true` when any got the overload policy's answer.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -177,7 +181,7 @@ async fn handle(api: &Api, headers: &HeaderMap, body: Body, started: Instant) ->
         }
     }
     let mut decided = Vec::with_capacity(msg.transactions.len());
-    let mut degraded = false;
+    let (mut degraded, mut replays) = (false, 0);
     for tx in &msg.transactions {
         match api
             .scorer
@@ -187,6 +191,7 @@ async fn handle(api: &Api, headers: &HeaderMap, body: Body, started: Instant) ->
             Ok(a) => {
                 let shed = matches!(a.outcome, Outcome::Degraded(_));
                 degraded |= shed;
+                replays += usize::from(a.outcome == Outcome::Replay);
                 decided.push((a.decided, shed));
             }
             Err(ScoreError::Invalid(e)) => return iso_problem(&tx.locate(e)),
@@ -217,6 +222,10 @@ async fn handle(api: &Api, headers: &HeaderMap, body: Body, started: Instant) ->
     );
     if degraded {
         h.insert("fraudline-degraded", HeaderValue::from_static("true"));
+    }
+    // As on /v1/score: the whole answer is the first one, given again.
+    if replays == decided.len() {
+        h.insert("fraudline-replay", HeaderValue::from_static("true"));
     }
     r
 }

@@ -574,3 +574,15 @@ fn map_tx(index: usize, mut raw: RawTx, created_ms: i64) -> Result<Transaction, 
         time_from_tx,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_table_is_indexed_by_the_enum() {
+        for (i, (_, f)) in TX_FIELDS.iter().enumerate() {
+            assert_eq!(*f as usize, i, "{f:?}");
+        }
+    }
+}
