@@ -153,7 +153,10 @@ pub(crate) fn parse_datetime(text: &str) -> Result<i64, String> {
     }
     let offset_min = match rest {
         "" | "Z" => 0,
-        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
+        o if o.len() == 6
+            && (o.starts_with('+') || o.starts_with('-'))
+            && o.as_bytes()[3] == b':' =>
+        {
             let oh = num(t.len() - 5..t.len() - 3)?;
             let om = num(t.len() - 2..t.len())?;
             if oh > 14 || om > 59 {
@@ -249,6 +252,8 @@ mod tests {
             "2026-12-06 10:30:00",
             "2026-12-06T10:30:00+7",
             "2026-12-06T10:30:00.Z",
+            "2026-12-06T10:30:00+0\u{e9}00",
+            "2026-12-06T10:30:0\u{e9}",
             "yesterday",
         ] {
             assert!(parse_datetime(bad).is_err(), "{bad}");

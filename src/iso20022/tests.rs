@@ -341,3 +341,23 @@ fn config_is_validated_naming_each_key() {
         ("ACSP", 12)
     );
 }
+
+proptest::proptest! {
+    /// Whatever a message turns into (a byte changed, the rest cut off),
+    /// reading it never panics, and a refusal names where (every error but
+    /// the size bound has a path).
+    #[test]
+    fn mutated_messages_are_refused_with_a_path(
+        pos in 0usize..4096,
+        byte in proptest::prelude::any::<u8>(),
+        keep in 0usize..4096,
+    ) {
+        let mut bytes = TWO.as_bytes().to_vec();
+        let p = pos % bytes.len();
+        bytes[p] = byte;
+        bytes.truncate(keep.max(1));
+        if let Err(e) = parse_pacs008(&bytes, &limits()) {
+            proptest::prop_assert!(e.path().is_some_and(|p| p.starts_with('/')), "{e:?}");
+        }
+    }
+}

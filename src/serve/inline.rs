@@ -168,7 +168,7 @@ pub async fn start(
                 header_read_timeout: Duration::from_millis(i.header_read_timeout_ms),
             },
         )));
-        tracing::info!(addr = %bound, tls = tls.is_some(), "in-line HTTP API: POST /v1/score");
+        tracing::info!(addr = %bound, tls = tls.is_some(), "in-line HTTP API: POST /v1/score, POST /v1/iso20022/pacs.008");
         http_addr = Some(bound);
     }
     Ok(InlineServers {
