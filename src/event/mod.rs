@@ -246,7 +246,12 @@ pub fn decode(
     limits: &Limits,
     now_ms: i64,
 ) -> Result<Payment, DecodeError> {
-    validate(decode_wire(bytes, format, limits)?, limits, now_ms)
+    let format = format.unwrap_or_else(|| Format::detect(bytes));
+    if format == Format::Pacs008 {
+        // Validated against the message, so an error names the XML path.
+        return crate::iso20022::decode_payment(bytes, limits, now_ms);
+    }
+    validate(decode_wire(bytes, Some(format), limits)?, limits, now_ms)
 }
 
 /// The first half of [`decode`]: bytes to the wire event, not yet validated

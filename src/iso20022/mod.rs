@@ -15,7 +15,7 @@
 //!
 //! Adapters: [`http`] serves `POST /v1/iso20022/pacs.008`; the stream reads
 //! a payments-topic record whose content type names XML through
-//! [`decode_single`] (one transaction per record; see there why).
+//! [`decode_payment`] (one transaction per record; see `single` for why).
 
 mod amount;
 pub mod http;
@@ -217,35 +217,48 @@ pub fn validate_config(s: &Iso20022Section, e: &mut Vec<String>) {
     }
 }
 
-/// The stream's decoder for a record whose content type names XML: the one
-/// transaction of a pacs.008, as a wire event (validated later like any
-/// other). A message with several transactions is refused whole
-/// ([`IsoError::MultipleTransactions`]): the stream answers one record with
-/// one verdict and commits its offset after that one delivery, and a record
-/// split into several verdicts would need a partial-delivery state that
-/// nothing else in the stream has. Switches that batch post to the HTTP
-/// endpoint or send one transaction per record.
+/// The one transaction of a pacs.008 record on the payments topic. A
+/// message with several is refused whole ([`IsoError::MultipleTransactions`]):
+/// the stream answers one record with one verdict and commits its offset
+/// after that one delivery, and a record split into several verdicts would
+/// need a partial-delivery state that nothing else in the stream has.
+/// Switches that batch post to the HTTP endpoint or send one transaction
+/// per record.
+fn single(bytes: &[u8], limits: &Limits) -> Result<Transaction, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let msg = parse_pacs008(bytes, limits).map_err(to_decode_error)?;
+    let count = msg.transactions.len();
+    match msg.transactions.into_iter().next() {
+        Some(tx) if count == 1 => Ok(tx),
+        _ => Err(to_decode_error(IsoError::MultipleTransactions {
+            path: parse::TX_PATH.to_string(),
+            count,
+        })),
+    }
+}
+
+/// [`crate::event::decode_wire`] for a pacs.008 record: the mapped wire
+/// event, not yet validated.
 pub fn decode_single(
     bytes: &[u8],
     limits: &Limits,
 ) -> Result<crate::proto::PaymentEvent, DecodeError> {
-    let msg = parse_pacs008(bytes, limits).map_err(to_decode_error)?;
-    if msg.transactions.len() != 1 {
-        return Err(to_decode_error(IsoError::MultipleTransactions {
-            path: parse::TX_PATH.to_string(),
-            count: msg.transactions.len(),
-        }));
-    }
-    let tx = msg.transactions.into_iter().next();
-    let Some(tx) = tx else {
-        return Err(DecodeError::MissingField("CdtTrfTxInf"));
-    };
-    // Validated here too, so the dead letter names the XML path rather than
-    // the mapped field.
-    if let Err(e) = crate::event::validate(tx.event.clone(), limits, crate::now_ms()) {
-        return Err(to_decode_error(tx.locate(e)));
-    }
-    Ok(tx.event)
+    single(bytes, limits).map(|tx| tx.event)
+}
+
+/// [`crate::event::decode`] for a pacs.008 record: validated like any
+/// event, its validation errors placed at the element the field came from
+/// (the dead letter then names the XML path, not the mapped field).
+pub fn decode_payment(
+    bytes: &[u8],
+    limits: &Limits,
+    now_ms: i64,
+) -> Result<crate::event::Payment, DecodeError> {
+    let mut tx = single(bytes, limits)?;
+    let event = std::mem::take(&mut tx.event);
+    crate::event::validate(event, limits, now_ms).map_err(|e| to_decode_error(tx.locate(e)))
 }
 
 /// An ISO error as a decode error: the dead-letter kind is `bad_iso20022`,

@@ -261,6 +261,23 @@ fn the_stream_takes_single_transaction_records() {
     assert_eq!(e.kind(), "bad_iso20022");
     assert!(e.to_string().contains("multiple_transactions"), "{e}");
     assert!(e.to_string().contains("2 transactions"), "{e}");
+    // A validation error of the mapped payment names its element.
+    let zero = one.replace(">1234.5<", ">0<");
+    let e = crate::event::decode(zero.as_bytes(), None, &limits(), now).unwrap_err();
+    assert_eq!(e.kind(), "bad_iso20022");
+    assert!(
+        e.to_string().contains(
+            "invalid_amount at /Document/FIToFICstmrCdtTrf/CdtTrfTxInf[1]/IntrBkSttlmAmt"
+        ),
+        "{e}"
+    );
+    // decode_wire gives the mapped event unvalidated, as for JSON.
+    let w = crate::event::decode_wire(zero.as_bytes(), None, &limits()).expect("unvalidated");
+    assert_eq!(w.amount_minor, 0);
+    assert_eq!(
+        crate::event::decode(b"", Some(Format::Pacs008), &limits(), now),
+        Err(crate::event::DecodeError::Empty)
+    );
     let e = crate::event::decode(b"<Document/>", None, &limits(), now).unwrap_err();
     assert!(e.to_string().contains("unsupported_message"), "{e}");
 }
