@@ -11,7 +11,8 @@
 //! - Malformed messages get a problem object naming the XML path.
 //! - Stream: a one-transaction record with `content-type:
 //!   application/pacs.008+xml` gets its verdict on the verdicts topic; a
-//!   two-transaction one goes to the dead-letter topic, kind `bad_iso20022`.
+//!   two-transaction one and a malformed one go to the dead-letter topic,
+//!   kind `bad_iso20022`, the error naming the XML path.
 
 mod common;
 
@@ -507,11 +508,12 @@ async fn payments_topic_reads_pacs008_records() {
         ],
         dir.path(),
     );
+    let bad = one.replace("Ccy=\"VND\"", "Ccy=\"VNX\"");
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
-    for body in [&one, &two] {
+    for body in [&one, &two, &bad] {
         producer
             .send(
                 FutureRecord::to(&t.payments)
@@ -531,13 +533,13 @@ async fn payments_topic_reads_pacs008_records() {
     let mut verdicts = Reader::new(brokers, &t.verdicts, false);
     let mut dlq = Reader::new(brokers, &t.dlq, false);
     let got = verdicts.poll_until(Duration::from_secs(60), |r| !r.is_empty())
-        && dlq.poll_until(Duration::from_secs(30), |r| !r.is_empty());
+        && dlq.poll_until(Duration::from_secs(30), |r| r.len() >= 2);
     assert!(got, "no verdict or dead letter; log:\n{}", f.log_tail());
     verdicts.poll_for(Duration::from_secs(1));
     assert_eq!(verdicts.records.len(), 1);
     let v = verdict(&verdicts.records[0]);
     assert_eq!(v.event_id, one_id, "the UETR is the event id");
-    assert_eq!(dlq.records.len(), 1);
+    assert_eq!(dlq.records.len(), 2);
     let d = &dlq.records[0];
     assert_eq!(d.headers["fraudline.error.kind"], "bad_iso20022");
     assert!(
