@@ -58,6 +58,25 @@ pub struct Config {
     pub blocklist: BlocklistSection,
     pub log: LogConfig,
     pub inline: InlineSection,
+    pub iso20022: Iso20022Section,
+}
+
+/// `[iso20022]`: how verdicts are answered in a pacs.002
+/// (`crate::iso20022`, docs/ISO20022.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Iso20022Section {
+    /// `TxSts` per decision (ExternalPaymentTransactionStatus1Code).
+    pub allow_status: String,
+    pub review_status: String,
+    pub hold_status: String,
+    /// `StsRsnInf/Rsn/Cd` per decision (ExternalStatusReason1Code; "" for
+    /// none).
+    pub allow_reason: String,
+    pub review_reason: String,
+    pub hold_reason: String,
+    /// The pacs.002 version answered: pacs.002.001.10 to .12.
+    pub pacs002_version: String,
 }
 
 /// What the in-line API answers when it sheds a call (overload or deadline).
@@ -672,6 +691,7 @@ impl Config {
             e.push("features.sweep_interval_s: must be at least 1".into());
         }
         self.validate_inline(&mut e);
+        crate::iso20022::validate_config(&self.iso20022, &mut e);
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             e.push(format!(
                 "log.level: {:?} is not a valid filter",

@@ -20,6 +20,7 @@
 //! | HTTP | [`serve`] | `/metrics`, `/healthz`, `/readyz` (per path: [`serve::ready`]) |
 //! | live reloads | [`reload`] | rule file (watch, SIGHUP), blocklist files and topic: every file, signal and Kafka read the engine's tables need |
 //! | in-line API | [`serve::inline`], [`serve::scorer`] | gRPC `fraudline.v1.Scoring/Score` (+ health, reflection) and HTTP `POST /v1/score`: auth, idempotency, admission and shedding, audit |
+//! | ISO 20022 | [`iso20022`] | pacs.008 in (HTTP `POST /v1/iso20022/pacs.008`, payments-topic XML records), pacs.002 out |
 //! | wiring | [`app`] | builds the Engine, runs the stream and/or the in-line API, drains on shutdown |
 //! | config | [`config`] | one TOML file + `FRAUDLINE_*` env overrides |
 //! | metrics | [`telemetry`] | every metric name, tracing set-up |
@@ -32,6 +33,7 @@ pub mod app;
 pub mod config;
 pub mod engine;
 pub mod event;
+pub mod iso20022;
 pub mod reload;
 pub mod serve;
 pub mod state;

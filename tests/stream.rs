@@ -423,7 +423,7 @@ async fn stale_payments_are_scored_without_moving_state_or_refused() {
 
     let t = create_topics(brokers, "stale", 1).await;
     produce_raw(brokers, &t.payments, &records).await;
-    let mut f = Fraudline::start(&config_toml(
+    let f = Fraudline::start(&config_toml(
         brokers,
         &t,
         "at-least-once",

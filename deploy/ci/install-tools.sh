@@ -8,6 +8,13 @@
 #   kubernetes-validate    PyPI `kubernetes-validate` (bundles the Kubernetes
 #                          JSON schemas, so it validates offline; kubeconform
 #                          would download its schemas from GitHub at run time)
+#   pacs008                PyPI `pacs008`: writes XSD-validated pacs.008
+#                          messages for tests/iso20022.rs (wrapper
+#                          pacs008-python: python3 with it importable)
+#   pw-iso20022            Maven Central `com.prowidesoftware:pw-iso20022`
+#                          (tests/iso20022-check/pom.xml): reads fraudline's
+#                          pacs.002 answers (wrapper pw-iso20022-java: java
+#                          with it on the classpath)
 # The PyPI ones land in ${FRAUDLINE_TOOLS_DIR:-~/.cache/fraudline-tools}/bin:
 # put that on PATH (.ci/run does).
 #
@@ -76,10 +83,36 @@ if ! PYTHONPATH="$TOOLS/py-proto" "${PY:-python3}" -c "from google.protobuf impo
   [ -n "$PY" ] && "$PY" -m pip install -q --disable-pip-version-check --target "$TOOLS/py-proto" protobuf >/dev/null 2>&1 \
     || echo "WARNING: pip could not install protobuf; the proto3 JSON round-trip test will fail"
 fi
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+if [ ! -x "$TOOLS/bin/pacs008-python" ]; then
+  echo "installing pacs008 (PyPI) into $TOOLS/py-pacs008"
+  if [ -n "$PY" ] && "$PY" -m pip install -q --disable-pip-version-check --target "$TOOLS/py-pacs008" pacs008 >/dev/null 2>&1; then
+    cat > "$TOOLS/bin/pacs008-python" <<WRAP
+#!/bin/sh
+PYTHONPATH="$TOOLS/py-pacs008" exec "$PY" "\$@"
+WRAP
+    chmod +x "$TOOLS/bin/pacs008-python"
+  else
+    echo "WARNING: pip could not install pacs008; the ISO 20022 tests will fail"
+  fi
+fi
+if [ ! -x "$TOOLS/bin/pw-iso20022-java" ]; then
+  echo "fetching pw-iso20022 (Maven Central) into $TOOLS/iso20022-check/lib"
+  if have mvn && mvn -B -q -f "$REPO/tests/iso20022-check/pom.xml" dependency:copy-dependencies \
+      -DoutputDirectory="$TOOLS/iso20022-check/lib" >/dev/null 2>&1; then
+    cat > "$TOOLS/bin/pw-iso20022-java" <<WRAP
+#!/bin/sh
+exec java -cp "$TOOLS/iso20022-check/lib/*" "\$@"
+WRAP
+    chmod +x "$TOOLS/bin/pw-iso20022-java"
+  else
+    echo "WARNING: Maven could not fetch pw-iso20022; the ISO 20022 tests will fail"
+  fi
+fi
 export PATH="$TOOLS/bin:$PATH"
 hash -r
 
-for t in prometheus promtool hadolint kubernetes-validate ghz chromium; do
+for t in prometheus promtool hadolint kubernetes-validate ghz chromium pacs008-python pw-iso20022-java; do
   if have "$t"; then
     printf '  %-20s %s\n' "$t" "$("$t" --version 2>&1 | sed -n 1p)"
   else

@@ -136,6 +136,14 @@ pub enum DecodeError {
     InvalidField { field: &'static str, why: String },
     #[error("record key is {size} bytes, over the {limit}-byte limit")]
     KeyTooLarge { size: usize, limit: usize },
+    /// An ISO 20022 message refused (`crate::iso20022::IsoError`): `code`
+    /// is its problem code, `path` the XML path at fault.
+    #[error("ISO 20022 {code} at {path}: {detail}")]
+    Iso20022 {
+        code: &'static str,
+        path: String,
+        detail: String,
+    },
     /// Not a decoding fault: the verdict of a valid record could not be
     /// produced (e.g. the broker refuses its size), so a minimal dead letter
     /// stands in for it.
@@ -180,6 +188,7 @@ impl DecodeError {
             DecodeError::FieldTooLong { .. } => "field_too_long",
             DecodeError::InvalidField { .. } => "invalid_field",
             DecodeError::KeyTooLarge { .. } => "key_too_large",
+            DecodeError::Iso20022 { .. } => "bad_iso20022",
             DecodeError::Unproducible(_) => "unproducible",
         }
     }
@@ -202,6 +211,7 @@ impl DecodeError {
         "field_too_long",
         "invalid_field",
         "key_too_large",
+        "bad_iso20022",
         "unproducible",
     ];
 }
@@ -211,6 +221,8 @@ impl DecodeError {
 pub enum Format {
     Protobuf,
     Json,
+    /// An ISO 20022 pacs.008 with one transaction ([`crate::iso20022`]).
+    Pacs008,
 }
 
 impl Format {
@@ -219,6 +231,13 @@ impl Format {
         let ct = ct.trim().to_ascii_lowercase();
         if ct.contains("json") {
             Some(Format::Json)
+        } else if ct
+            .split(';')
+            .next()
+            .is_some_and(|m| m.trim().ends_with("xml"))
+        {
+            // application/xml, text/xml, application/pacs.008+xml
+            Some(Format::Pacs008)
         } else if ct.contains("protobuf") || ct.contains("proto") {
             Some(Format::Protobuf)
         } else {
@@ -227,11 +246,13 @@ impl Format {
     }
 
     /// Guesses from the bytes: a JSON object starts with `{` (after white
-    /// space). A protobuf PaymentEvent never does: 0x7B would be field 15
-    /// with the deprecated group wire type.
+    /// space), an XML document with `<`. A protobuf PaymentEvent never
+    /// does: 0x7B would be field 15 with the deprecated group wire type,
+    /// 0x3C field 7 with the end-group wire type.
     pub fn detect(bytes: &[u8]) -> Format {
         match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
             Some(b'{') => Format::Json,
+            Some(b'<') => Format::Pacs008,
             _ => Format::Protobuf,
         }
     }
@@ -245,7 +266,12 @@ pub fn decode(
     limits: &Limits,
     now_ms: i64,
 ) -> Result<Payment, DecodeError> {
-    validate(decode_wire(bytes, format, limits)?, limits, now_ms)
+    let format = format.unwrap_or_else(|| Format::detect(bytes));
+    if format == Format::Pacs008 {
+        // Validated against the message, so an error names the XML path.
+        return crate::iso20022::decode_payment(bytes, limits, now_ms);
+    }
+    validate(decode_wire(bytes, Some(format), limits)?, limits, now_ms)
 }
 
 /// The first half of [`decode`]: bytes to the wire event, not yet validated
@@ -278,6 +304,7 @@ pub fn decode_wire(
                 std::str::from_utf8(bytes).map_err(|e| DecodeError::BadUtf8(e.to_string()))?;
             json::parse(text)?.into_wire()?
         }
+        Format::Pacs008 => crate::iso20022::decode_single(bytes, limits)?,
     };
     Ok(wire)
 }

@@ -341,6 +341,11 @@ fn every_kind_is_listed_for_metrics() {
             why: String::new(),
         },
         DecodeError::KeyTooLarge { size: 2, limit: 1 },
+        DecodeError::Iso20022 {
+            code: "bad_xml",
+            path: String::new(),
+            detail: String::new(),
+        },
         DecodeError::Unproducible(String::new()),
     ];
     for e in &errors {

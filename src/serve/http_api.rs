@@ -66,7 +66,7 @@ pub fn router(scorer: Arc<Scorer>, tokens: Option<Arc<Tokens>>) -> Router {
             problem(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "no such endpoint; the in-line API is POST /v1/score",
+                "no such endpoint; the in-line API is POST /v1/score (and POST /v1/iso20022/pacs.008)",
                 None,
             )
         })

@@ -150,7 +150,13 @@ pub async fn start(
             Some(t) => Some(t.rustls_config()?),
             None => None,
         };
-        let router = super::http_api::router(scorer.clone(), tokens.clone());
+        let router = super::http_api::router(scorer.clone(), tokens.clone()).merge(
+            crate::iso20022::http::router(
+                scorer.clone(),
+                tokens.clone(),
+                crate::iso20022::Answering::from_config(&cfg.iso20022),
+            ),
+        );
         tasks.push(tokio::spawn(super::http_api::serve(
             listener,
             router,
@@ -162,7 +168,7 @@ pub async fn start(
                 header_read_timeout: Duration::from_millis(i.header_read_timeout_ms),
             },
         )));
-        tracing::info!(addr = %bound, tls = tls.is_some(), "in-line HTTP API: POST /v1/score");
+        tracing::info!(addr = %bound, tls = tls.is_some(), "in-line HTTP API: POST /v1/score, POST /v1/iso20022/pacs.008");
         http_addr = Some(bound);
     }
     Ok(InlineServers {
