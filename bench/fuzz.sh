@@ -35,7 +35,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
-ALL_TARGETS=(decode_json decode_protobuf rules rule_expr blocklist http_score)
+ALL_TARGETS=(decode_json decode_protobuf decode_iso20022 rules rule_expr blocklist http_score)
 short=0
 runs=10000000
 max_time=0
