@@ -246,11 +246,16 @@ lease() {
   done
   if [ "${FRAUDLINE_KEEP_TEST_BROKER:-}" = 1 ]; then : > "$state/keep"; fi
   if ! reaper_alive; then
+    rm -f "$state/reaper.pid"
     local detach=""
     command -v setsid >/dev/null && detach=setsid
     # No lock fd, no stdout: `lease`'s caller reads stdout to its end.
     FRAUDLINE_KAFKA_STATE="$state" FRAUDLINE_KAFKA_LEASE_GRACE="$grace" \
       $detach nohup "$here/broker.sh" reap >> "$state/logs/reaper.log" 2>&1 < /dev/null 9>&- &
+    # Still under the lock, so no second reaper starts: wait for this one to
+    # say who it is.
+    for _ in $(seq 1 100); do [ -s "$state/reaper.pid" ] && break; sleep 0.05; done
+    reaper_alive || { log "lease: the reaper did not start; see $state/logs/reaper.log"; exit 1; }
   fi
   unlock
   echo "127.0.0.1:$(cat "$state/port")"
@@ -266,13 +271,8 @@ held() {
 }
 
 reap() {
-  # Register, or leave if another reaper already serves this state.
-  lock
-  if [ ! -f "$state/leased" ] || { reaper_alive && [ "$(cat "$state/reaper.pid")" != $$ ]; }; then
-    exit 0
-  fi
+  # `lease` runs this holding the lock and waits for the pid file.
   echo $$ > "$state/reaper.pid"
-  unlock
   log "reaper $$: watching the leases of $state"
   local empty_since="" now f live
   while true; do
@@ -280,6 +280,7 @@ reap() {
     lock
     # The state was removed or started afresh by hand (`start` wipes it): not ours any more.
     if [ ! -f "$state/leased" ] || [ "$(cat "$state/reaper.pid" 2>/dev/null)" != $$ ]; then
+      [ -d "$state" ] || rm -f "$lockfile"
       exit 0
     fi
     live=0

@@ -69,11 +69,12 @@ pub fn lease_broker(state_dir: &str, for_the_run: bool) -> String {
 /// The `cargo` process running this test binary, if cargo runs it: `cargo
 /// test` runs the test binaries one after another, so a lease held by cargo
 /// keeps the shared broker warm from one binary to the next (a JVM broker
-/// takes 10-20 s to start) and lets it go when the run ends.
+/// takes 10-20 s to start) and lets it go when the run ends. Likewise
+/// cargo-nextest, which runs each test as a process of its own.
 fn cargo_parent() -> Option<u32> {
     let ppid = std::os::unix::process::parent_id();
     let comm = std::fs::read_to_string(format!("/proc/{ppid}/comm")).ok()?;
-    (comm.trim() == "cargo").then_some(ppid)
+    matches!(comm.trim(), "cargo" | "cargo-nextest").then_some(ppid)
 }
 
 pub fn broker_cmd(state_dir: &str, cmd: &str) -> String {
