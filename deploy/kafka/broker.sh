@@ -321,5 +321,5 @@ case "${1:-}" in
   lease) shift; lease "$@" ;;
   reap) reap ;;
   held) held ;;
-  *) sed -n '2,42p' "$0"; exit 2 ;;
+  *) sed -n '2,43p' "$0"; exit 2 ;;
 esac
