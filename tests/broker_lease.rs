@@ -7,7 +7,7 @@
 //! [`lease_holder`]) that take a lease through the harness's own
 //! `start_broker`, on a real broker in a state directory of their own, and
 //! then exit or are SIGKILLed. Each test starts one broker; the three run at
-//! once (about 30-40 s on a 2-core machine).
+//! once (about 45 s on a busy 2-core machine).
 
 mod common;
 
