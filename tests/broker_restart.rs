@@ -1,7 +1,8 @@
 //! A broker that goes away and comes back must not need a restart of
 //! fraudline: this test runs its own broker (so it can kill it) and checks
 //! that every event produced before, during and after the outage gets its
-//! verdict from the same fraudline process.
+//! verdict from the same fraudline process. The harness's lease stops that
+//! broker and removes its state when this binary ends, even if a test fails.
 
 mod common;
 

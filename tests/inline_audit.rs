@@ -2,7 +2,8 @@
 //! the API keeps answering while the broker is down, audit records wait in
 //! memory and the spill file, and are delivered when the broker is back.
 //! This test runs its own broker (state in /tmp/fraudline-kafka-inline) so
-//! it can kill and restart it.
+//! it can kill and restart it; the harness's lease stops it and removes that
+//! state when this test binary ends, even if the test fails.
 
 mod common;
 

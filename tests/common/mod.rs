@@ -24,20 +24,57 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Starts (or reuses) the broker whose state lives in `state_dir`, unless
-/// FRAUDLINE_TEST_BROKERS names one already running.
+/// Starts (or reuses) the broker whose state lives in `state_dir` and holds
+/// it for this test process only, unless FRAUDLINE_TEST_BROKERS names one
+/// already running (that one is never stopped). For a test that runs a broker
+/// of its own (to kill and restart it): when this process exits, however it
+/// exits, the broker is stopped and its state removed (see [`lease_broker`]).
 pub fn start_broker(state_dir: &str) -> String {
+    lease_broker(state_dir, false)
+}
+
+/// Starts or reuses the broker in `state_dir` through `broker.sh lease`: a
+/// lease (a file named by the pid, under `state_dir/leases`) for this
+/// process, and, when `for_the_run` and `cargo test` runs this binary, one
+/// for that cargo process too.
+///
+/// Why leases and a reaper, not a guard: Rust runs no destructor of a static
+/// at exit, a test binary that panics or is killed (Ctrl-C, SIGKILL, a CI
+/// timeout) runs none at all, and several test binaries (and several
+/// `cargo test` runs in other worktrees) share one broker. So `broker.sh`
+/// starts a reaper in a session of its own that watches the holders' pids;
+/// a grace after the last of them is gone it stops the broker and removes its
+/// state (keeps the state with FRAUDLINE_KEEP_TEST_BROKER=1). A broker that
+/// was running before without a lease (started by hand, by a bench script)
+/// is used and never stopped.
+pub fn lease_broker(state_dir: &str, for_the_run: bool) -> String {
     if let Ok(b) = std::env::var("FRAUDLINE_TEST_BROKERS") {
         return b;
     }
+    let mut holders = vec![std::process::id()];
+    if for_the_run {
+        holders.extend(cargo_parent());
+    }
     let out = Command::new(repo().join("deploy/kafka/broker.sh"))
-        .arg("start")
+        .arg("lease")
+        .args(holders.iter().map(u32::to_string))
         .env("FRAUDLINE_KAFKA_STATE", state_dir)
         .stderr(Stdio::inherit())
         .output()
         .expect("run deploy/kafka/broker.sh");
-    assert!(out.status.success(), "broker.sh start failed");
+    assert!(out.status.success(), "broker.sh lease failed");
     String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The `cargo` process running this test binary, if cargo runs it: `cargo
+/// test` runs the test binaries one after another, so a lease held by cargo
+/// keeps the shared broker warm from one binary to the next (a JVM broker
+/// takes 10-20 s to start) and lets it go when the run ends. Likewise
+/// cargo-nextest, which runs each test as a process of its own.
+fn cargo_parent() -> Option<u32> {
+    let ppid = std::os::unix::process::parent_id();
+    let comm = std::fs::read_to_string(format!("/proc/{ppid}/comm")).ok()?;
+    matches!(comm.trim(), "cargo" | "cargo-nextest").then_some(ppid)
 }
 
 pub fn broker_cmd(state_dir: &str, cmd: &str) -> String {
@@ -51,10 +88,13 @@ pub fn broker_cmd(state_dir: &str, cmd: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// The broker shared by the tests of one test binary.
+/// The broker shared by the tests of one test binary, by the test binaries of
+/// one `cargo test` run and by concurrent runs on the same machine: held by
+/// this process and its `cargo test`, stopped a few seconds after the last
+/// holder of any run is gone.
 pub fn broker() -> &'static str {
     static B: OnceLock<String> = OnceLock::new();
-    B.get_or_init(|| start_broker("/tmp/fraudline-kafka-it"))
+    B.get_or_init(|| lease_broker("/tmp/fraudline-kafka-it", true))
 }
 
 pub fn unique(name: &str) -> String {
