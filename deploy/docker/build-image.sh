@@ -244,7 +244,8 @@ sleep 3
 m2=$(curl -fsS --max-time 2 "$url")
 v1=$(verdicts "$m1")
 v2=$(verdicts "$m2")
-echo "$m2" | grep -E '^fraudline_(ready|ready_path|build_info|verdicts_total|rule_hits_total)' | head -20 | sed 's/^/  /'
+echo "$m2" | grep -E '^fraudline_(ready|ready_path|build_info|verdicts_total)[{ ]' | sed 's/^/  /'
+echo "$m2" | grep -E '^fraudline_rule_hits_total.*mode="active"' | grep -v ' 0$' | sed 's/^/  /'
 echo "  metric families: $(echo "$m2" | grep -c '^# TYPE fraudline_')"
 echo "  fraudline_verdicts_total: $v1 -> $v2 in 3 s"
 echo "$m2" | grep -qx 'fraudline_ready 1' || fail "fraudline_ready is not 1"
