@@ -29,7 +29,7 @@
 #   FRAUDLINE_IMAGE       image to build (localhost/fraudline:dev)
 #   FRAUDLINE_BASE_IMAGE  local base image (localhost/debian-bookworm-slim:mmdebstrap)
 #   FRAUDLINE_BINARY      use this fraudline binary instead of building one
-#   FRAUDLINE_OCI_RUNTIME runc or crun (default: the first that runs a container)
+#   FRAUDLINE_OCI_RUNTIME crun or runc (default: the first that runs a container)
 #   FRAUDLINE_IMAGE_NETWORK  "host" to run the demo on the host's network
 #                         (default: podman's bridge with the port published)
 # What was found on the machine this was first run on (no registry, a VM
@@ -139,10 +139,10 @@ podman image ls "$BASE"
 done_step
 
 # ---------------------------------------------------------------------------
-step "OCI runtime: the first of runc / crun that runs a container here"
+step "OCI runtime: the first of crun (podman's default) / runc that runs a container here"
 RUNTIME=${FRAUDLINE_OCI_RUNTIME:-}
 if [ -z "$RUNTIME" ]; then
-  for rt in runc crun; do
+  for rt in crun runc; do
     if out=$(podman run --rm --runtime "$rt" "${ULIMITS[@]}" "$BASE" true 2>&1); then
       RUNTIME=$rt
       break
