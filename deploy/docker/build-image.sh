@@ -23,8 +23,16 @@
 #   7. stops it with SIGINT (the demo's stop signal), checks it exited 0,
 #      removes the container and dangling layers.
 #
+# With --build-in-image, steps 3 and 4 are instead the Dockerfile's own
+# multi-stage build (BINARY=build): stage "build" runs `cargo build` inside
+# the container, from BUILD_IMAGE = a local Rust image made like the base
+# (mmdebstrap, plus build-essential, pkg-config, libssl-dev) with the host's
+# Rust toolchain copied in (`rustc --print sysroot`: no Rust image and no
+# rustup download site needed; crates come from crates.io). Slow (a full
+# release build, 13 min on 2 busy cores), so not the default.
+#
 # Usage (as root: podman runs rootful; apt-get installs the tools):
-#   deploy/docker/build-image.sh [--rebuild-base] [--no-run] [--remove-image]
+#   deploy/docker/build-image.sh [--rebuild-base] [--build-in-image] [--no-run] [--remove-image]
 # Environment:
 #   FRAUDLINE_IMAGE       image to build (localhost/fraudline:dev)
 #   FRAUDLINE_BASE_IMAGE  local base image (localhost/debian-bookworm-slim:mmdebstrap)
@@ -41,11 +49,12 @@ REPO=$(pwd)
 
 IMAGE=${FRAUDLINE_IMAGE:-localhost/fraudline:dev}
 BASE=${FRAUDLINE_BASE_IMAGE:-localhost/debian-bookworm-slim:mmdebstrap}
-REBUILD_BASE=0 RUN=1 REMOVE_IMAGE=0
+REBUILD_BASE=0 RUN=1 REMOVE_IMAGE=0 IN_IMAGE=0
 for a in "$@"; do
   case $a in
     --rebuild-base) REBUILD_BASE=1 ;;
     --no-run) RUN=0 ;;
+    --build-in-image) IN_IMAGE=1 ;;
     --remove-image) REMOVE_IMAGE=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $a" >&2; exit 2 ;;
@@ -94,9 +103,12 @@ pid_max=$(cat /proc/sys/kernel/pid_max)
 if [ "$nproc" = unlimited ] || [ "$nproc" -gt "$pid_max" ]; then nproc=$pid_max; fi
 ULIMITS=(--ulimit "nofile=$nofile:$nofile" --ulimit "nproc=$nproc:$nproc")
 
-# ---------------------------------------------------------------------------
-step "2. base image $BASE (mmdebstrap, Debian bookworm from Debian's packages)"
-if [ "$REBUILD_BASE" = 1 ] || ! podman image exists "$BASE"; then
+# make_base TAG DESCRIPTION [mmdebstrap options...]: a Debian bookworm image
+# from Debian's packages, imported into podman as TAG.
+IMPORT_CHANGES=()
+make_base() {
+  local tag=$1 what=$2 work
+  shift 2
   work=$(mktemp -d /var/tmp/fraudline-base.XXXXXX)
   # minbase = Essential packages + apt, what debian:bookworm-slim is built
   # from (debuerreotype). As there: /usr merged by a hook (not the usrmerge
@@ -120,6 +132,7 @@ if [ "$REBUILD_BASE" = 1 ] || ! podman image exists "$BASE"; then
     --dpkgopt='path-exclude=/usr/share/locale/*' \
     --dpkgopt='path-include=/usr/share/locale/locale.alias' \
     --dpkgopt='path-exclude=/usr/share/lintian/*' \
+    "$@" \
     --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin "$1"/var/log/*.log' \
     bookworm "$work/rootfs.tar" \
     "deb http://deb.debian.org/debian bookworm main" \
@@ -129,9 +142,16 @@ if [ "$REBUILD_BASE" = 1 ] || ! podman image exists "$BASE"; then
   run podman import \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'CMD ["bash"]' \
-    --change "LABEL org.opencontainers.image.description=\"Debian bookworm minbase (mmdebstrap, slimmed like debian:bookworm-slim), built $(date -u +%F)\"" \
-    "$work/rootfs.tar" "$BASE"
+    "${IMPORT_CHANGES[@]}" \
+    --change "LABEL org.opencontainers.image.description=\"$what, built $(date -u +%F)\"" \
+    "$work/rootfs.tar" "$tag"
   rm -rf "$work"
+}
+
+# ---------------------------------------------------------------------------
+step "2. base image $BASE (mmdebstrap, Debian bookworm from Debian's packages)"
+if [ "$REBUILD_BASE" = 1 ] || ! podman image exists "$BASE"; then
+  make_base "$BASE" "Debian bookworm minbase (mmdebstrap, slimmed like debian:bookworm-slim)"
 else
   echo "reusing $BASE (created $(podman image inspect -f '{{.Created}}' "$BASE")); --rebuild-base to make it again"
 fi
@@ -154,6 +174,40 @@ fi
 echo "using $RUNTIME, ${ULIMITS[*]}"
 done_step
 
+if [ "$IN_IMAGE" = 1 ]; then
+# ---------------------------------------------------------------------------
+sysroot=$(rustc --print sysroot)
+rust_version=$(rustc --version | awk '{print $2}')
+BUILDER=${FRAUDLINE_BUILDER_IMAGE:-localhost/rust-bookworm:$rust_version-host}
+step "3. builder image $BUILDER (mmdebstrap + build-essential, pkg-config, libssl-dev + the host's Rust $rust_version from $sysroot)"
+if [ "$REBUILD_BASE" = 1 ] || ! podman image exists "$BUILDER"; then
+  # The toolchain's bin, lib and libexec (its docs are 800 MB) go to
+  # /usr/local/rust; CARGO_HOME is /usr/local/cargo as in the rust images
+  # (the Dockerfile's cache mount). CARGO_BUILD_JOBS, if set here, is kept.
+  IMPORT_CHANGES=(
+    --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+    --change 'ENV CARGO_HOME=/usr/local/cargo'
+  )
+  [ -n "${CARGO_BUILD_JOBS:-}" ] && IMPORT_CHANGES+=(--change "ENV CARGO_BUILD_JOBS=$CARGO_BUILD_JOBS")
+  make_base "$BUILDER" "Rust $rust_version (the host's toolchain) on Debian bookworm (mmdebstrap)" \
+    --include=build-essential,pkg-config,libssl-dev,ca-certificates \
+    --customize-hook="mkdir -p \"\$1/usr/local/rust\" \"\$1/usr/local/cargo/bin\" && cp -a '$sysroot/bin' '$sysroot/lib' '$sysroot/libexec' \"\$1/usr/local/rust/\""
+  IMPORT_CHANGES=()
+else
+  echo "reusing $BUILDER; --rebuild-base to make it again"
+fi
+podman image ls "$BUILDER"
+done_step
+
+# ---------------------------------------------------------------------------
+step "4. podman build -f deploy/docker/Dockerfile (BUILD_IMAGE=$BUILDER, RUNTIME_IMAGE=$BASE, BINARY=build: cargo build in the container)"
+run podman build --runtime "$RUNTIME" "${ULIMITS[@]}" --network=host \
+  -f deploy/docker/Dockerfile \
+  --build-arg "BUILD_IMAGE=$BUILDER" \
+  --build-arg "RUNTIME_IMAGE=$BASE" \
+  --build-arg "FRAUDLINE_GIT_HASH=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+  -t "$IMAGE" .
+else
 # ---------------------------------------------------------------------------
 step "3. release binary"
 mkdir -p deploy/docker/prebuilt
@@ -180,6 +234,7 @@ run podman build --runtime "$RUNTIME" "${ULIMITS[@]}" --network=host \
   --build-arg "FRAUDLINE_GIT_HASH=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
   -t "$IMAGE" .
 rm -f deploy/docker/prebuilt/fraudline
+fi
 podman image ls "$IMAGE"
 echo "image size: $(podman image inspect -f '{{.Size}}' "$IMAGE") bytes"
 done_step
