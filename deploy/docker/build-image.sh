@@ -13,7 +13,7 @@
 #      --bin fraudline; honours CARGO_TARGET_DIR and CARGO_BUILD_JOBS) and
 #      checks with ldd what it links;
 #   4. podman build -f deploy/docker/Dockerfile with RUNTIME_IMAGE=<that base>
-#      and BINARY=prebuilt (no Rust image is pulled; the runtime stage's
+#      and --target prebuilt (no Rust image is pulled; the runtime stage's
 #      apt-get install runs for real inside the build);
 #   5. checks the image: every library the binary needs is in it, user 10001,
 #      `fraudline check-config` accepts the baked config;
@@ -24,7 +24,7 @@
 #      removes the container and dangling layers.
 #
 # With --build-in-image, steps 3 and 4 are instead the Dockerfile's own
-# multi-stage build (BINARY=build): stage "build" runs `cargo build` inside
+# multi-stage build (the default target): stage "build" runs `cargo build` inside
 # the container, from BUILD_IMAGE = a local Rust image made like the base
 # (mmdebstrap, plus build-essential, pkg-config, libssl-dev) with the host's
 # Rust toolchain copied in (`rustc --print sysroot`: no Rust image and no
@@ -200,7 +200,7 @@ podman image ls "$BUILDER"
 done_step
 
 # ---------------------------------------------------------------------------
-step "4. podman build -f deploy/docker/Dockerfile (BUILD_IMAGE=$BUILDER, RUNTIME_IMAGE=$BASE, BINARY=build: cargo build in the container)"
+step "4. podman build -f deploy/docker/Dockerfile (BUILD_IMAGE=$BUILDER, RUNTIME_IMAGE=$BASE, default target: cargo build in the container)"
 run podman build --runtime "$RUNTIME" "${ULIMITS[@]}" --network=host \
   -f deploy/docker/Dockerfile \
   --build-arg "BUILD_IMAGE=$BUILDER" \
@@ -226,11 +226,11 @@ ldd deploy/docker/prebuilt/fraudline | sed 's/^/  /'
 done_step
 
 # ---------------------------------------------------------------------------
-step "4. podman build -f deploy/docker/Dockerfile (RUNTIME_IMAGE=$BASE, BINARY=prebuilt)"
+step "4. podman build -f deploy/docker/Dockerfile (RUNTIME_IMAGE=$BASE, --target prebuilt)"
 run podman build --runtime "$RUNTIME" "${ULIMITS[@]}" --network=host \
   -f deploy/docker/Dockerfile \
   --build-arg "RUNTIME_IMAGE=$BASE" \
-  --build-arg BINARY=prebuilt \
+  --target prebuilt \
   --build-arg "FRAUDLINE_GIT_HASH=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
   -t "$IMAGE" .
 rm -f deploy/docker/prebuilt/fraudline
