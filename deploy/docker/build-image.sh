@@ -184,6 +184,9 @@ if [ "$REBUILD_BASE" = 1 ] || ! podman image exists "$BUILDER"; then
   # The toolchain's bin, lib and libexec (its docs are 800 MB) go to
   # /usr/local/rust; CARGO_HOME is /usr/local/cargo as in the rust images
   # (the Dockerfile's cache mount). CARGO_BUILD_JOBS, if set here, is kept.
+  # The host's own CAs (/usr/local/share/ca-certificates) are trusted in
+  # the builder too: behind a TLS-inspecting proxy (as here) cargo cannot
+  # reach crates.io without its CA. The runtime image has Debian's CAs only.
   IMPORT_CHANGES=(
     --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
     --change 'ENV CARGO_HOME=/usr/local/cargo'
@@ -191,6 +194,7 @@ if [ "$REBUILD_BASE" = 1 ] || ! podman image exists "$BUILDER"; then
   [ -n "${CARGO_BUILD_JOBS:-}" ] && IMPORT_CHANGES+=(--change "ENV CARGO_BUILD_JOBS=$CARGO_BUILD_JOBS")
   make_base "$BUILDER" "Rust $rust_version (the host's toolchain) on Debian bookworm (mmdebstrap)" \
     --include=build-essential,pkg-config,libssl-dev,ca-certificates \
+    --customize-hook='if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then cp /usr/local/share/ca-certificates/*.crt "$1/usr/local/share/ca-certificates/" && chroot "$1" update-ca-certificates; fi' \
     --customize-hook="mkdir -p \"\$1/usr/local/rust\" \"\$1/usr/local/cargo/bin\" && cp -a '$sysroot/bin' '$sysroot/lib' '$sysroot/libexec' \"\$1/usr/local/rust/\""
   IMPORT_CHANGES=()
 else
