@@ -31,8 +31,14 @@
 # rustup download site needed; crates come from crates.io). Slow (a full
 # release build, 13 min on 2 busy cores), so not the default.
 #
+# With --kafka, a last step runs the image's default command, `fraudline run`,
+# against a real broker on the host (deploy/kafka/broker.sh, state in
+# /tmp/fraudline-kafka-img, stopped and removed at the end): `fraudline gen` from the
+# image produces 20,000 payments, the container scores them (host network),
+# /metrics must count 20,000 verdicts; SIGTERM must drain it to exit 0.
+#
 # Usage (as root: podman runs rootful; apt-get installs the tools):
-#   deploy/docker/build-image.sh [--rebuild-base] [--build-in-image] [--no-run] [--remove-image]
+#   deploy/docker/build-image.sh [--rebuild-base] [--build-in-image] [--kafka] [--no-run] [--remove-image]
 # Environment:
 #   FRAUDLINE_IMAGE       image to build (localhost/fraudline:dev)
 #   FRAUDLINE_BASE_IMAGE  local base image (localhost/debian-bookworm-slim:mmdebstrap)
@@ -49,12 +55,13 @@ REPO=$(pwd)
 
 IMAGE=${FRAUDLINE_IMAGE:-localhost/fraudline:dev}
 BASE=${FRAUDLINE_BASE_IMAGE:-localhost/debian-bookworm-slim:mmdebstrap}
-REBUILD_BASE=0 RUN=1 REMOVE_IMAGE=0 IN_IMAGE=0
+REBUILD_BASE=0 RUN=1 REMOVE_IMAGE=0 IN_IMAGE=0 KAFKA=0
 for a in "$@"; do
   case $a in
     --rebuild-base) REBUILD_BASE=1 ;;
     --no-run) RUN=0 ;;
     --build-in-image) IN_IMAGE=1 ;;
+    --kafka) KAFKA=1 ;;
     --remove-image) REMOVE_IMAGE=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $a" >&2; exit 2 ;;
@@ -323,9 +330,57 @@ echo "  exit code: $code"
 [ "$code" = 0 ] || fail "the demo exited $code"
 run podman rm "$name" >/dev/null
 trap - EXIT
-podman image prune -f >/dev/null
-if [ "$REMOVE_IMAGE" = 1 ]; then run podman rmi "$IMAGE" >/dev/null; fi
 done_step
 
+if [ "$KAFKA" = 1 ]; then
+# ---------------------------------------------------------------------------
+step "8. podman run $IMAGE (fraudline run) against a Kafka broker on the host"
+export FRAUDLINE_KAFKA_STATE=/tmp/fraudline-kafka-img
+kname=fraudline-img-run-$$
+kcleanup() {
+  podman rm -f -t 0 "$kname" >/dev/null 2>&1 || true
+  deploy/kafka/broker.sh clean >/dev/null 2>&1 || true
+}
+trap kcleanup EXIT
+broker=$(deploy/kafka/broker.sh start)
+echo "broker $broker (state $FRAUDLINE_KAFKA_STATE)"
+count=20000
+run podman run --rm --runtime "$RUNTIME" "${ULIMITS[@]}" --network=host "$IMAGE" \
+  gen --count $count --format protobuf --brokers "$broker" --topic payments
+port=$(free_port)
+run podman run -d --name "$kname" --runtime "$RUNTIME" "${ULIMITS[@]}" --network=host \
+  -e FRAUDLINE_KAFKA__BROKERS="$broker" -e FRAUDLINE_HTTP__LISTEN="127.0.0.1:$port" \
+  "$IMAGE"
+url=http://127.0.0.1:$port/metrics
+n=0
+for _ in $(seq 1 240); do
+  m=$(curl -fsS --max-time 2 "$url" 2>/dev/null) || m=
+  n=$(verdicts "$m")
+  [ "$n" -ge $count ] && break
+  [ "$(podman inspect -f '{{.State.Running}}' "$kname")" = true ] || break
+  sleep 0.5
+done
+echo "$m" | grep -E '^fraudline_(ready|verdicts_total|kafka_connected|events_consumed_total)[{ ]' | sed 's/^/  /'
+if [ "$n" -lt $count ]; then
+  podman logs "$kname" 2>&1 | tail -20
+  fail "fraudline run in the image scored $n of $count payments"
+fi
+echo "$m" | grep -qx 'fraudline_ready 1' || fail "fraudline_ready is not 1"
+echo "  $n verdicts for $count payments"
+run podman stop -t 60 "$kname" >/dev/null
+code=$(podman inspect -f '{{.State.ExitCode}}' "$kname")
+echo "  exit code after SIGTERM: $code"
+[ "$code" = 0 ] || { podman logs "$kname" 2>&1 | tail -20; fail "fraudline run exited $code"; }
+podman rm "$kname" >/dev/null
+deploy/kafka/broker.sh clean >/dev/null
+trap - EXIT
+done_step
+fi
+
+podman image prune -f >/dev/null
+if [ "$REMOVE_IMAGE" = 1 ]; then run podman rmi "$IMAGE" >/dev/null; fi
+
 echo
-echo "image $IMAGE built from deploy/docker/Dockerfile and run: demo scored, /metrics scraped from the host ($(($(date +%s) - T0)) s in all)"
+what="demo scored, /metrics scraped from the host"
+[ "$KAFKA" = 1 ] && what="$what; fraudline run scored $count payments from Kafka"
+echo "image $IMAGE built from deploy/docker/Dockerfile and run: $what ($(($(date +%s) - T0)) s in all)"
