@@ -49,6 +49,8 @@
 # What was found on the machine this was first run on (no registry, a VM
 # with cgroup v1 in hybrid mode, rlimits that root cannot raise) is in
 # deploy/docker/README.md.
+# mmdebstrap hooks get the chroot as "$1": single quotes on purpose.
+# shellcheck disable=SC2016,SC2001
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$(pwd)
@@ -63,7 +65,7 @@ for a in "$@"; do
     --build-in-image) IN_IMAGE=1 ;;
     --kafka) KAFKA=1 ;;
     --remove-image) REMOVE_IMAGE=1 ;;
-    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,/^# mmdebstrap hooks/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $a" >&2; exit 2 ;;
   esac
 done
