@@ -39,6 +39,7 @@
 #
 # Usage (as root: podman runs rootful; apt-get installs the tools):
 #   deploy/docker/build-image.sh [--rebuild-base] [--build-in-image] [--kafka] [--no-run] [--remove-image]
+#   deploy/docker/build-image.sh --no-build [--kafka]   # only check and run $FRAUDLINE_IMAGE
 # Environment:
 #   FRAUDLINE_IMAGE       image to build (localhost/fraudline:dev)
 #   FRAUDLINE_BASE_IMAGE  local base image (localhost/debian-bookworm-slim:mmdebstrap)
@@ -57,13 +58,14 @@ REPO=$(pwd)
 
 IMAGE=${FRAUDLINE_IMAGE:-localhost/fraudline:dev}
 BASE=${FRAUDLINE_BASE_IMAGE:-localhost/debian-bookworm-slim:mmdebstrap}
-REBUILD_BASE=0 RUN=1 REMOVE_IMAGE=0 IN_IMAGE=0 KAFKA=0
+REBUILD_BASE=0 RUN=1 REMOVE_IMAGE=0 IN_IMAGE=0 KAFKA=0 BUILD=1
 for a in "$@"; do
   case $a in
     --rebuild-base) REBUILD_BASE=1 ;;
     --no-run) RUN=0 ;;
     --build-in-image) IN_IMAGE=1 ;;
     --kafka) KAFKA=1 ;;
+    --no-build) BUILD=0 ;;
     --remove-image) REMOVE_IMAGE=1 ;;
     -h | --help) sed -n '2,/^# mmdebstrap hooks/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $a" >&2; exit 2 ;;
@@ -183,7 +185,10 @@ fi
 echo "using $RUNTIME, ${ULIMITS[*]}"
 done_step
 
-if [ "$IN_IMAGE" = 1 ]; then
+if [ "$BUILD" = 0 ]; then
+  podman image exists "$IMAGE" || fail "--no-build: no image $IMAGE"
+  echo "--no-build: checking and running the existing $IMAGE"
+elif [ "$IN_IMAGE" = 1 ]; then
 # ---------------------------------------------------------------------------
 sysroot=$(rustc --print sysroot)
 rust_version=$(rustc --version | awk '{print $2}')
