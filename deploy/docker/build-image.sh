@@ -390,4 +390,6 @@ if [ "$REMOVE_IMAGE" = 1 ]; then run podman rmi "$IMAGE" >/dev/null; fi
 echo
 what="demo scored, /metrics scraped from the host"
 [ "$KAFKA" = 1 ] && what="$what; fraudline run scored $count payments from Kafka"
-echo "image $IMAGE built from deploy/docker/Dockerfile and run: $what ($(($(date +%s) - T0)) s in all)"
+built="built from deploy/docker/Dockerfile"
+[ "$BUILD" = 0 ] && built="checked"
+echo "image $IMAGE $built and run: $what ($(($(date +%s) - T0)) s in all)"
