@@ -229,6 +229,7 @@ pub struct LimitsConfig {
     pub max_amount_minor: i64,
     pub max_key_bytes: usize,
     pub max_event_age_ms: i64,
+    pub stream_max_event_age_ms: i64,
     pub stale_events: StaleEvents,
 }
 
@@ -525,6 +526,9 @@ impl Config {
         }
         if l.max_event_age_ms < 0 {
             e.push("limits.max_event_age_ms: must not be negative (0: no limit)".into());
+        }
+        if l.stream_max_event_age_ms < 0 {
+            e.push("limits.stream_max_event_age_ms: must not be negative (0: no limit)".into());
         }
         if l.max_field_bytes == 0 {
             e.push("limits.max_field_bytes: must be positive".into());
@@ -846,6 +850,10 @@ impl Config {
             features: self.feature_config(),
             event_age: crate::engine::EventAge {
                 max_ms: self.limits.max_event_age_ms,
+                refuse: self.limits.stale_events == StaleEvents::Refuse,
+            },
+            stream_event_age: crate::engine::EventAge {
+                max_ms: self.limits.stream_max_event_age_ms,
                 refuse: self.limits.stale_events == StaleEvents::Refuse,
             },
         }

@@ -398,10 +398,13 @@ async fn every_payers_payments_are_scored_in_log_order_across_lanes() {
     );
 }
 
-/// Issue 15 (event-age policy, the stream side): a payment two days old in
-/// the payments topic is scored without moving state (reason STALE_EVENT;
-/// the payer's next payment does not count it) by default, and is
-/// dead-lettered with kind `stale_event` under `stale_events = "refuse"`.
+/// Issue 15 (event-age policy, the stream side): with
+/// `stream_max_event_age_ms` set (off by default: the topic is the log of
+/// record, and a backfill of history must teach state, as
+/// tests/restart_state.rs relies on), a payment two days old in the
+/// payments topic is scored without moving state (reason STALE_EVENT; the
+/// payer's next payment does not count it), and is dead-lettered with kind
+/// `stale_event` under `stale_events = "refuse"`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_payments_are_scored_without_moving_state_or_refused() {
     let brokers = broker();
@@ -428,7 +431,7 @@ async fn stale_payments_are_scored_without_moving_state_or_refused() {
         &t,
         "at-least-once",
         ANY_PORT,
-        "[engine]\nexplain_in_verdicts = true\n",
+        "[engine]\nexplain_in_verdicts = true\n[limits]\nstream_max_event_age_ms = 86400000\n",
     ));
     let mut verdicts = Reader::new(brokers, &t.verdicts, false);
     assert!(
@@ -460,7 +463,7 @@ async fn stale_payments_are_scored_without_moving_state_or_refused() {
         &t,
         "at-least-once",
         ANY_PORT,
-        "[limits]\nstale_events = \"refuse\"\n",
+        "[limits]\nstale_events = \"refuse\"\nstream_max_event_age_ms = 86400000\n",
     ));
     let mut verdicts = Reader::new(brokers, &t.verdicts, false);
     let mut dlq = Reader::new(brokers, &t.dlq, false);

@@ -36,7 +36,20 @@ pub struct EngineConfig {
     pub thresholds: Thresholds,
     pub builtin: rules::BuiltinParams,
     pub features: features::FeatureConfig,
+    /// For in-line calls ([`Engine::score_at`]).
     pub event_age: EventAge,
+    /// For the payments stream ([`Engine::score_owned_at`]).
+    pub stream_event_age: EventAge,
+}
+
+/// Which scoring path a payment came by: each has its own event-age limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// In-line calls (and backtests and tools, which score at the
+    /// payment's own time).
+    Inline,
+    /// The payments topic.
+    Stream,
 }
 
 /// Reason of a payment scored without moving feature state because its
@@ -70,6 +83,7 @@ pub struct Engine {
     shadow_model: arc_swap::ArcSwapOption<model::Model>,
     txn: TxnGate,
     event_age: EventAge,
+    stream_event_age: EventAge,
 }
 
 /// The exactly-once stream's transaction over feature state. While one is
@@ -98,24 +112,40 @@ impl Engine {
             shadow_model: arc_swap::ArcSwapOption::empty(),
             txn: TxnGate::default(),
             event_age: cfg.event_age,
+            stream_event_age: cfg.stream_event_age,
         }
     }
 
-    /// Whether `p` is older than `limits.max_event_age_ms` at `now_ms`.
-    pub fn is_stale(&self, p: &Payment, now_ms: i64) -> bool {
-        self.event_age.max_ms > 0 && now_ms.saturating_sub(p.event_time_ms) > self.event_age.max_ms
+    fn age(&self, path: Path) -> EventAge {
+        match path {
+            Path::Inline => self.event_age,
+            Path::Stream => self.stream_event_age,
+        }
+    }
+
+    /// Whether `p` is older than `path`'s limit at `now_ms`
+    /// (`limits.max_event_age_ms`, `limits.stream_max_event_age_ms`).
+    pub fn is_stale(&self, p: &Payment, now_ms: i64, path: Path) -> bool {
+        let max = self.age(path).max_ms;
+        max > 0 && now_ms.saturating_sub(p.event_time_ms) > max
     }
 
     /// The event-age check of the scoring paths (stream and in-line; not
     /// the backtest, which scores history at its own time): a stale
     /// payment is refused when `limits.stale_events = "refuse"`, else it is
-    /// scored without moving state (see [`Engine::score_owned_at`]).
-    pub fn admit(&self, p: &Payment, now_ms: i64) -> Result<(), crate::event::DecodeError> {
-        if self.event_age.refuse && self.is_stale(p, now_ms) {
+    /// scored without moving state (see [`Engine::score_at`]).
+    pub fn admit(
+        &self,
+        p: &Payment,
+        now_ms: i64,
+        path: Path,
+    ) -> Result<(), crate::event::DecodeError> {
+        let age = self.age(path);
+        if age.refuse && self.is_stale(p, now_ms, path) {
             return Err(crate::event::DecodeError::StaleEvent {
                 event_time_ms: p.event_time_ms,
                 age_ms: now_ms.saturating_sub(p.event_time_ms),
-                limit_ms: self.event_age.max_ms,
+                limit_ms: age.max_ms,
             });
         }
         Ok(())
@@ -131,7 +161,7 @@ impl Engine {
     /// tests and replays).
     pub fn score_at(&self, p: &Payment, now_ms: i64) -> Verdict {
         let open = self.txn.open.read().unwrap_or_else(PoisonError::into_inner);
-        let v = self.score_owned_at(p, now_ms);
+        let v = self.score_on(p, now_ms, Path::Inline);
         if *open && !v.is_stale() {
             self.keep_foreign(p);
         }
@@ -142,9 +172,16 @@ impl Engine {
     /// (or when there is none): its payments are not kept for an abort,
     /// because the stream re-consumes them after one.
     pub fn score_owned_at(&self, p: &Payment, now_ms: i64) -> Verdict {
+        self.score_on(p, now_ms, Path::Stream)
+    }
+
+    /// Scores `p` with `path`'s event-age limit: a stale payment is scored
+    /// against the state as it is and moves none of it (reason
+    /// [`STALE_EVENT`]).
+    fn score_on(&self, p: &Payment, now_ms: i64, path: Path) -> Verdict {
         let started = Instant::now();
         let home = self.currencies.load().to_home(p.currency, p.amount_minor);
-        let stale = self.is_stale(p, now_ms);
+        let stale = self.is_stale(p, now_ms, path);
         let mut fv = if stale {
             self.features.read_in(p, home)
         } else {

@@ -324,7 +324,11 @@ fn a_stale_payment_is_scored_without_moving_state() {
         1.0,
         "it saw the state as it is"
     );
-    assert!(e.admit(&pay("old", "A", "B", 1_000, T0), now).is_ok());
+    assert!(e
+        .admit(&pay("old", "A", "B", 1_000, T0), now, Path::Inline)
+        .is_ok());
+    // The stream's own limit is off by default: the payments topic teaches.
+    assert!(!e.is_stale(&pay("old", "A", "B", 1_000, T0), now, Path::Stream));
     let next = e.score_at(&pay("fresh-2", "A", "B", 1_000, now), now);
     assert!(!next.is_stale());
     assert_eq!(
@@ -353,16 +357,18 @@ fn a_stale_payment_is_refused_when_configured() {
         ..EngineConfig::default()
     });
     let err = e
-        .admit(&pay("old", "A", "B", 1_000, T0), T0 + 2 * day)
+        .admit(&pay("old", "A", "B", 1_000, T0), T0 + 2 * day, Path::Inline)
         .unwrap_err();
     assert_eq!(err.kind(), "stale_event");
     assert_eq!(err.field(), Some("event_time_ms"));
     assert!(e
-        .admit(&pay("new", "A", "B", 1_000, T0), T0 + 1_000)
+        .admit(&pay("new", "A", "B", 1_000, T0), T0 + 1_000, Path::Inline)
         .is_ok());
     // 0 is no limit.
     let off = Engine::new(EngineConfig::default());
-    assert!(off.admit(&pay("old", "A", "B", 1_000, 0), T0).is_ok());
+    assert!(off
+        .admit(&pay("old", "A", "B", 1_000, 0), T0, Path::Inline)
+        .is_ok());
     assert!(!off
         .score_at(&pay("old", "A", "B", 1_000, T0), T0 * 2)
         .is_stale());

@@ -146,7 +146,8 @@ impl Scorer {
         if let Some(first) = self.recent.get(&payment.event_id) {
             return self.replay(first, fingerprint, m);
         }
-        self.engine.admit(&payment, now)?;
+        self.engine
+            .admit(&payment, now, crate::engine::Path::Inline)?;
         let deadline = Deadline::from_budget(started, budget.unwrap_or(self.default_budget));
         let permit = match self.admission.admit(&deadline).await {
             Ok(p) => p,

@@ -132,7 +132,7 @@ pub(crate) fn process(
     let format = rec.format.unwrap_or_else(|| Format::detect(bytes));
     match event::decode(bytes, Some(format), &opts.limits, now) {
         Ok(p) => {
-            if let Err(e) = engine.admit(&p, now) {
+            if let Err(e) = engine.admit(&p, now, crate::engine::Path::Stream) {
                 return dead_letter(rec, &e, now, opts, metrics);
             }
             let started = std::time::Instant::now();
