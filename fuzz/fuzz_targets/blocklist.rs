@@ -184,12 +184,22 @@ fn keys(rest: &[u8], mode: u8) {
             kind.as_str(),
             normalise(s)
         );
-        if let Some((bank, number)) = s.split_once(':') {
+        let qualifiable = matches!(kind, ListKind::Account | ListKind::Ewallet | ListKind::Card);
+        if let (Some((bank, number)), true) = (s.split_once(':'), qualifiable) {
             assert_eq!(
                 keyer.qualified_key(kind, bank, number),
                 keyer.key(kind, s),
                 "qualified key of {s:?} is not the key of its spelling"
             );
+            // Issue 15: the bare lookup of a value spelled `BANK:NUMBER`
+            // (an account field that literally holds it) is another key.
+            assert_ne!(
+                keyer.bare_key(kind, s),
+                keyer.key(kind, s),
+                "the bare spelling {s:?} shares the qualified entry's key"
+            );
+        } else {
+            assert_eq!(keyer.bare_key(kind, s), keyer.key(kind, s));
         }
     }
     let _ = keyer.key(ListKind::Phone, s);
