@@ -749,20 +749,21 @@ pub fn tool(name: &str) -> PathBuf {
     })
 }
 
-/// The PYTHONPATH under which python3 imports protobuf's own Python
-/// library (installing it once with deploy/ci/install-tools.sh); fails when
-/// it cannot be had, so a check that needs it never passes unrun.
-pub fn protobuf_site() -> PathBuf {
+/// The PYTHONPATH (`dir` under the tools directory) under which python3
+/// runs `import` (installing it once with deploy/ci/install-tools.sh);
+/// fails when it cannot be had, so a check that needs it never passes
+/// unrun.
+fn python_site(dir: &str, import: &str, what: &str) -> PathBuf {
     let tools = std::env::var_os("FRAUDLINE_TOOLS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
                 .join(".cache/fraudline-tools")
         });
-    let site = tools.join("py-proto");
+    let site = tools.join(dir);
     let works = || {
         Command::new("python3")
-            .args(["-c", "from google.protobuf import json_format"])
+            .args(["-c", import])
             .env("PYTHONPATH", &site)
             .status()
             .is_ok_and(|s| s.success())
@@ -772,35 +773,21 @@ pub fn protobuf_site() -> PathBuf {
     }
     assert!(
         works(),
-        "python3 with protobuf is not installed and deploy/ci/install-tools.sh could not install it: this check did not run"
+        "python3 with {what} is not installed and deploy/ci/install-tools.sh could not install it: this check did not run"
     );
     site
 }
 
-/// The PYTHONPATH under which python3 imports lightgbm and numpy
-/// (installing them once with deploy/ci/install-tools.sh); fails when they
-/// cannot be had, so a check that needs them never passes unrun.
+/// protobuf's own Python library (tests/proto3_json.py).
+pub fn protobuf_site() -> PathBuf {
+    python_site(
+        "py-proto",
+        "from google.protobuf import json_format",
+        "protobuf",
+    )
+}
+
+/// lightgbm and numpy (the model parity tests).
 pub fn lightgbm_site() -> PathBuf {
-    let tools = std::env::var_os("FRAUDLINE_TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/fraudline-tools")
-        });
-    let site = tools.join("py-lgbm");
-    let works = || {
-        Command::new("python3")
-            .args(["-c", "import lightgbm, numpy"])
-            .env("PYTHONPATH", &site)
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !works() {
-        let _ = Command::new(repo().join("deploy/ci/install-tools.sh")).status();
-    }
-    assert!(
-        works(),
-        "python3 with lightgbm is not installed and deploy/ci/install-tools.sh could not install it: this check did not run"
-    );
-    site
+    python_site("py-lgbm", "import lightgbm, numpy", "lightgbm")
 }
