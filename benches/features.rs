@@ -160,7 +160,8 @@ fn features(c: &mut Criterion) {
         let _ = store.commit_txn();
         // What the bench assumed: transactions journaled entities, and
         // every payment was scored, none replayed.
-        assert!(journaled > 0, "no entity was journaled");
+        // (n == 0: the bench was filtered out and nothing ran.)
+        assert!(n == 0 || journaled > 0, "no entity was journaled");
         assert_scored_not_replayed(
             &store,
             before,

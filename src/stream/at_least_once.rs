@@ -7,6 +7,7 @@
 //! can stop the stream; a crash can repeat verdicts, which carry the same
 //! event_id. Every wait also watches the shutdown signal.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -15,7 +16,6 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt as _;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
@@ -23,7 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
 use super::lanes::{Batch, Lanes};
-use super::record::{last_resort, log_state, RecordIn, Source};
+use super::record::{last_resort, log_state, OutHeaders, RecordIn, Source};
 use super::state_log::{self, Batch as StateBatch, StateBatches};
 use super::tracker::OffsetTracker;
 use super::{clients, subscribe, Outcome, StreamContext, StreamError, StreamParts};
@@ -39,7 +39,7 @@ struct Pending {
     dlq_kind: Option<&'static str>,
     key: Vec<u8>,
     payload: Vec<u8>,
-    headers: OwnedHeaders,
+    headers: OutHeaders,
     /// Event time of a verdict, for the end-to-end latency histogram.
     event_time_ms: Option<i64>,
     /// Failed attempts that were not a broker outage.
@@ -58,16 +58,22 @@ impl Pending {
             Outcome::Verdict {
                 key,
                 payload,
-                headers,
                 event_time_ms,
+                decision,
                 ..
-            } => (key, payload, headers, None, Some(event_time_ms)),
+            } => (
+                key,
+                payload,
+                OutHeaders::Verdict(decision),
+                None,
+                Some(event_time_ms),
+            ),
             Outcome::Dead {
                 key,
                 payload,
                 headers,
                 kind,
-            } => (key, payload, headers, Some(kind), None),
+            } => (key, payload, OutHeaders::Owned(headers), Some(kind), None),
         };
         Pending {
             partition,
@@ -81,6 +87,47 @@ impl Pending {
             last_resort: false,
             alone: false,
         }
+    }
+}
+
+/// Records in flight, in the order they were sent. Only the oldest is
+/// polled, so only its delivery report wakes the loop: reports arrive about
+/// in send order, and those already in behind it are taken in the same
+/// turn ([`InFlight::next`] then `now_or_never`). A set of futures polled
+/// each on its own wake (`FuturesUnordered`) cost a task allocation, a wake
+/// and a poll per record on the consumer task.
+#[derive(Default)]
+struct InFlight(VecDeque<Acked>);
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn push(&mut self, a: Acked) {
+        self.0.push_back(a);
+    }
+
+    /// The oldest record with its delivery report, once it is in; `None`
+    /// when nothing is in flight.
+    async fn next(&mut self) -> Option<(Pending, Option<OwnedDeliveryResult>)> {
+        std::future::poll_fn(|cx| {
+            let Some(front) = self.0.front_mut() else {
+                return std::task::Poll::Ready(None);
+            };
+            match Pin::new(front).poll(cx) {
+                std::task::Poll::Ready(done) => {
+                    self.0.pop_front();
+                    std::task::Poll::Ready(Some(done))
+                }
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            }
+        })
+        .await
     }
 }
 
@@ -110,7 +157,7 @@ impl Future for Acked {
         this.delivery = None;
         match this.pending.take() {
             Some(p) => std::task::Poll::Ready((p, report)),
-            // FuturesUnordered never polls a finished future again.
+            // Popped once finished: never polled again.
             None => std::task::Poll::Pending,
         }
     }
@@ -163,7 +210,7 @@ struct Loop<'a> {
     consumer: super::SharedConsumer,
     producer: FutureProducer<StreamContext>,
     tracker: OffsetTracker,
-    inflight: FuturesUnordered<Acked>,
+    inflight: InFlight,
     /// The state-log batches (state log on) and those awaiting their
     /// acknowledgement: a payment's offset is committed once its verdict
     /// and its batch are both acknowledged.
@@ -198,7 +245,7 @@ pub async fn run(
         consumer,
         producer,
         tracker: OffsetTracker::default(),
-        inflight: FuturesUnordered::new(),
+        inflight: InFlight::default(),
         batches,
         batch_acks: FuturesUnordered::new(),
         stop,
@@ -396,7 +443,7 @@ impl Loop<'_> {
             let record = FutureRecord::to(self.topic(p.dlq_kind.is_some()))
                 .key(&p.key)
                 .payload(&p.payload)
-                .headers(p.headers.clone());
+                .headers(p.headers.build());
             match self.producer.send_result(record) {
                 Ok(f) => break f,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -604,7 +651,7 @@ impl Loop<'_> {
         let record = FutureRecord::to(self.topic(p.dlq_kind.is_some()))
             .key(&p.key)
             .payload(&p.payload)
-            .headers(p.headers.clone());
+            .headers(p.headers.build());
         let r = match self.producer.send_result(record) {
             Ok(f) => f.await.ok(),
             Err((e, _)) => Some(Err((
@@ -681,7 +728,7 @@ impl Loop<'_> {
 
 /// Puts a record whose producer died into flight as a failed delivery, so
 /// that [`Loop::on_ack`] reports the fatal error.
-fn break_fatal(inflight: &mut FuturesUnordered<Acked>, p: Pending) {
+fn break_fatal(inflight: &mut InFlight, p: Pending) {
     inflight.push(Acked {
         pending: Some(p),
         delivery: None,

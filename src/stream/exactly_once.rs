@@ -38,7 +38,7 @@ use tracing::{error, info, warn};
 
 use super::at_least_once::{classify, Failure};
 use super::lanes::{Batch, Lanes};
-use super::record::{content_type, last_resort, log_state, process, RecordIn, Source};
+use super::record::{content_type, last_resort, log_state, process, OutHeaders, RecordIn, Source};
 use super::state_log::{self, StateBatches};
 use super::{
     clients, subscribe, Outcome, ProcessOptions, SharedConsumer, StreamContext, StreamError,
@@ -542,7 +542,7 @@ impl Loop<'_> {
             let record = FutureRecord::to(topic)
                 .key(&key)
                 .payload(&payload)
-                .headers(headers.clone());
+                .headers(headers.build());
             match self.producer.send_result(record) {
                 Ok(delivery) => {
                     self.txn.sent.push(Sent {
@@ -917,7 +917,7 @@ type Parts<'c> = (
     &'c str,
     Vec<u8>,
     Vec<u8>,
-    rdkafka::message::OwnedHeaders,
+    OutHeaders,
     Option<i64>,
     Option<&'static str>,
 );
@@ -927,14 +927,14 @@ fn split(cfg: &Config, o: Outcome) -> Parts<'_> {
         Outcome::Verdict {
             key,
             payload,
-            headers,
             event_time_ms,
+            decision,
             ..
         } => (
             &cfg.kafka.verdicts_topic,
             key,
             payload,
-            headers,
+            OutHeaders::Verdict(decision),
             Some(event_time_ms),
             None,
         ),
@@ -947,7 +947,7 @@ fn split(cfg: &Config, o: Outcome) -> Parts<'_> {
             &cfg.kafka.dlq_topic,
             key,
             payload,
-            headers,
+            OutHeaders::Owned(headers),
             None,
             Some(kind),
         ),

@@ -24,10 +24,12 @@ pub const MAX_ERROR_BYTES: usize = 2048;
 
 /// What to produce for one input record.
 pub enum Outcome {
+    /// Its headers are built when it is sent ([`verdict_headers`]):
+    /// librdkafka takes the ones it is given, and building them once costs
+    /// less than building, copying for the send and freeing the original.
     Verdict {
         key: Vec<u8>,
         payload: Vec<u8>,
-        headers: OwnedHeaders,
         event_time_ms: i64,
         decision: Decision,
         /// What goes into the state-log batch of its partition (state
@@ -151,15 +153,6 @@ pub(crate) fn process(
                 v.to_wire(&p.event_id, p.event_time_ms)
             };
             let payload = wire.encode_to_vec();
-            let headers = OwnedHeaders::new_with_capacity(2)
-                .insert(Header {
-                    key: HDR_CONTENT_TYPE,
-                    value: Some("application/x-protobuf"),
-                })
-                .insert(Header {
-                    key: HDR_DECISION,
-                    value: Some(v.decision.as_str()),
-                });
             tracing::debug!(
                 event_id = %p.event_id,
                 payer = %crate::mask(&p.payer.account),
@@ -178,13 +171,42 @@ pub(crate) fn process(
             Outcome::Verdict {
                 key,
                 payload,
-                headers,
                 event_time_ms: p.event_time_ms,
                 decision: v.decision,
                 state,
             }
         }
         Err(e) => dead_letter(rec, &e, now, opts, metrics),
+    }
+}
+
+/// A verdict record's headers: its content type and decision.
+pub(crate) fn verdict_headers(decision: Decision) -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(2)
+        .insert(Header {
+            key: HDR_CONTENT_TYPE,
+            value: Some("application/x-protobuf"),
+        })
+        .insert(Header {
+            key: HDR_DECISION,
+            value: Some(decision.as_str()),
+        })
+}
+
+/// An output record's headers as kept until it is sent: a verdict's are
+/// built from its decision at each send, a dead letter's kept as made.
+pub(crate) enum OutHeaders {
+    Verdict(Decision),
+    Owned(OwnedHeaders),
+}
+
+impl OutHeaders {
+    /// The headers to hand to librdkafka for one send.
+    pub(crate) fn build(&self) -> OwnedHeaders {
+        match self {
+            OutHeaders::Verdict(d) => verdict_headers(*d),
+            OutHeaders::Owned(h) => h.clone(),
+        }
     }
 }
 
