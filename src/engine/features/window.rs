@@ -379,8 +379,16 @@ impl<const INLINE: usize> Window<INLINE> {
                 changed = true;
                 continue;
             };
-            let start = align(e.start, level);
-            changed |= level != e.level();
+            // A bucket keeps its start while it keeps its level (starts are
+            // aligned to their level: an invariant `decode` checks too);
+            // only a move re-aligns it, which spares a division per bucket.
+            let moved = level != e.level();
+            let start = if moved {
+                align(e.start, level)
+            } else {
+                e.start
+            };
+            changed |= moved;
             if w > 0 && self.entries[w - 1].key() == key(level, start) {
                 self.entries[w - 1].absorb(e.count(), e.sum);
             } else {
