@@ -3,8 +3,8 @@
 //! gave on a real broker: decision, score and reasons, event for event.
 //!
 //! The config is not the default one where it matters: its `[features]`
-//! night hours make the current hour night when the defaults do not (or
-//! the other way round), and its rule file adds a rule on
+//! night hours make the events' hour (12:00 UTC) night, which the
+//! defaults' night (00-06) does not, and its rule file adds a rule on
 //! `payer.night_share_24h`; a backtest without the config must therefore
 //! differ, which shows the comparison can fail.
 
@@ -76,15 +76,20 @@ async fn backtest_with_the_service_config_gives_the_streams_verdicts() {
     let t = create_topics(brokers, "parity", 1).await;
     let dir = tempfile::tempdir().unwrap();
 
-    let start_ms = fraudline::now_ms() - 600_000;
-    let hour = ((start_ms / 3_600_000) % 24) as u8;
-    // Night in this config is exactly the events' hour when the defaults'
-    // night (00-06 UTC) does not hold it, and excludes it when they do.
-    let (night_start, night_end) = if hour < 6 {
-        ((hour + 1) % 24, (hour + 2) % 24)
+    // The events happen at 12:00 UTC, the latest one at least 10 minutes
+    // ago (never on the wall clock's hour: from 00:00 to 06:00 UTC the
+    // defaults' night held the events' hour, the config's night could not,
+    // and the night rule never fired). Night in this config is exactly that
+    // hour, which the defaults' night (00-06 UTC) does not hold.
+    let now = fraudline::now_ms();
+    let (day_ms, hour_ms) = (86_400_000, 3_600_000);
+    let noon = now - now.rem_euclid(day_ms) + 12 * hour_ms;
+    let start_ms = if noon + 600_000 <= now {
+        noon
     } else {
-        (hour, (hour + 1) % 24)
+        noon - day_ms
     };
+    let (night_start, night_end) = (12u8, 13u8);
     let rules = dir.path().join("rules.toml");
     let pack = std::fs::read_to_string(repo().join("deploy/rules/default.toml")).unwrap();
     std::fs::write(
