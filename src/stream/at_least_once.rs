@@ -23,7 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
 use super::lanes::{Batch, Lanes};
-use super::record::{last_resort, log_state, OutHeaders, RecordIn, Source};
+use super::record::{last_resort, log_state, OutHeaders, OutRecord, RecordIn, Source};
 use super::state_log::{self, Batch as StateBatch, StateBatches};
 use super::tracker::OffsetTracker;
 use super::{clients, subscribe, Outcome, StreamContext, StreamError, StreamParts};
@@ -54,27 +54,13 @@ struct Pending {
 impl Pending {
     /// A fresh record to send for the input at `partition`/`offset`.
     fn new(partition: i32, offset: i64, outcome: Outcome) -> Pending {
-        let (key, payload, headers, dlq_kind, event_time_ms) = match outcome {
-            Outcome::Verdict {
-                key,
-                payload,
-                event_time_ms,
-                decision,
-                ..
-            } => (
-                key,
-                payload,
-                OutHeaders::Verdict(decision),
-                None,
-                Some(event_time_ms),
-            ),
-            Outcome::Dead {
-                key,
-                payload,
-                headers,
-                kind,
-            } => (key, payload, OutHeaders::Owned(headers), Some(kind), None),
-        };
+        let OutRecord {
+            key,
+            payload,
+            headers,
+            event_time_ms,
+            dlq_kind,
+        } = outcome.into_record();
         Pending {
             partition,
             offset,

@@ -944,35 +944,20 @@ type Parts<'c> = (
 );
 
 fn split(cfg: &Config, o: Outcome) -> Parts<'_> {
-    match o {
-        Outcome::Verdict {
-            key,
-            payload,
-            event_time_ms,
-            decision,
-            ..
-        } => (
-            &cfg.kafka.verdicts_topic,
-            key,
-            payload,
-            OutHeaders::Verdict(decision),
-            Some(event_time_ms),
-            None,
-        ),
-        Outcome::Dead {
-            key,
-            payload,
-            headers,
-            kind,
-        } => (
-            &cfg.kafka.dlq_topic,
-            key,
-            payload,
-            OutHeaders::Owned(headers),
-            None,
-            Some(kind),
-        ),
-    }
+    let r = o.into_record();
+    let topic = if r.dlq_kind.is_some() {
+        &cfg.kafka.dlq_topic
+    } else {
+        &cfg.kafka.verdicts_topic
+    };
+    (
+        topic,
+        r.key,
+        r.payload,
+        r.headers,
+        r.event_time_ms,
+        r.dlq_kind,
+    )
 }
 
 /// Seeks `partitions` (those still assigned) back to their committed

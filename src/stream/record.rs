@@ -193,6 +193,51 @@ pub(crate) fn verdict_headers(decision: Decision) -> OwnedHeaders {
         })
 }
 
+/// An outcome as the delivery loops keep it until it is acknowledged:
+/// both loops take it apart the same way ([`Outcome::into_record`]).
+pub(crate) struct OutRecord {
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub headers: OutHeaders,
+    /// A verdict's event time, for the end-to-end latency histogram.
+    pub event_time_ms: Option<i64>,
+    /// A dead letter's kind (it goes to the DLQ topic).
+    pub dlq_kind: Option<&'static str>,
+}
+
+impl Outcome {
+    /// The record to send for this outcome.
+    pub(crate) fn into_record(self) -> OutRecord {
+        match self {
+            Outcome::Verdict {
+                key,
+                payload,
+                event_time_ms,
+                decision,
+                ..
+            } => OutRecord {
+                key,
+                payload,
+                headers: OutHeaders::Verdict(decision),
+                event_time_ms: Some(event_time_ms),
+                dlq_kind: None,
+            },
+            Outcome::Dead {
+                key,
+                payload,
+                headers,
+                kind,
+            } => OutRecord {
+                key,
+                payload,
+                headers: OutHeaders::Owned(headers),
+                event_time_ms: None,
+                dlq_kind: Some(kind),
+            },
+        }
+    }
+}
+
 /// An output record's headers as kept until it is sent: a verdict's are
 /// built from its decision at each send, a dead letter's kept as made.
 pub(crate) enum OutHeaders {
