@@ -13,6 +13,11 @@
 //!   checks: 200,000 payments of each), so every call pays its memory and
 //!   TLB misses. Warm: 1,000 values cycled, as earlier versions measured;
 //!   their slots stay cached, so those are the best case only;
+//! - the memory floor beside the cold figures: random reads of arrays the
+//!   size of the table's tag and slot arrays, mapped and advised for huge
+//!   pages as the table's are (and with small pages), as a chain of
+//!   dependent reads (the latency of one miss) and as 1,000,000 single
+//!   reads timed like the lookups; a cold lookup cannot beat one such read;
 //! - reload: `Engine::score` with the default rule pack, timed one call at a
 //!   time for 4 s with the 10 M list in place, then again while a second
 //!   thread reloads the 10 M file through `Sources::reload_files` (read,
@@ -105,6 +110,7 @@ fn blocklist(c: &mut Criterion) {
     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
 
     let before = rss_bytes();
+    let huge_before = anon_huge_mib();
     let started = Instant::now();
     let built = source::build(std::slice::from_ref(&path), 0, "84").expect("loads");
     let took = started.elapsed();
@@ -112,13 +118,15 @@ fn blocklist(c: &mut Criterion) {
     let table_bytes = built.table.heap_bytes();
     println!(
         "blocklist load: {N} entries ({:.0} MB CSV) read, validated and built in {:.2} s on one thread; \
-         RSS +{:.0} MiB after the load = {:.1} bytes per entry; the table's arrays {:.0} MiB = {:.1} bytes per entry",
+         RSS +{:.0} MiB after the load = {:.1} bytes per entry; the table's arrays {:.0} MiB = {:.1} bytes per entry, \
+         huge-page backing +{} MiB",
         bytes as f64 / 1e6,
         took.as_secs_f64(),
         after.saturating_sub(before) as f64 / 1048576.0,
         after.saturating_sub(before) as f64 / N as f64,
         table_bytes as f64 / 1048576.0,
         table_bytes as f64 / N as f64,
+        anon_huge_mib().saturating_sub(huge_before),
     );
     let list = built.into_list(1);
     assert_eq!(list.len(), N);
@@ -233,12 +241,87 @@ fn blocklist(c: &mut Criterion) {
         black_box(list.check(black_box(&misses[i]), now));
     });
     drop((hits, misses, cold_hits, cold_misses));
+    // The floor beside the cold figures: one random read of memory, in
+    // arrays the size of the table's two, mapped and advised as the table
+    // maps its own.
+    let tags = table_bytes / 17; // 2 of every 34 bytes a slot
+    memory_floor("tag array", tags);
+    memory_floor("slot array", table_bytes - tags);
     drop(list);
     let duties = duties();
     if duties.is_empty() {
         println!("reload under load: skipped (FRAUDLINE_BENCH_DUTY=off)");
     } else {
         reload_under_load(&path, &duties);
+    }
+}
+
+/// Kernel-reported huge-page backing of this process's anonymous memory, in
+/// MiB (`AnonHugePages` of /proc/self/smaps_rollup; 0 where unreadable).
+fn anon_huge_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/smaps_rollup")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("AnonHugePages:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb >> 10)
+}
+
+/// The memory floor of a cold lookup: random reads of an anonymous mapping
+/// of `bytes`, advised for transparent huge pages as the table's arrays are
+/// (`Zeroed` in src/engine/blocklist.rs), and again with small pages. Two
+/// figures each: the mean of a chain of dependent reads (each read's
+/// address is the value of the one before, so none overlap: the latency of
+/// one miss), and 1,000,000 single random reads timed one at a time like
+/// the lookups above (p50 / p99 / p99.9).
+fn memory_floor(what: &str, bytes: usize) {
+    const LINE: usize = 64;
+    for (pages, advice) in [
+        ("huge pages", memmap2::Advice::HugePage),
+        ("small pages", memmap2::Advice::NoHugePage),
+    ] {
+        let huge_before = anon_huge_mib();
+        let mut m = memmap2::MmapMut::map_anon(bytes).expect("map");
+        let _ = m.advise(advice);
+        let words: &mut [u64] = bytemuck::cast_slice_mut(&mut m[..bytes / 8 * 8]);
+        let lines = words.len() / (LINE / 8);
+        // A random cycle through every line: line order[i] holds the index
+        // of line order[i + 1].
+        let mut order: Vec<u32> = (0..lines as u32).collect();
+        let mut rng = SmallRng::seed_from_u64(7);
+        for i in (1..lines).rev() {
+            order.swap(i, rng.gen_range(0..=i));
+        }
+        for i in 0..lines {
+            words[order[i] as usize * (LINE / 8)] = u64::from(order[(i + 1) % lines]);
+        }
+        drop(order);
+        let backed = anon_huge_mib().saturating_sub(huge_before);
+        let steps = 4_000_000;
+        let mut at = 0u64;
+        let started = Instant::now();
+        for _ in 0..steps {
+            at = words[at as usize * (LINE / 8)];
+        }
+        let chase = started.elapsed().as_nanos() as f64 / steps as f64;
+        black_box(at);
+        let picks: Vec<u32> = (0..1_000_000)
+            .map(|_| rng.gen_range(0..lines as u32))
+            .collect();
+        let mut i = 0;
+        percentiles(
+            &format!(
+                "memory floor, {what} ({} MiB, {pages}: {backed} MiB huge-page backed): \
+                 dependent reads {chase:.0} ns each; single random read",
+                bytes >> 20
+            ),
+            || {
+                i = (i + 1) % picks.len();
+                black_box(words[picks[i] as usize * (LINE / 8)]);
+            },
+        );
     }
 }
 
