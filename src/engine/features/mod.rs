@@ -196,6 +196,9 @@ impl Account {
         for (at, len) in parts.into_iter().flatten() {
             prefetch::lines(at, len);
         }
+        // A payer that also receives: its pass-through share reads the
+        // inbound window.
+        self.prefetch_payee();
     }
 
     /// Starts loading what a payment reads of its payee beyond the struct.
@@ -230,6 +233,18 @@ struct Kit {
     payments: Window<1>,
     accounts: Distinct,
     meta: Meta,
+}
+
+impl Kit {
+    /// Starts loading what a payment reads of it beyond its slot.
+    fn prefetch(&self) {
+        for (at, len) in [self.payments.spilled(), self.accounts.spilled()]
+            .into_iter()
+            .flatten()
+        {
+            prefetch::lines(at, len);
+        }
+    }
 }
 
 const KIT_WINDOW: WindowParams = WindowParams {
@@ -498,6 +513,11 @@ impl FeatureStore {
                 );
             }
         }
+        for k in [device, phone, ip].into_iter().flatten() {
+            if let Some(k) = self.kit.get(&k) {
+                k.prefetch();
+            }
+        }
         if let Some(a) = self.accounts.get(&payer) {
             a.prefetch_payer();
         }
@@ -589,7 +609,8 @@ impl FeatureStore {
                 }
             }
             let now = a.out.watermark();
-            let out = a.out.read(Span::H24);
+            // The night-time sum in the same pass over the buckets.
+            let (out, night) = a.out.read_picking(Span::H24, |s| self.is_night(s));
             fv.set(F::PayerCount1m, f64::from(out.count(Span::M1)));
             fv.set(F::PayerCount10m, f64::from(out.count(Span::M10)));
             fv.set(F::PayerCount1h, f64::from(out.count(Span::H1)));
@@ -603,7 +624,6 @@ impl FeatureStore {
             fv.set(F::PayerDistinctPayees24h, f64::from(d.h24));
             let day = out.sum(Span::H24);
             if day > 0 {
-                let night = a.out.sum_24h_where(|s| self.is_night(s));
                 fv.set(F::PayerNightShare24h, night as f64 / day as f64);
             } else {
                 fv.set(F::PayerNightShare24h, 0.0);

@@ -488,7 +488,26 @@ impl<const INLINE: usize> Window<INLINE> {
 
     /// Counts and sums read at `now_s`, or at the watermark if that is
     /// later (an idle entity read at wall-clock time).
+    #[inline]
     pub fn read_at(&self, now_s: Secs, keep: Span) -> Totals {
+        self.read_at_picking(now_s, keep, |_| false).0
+    }
+
+    /// [`Window::read`], and in the same pass the sum of the buckets in the
+    /// widest kept window whose start second passes `pick`: e.g. the
+    /// night-time amount of the last 24 h, classed by bucket start (hourly
+    /// buckets beyond the last hour).
+    pub fn read_picking(&self, keep: Span, pick: impl FnMut(Secs) -> bool) -> (Totals, i64) {
+        self.read_at_picking(self.now, keep, pick)
+    }
+
+    #[inline]
+    fn read_at_picking(
+        &self,
+        now_s: Secs,
+        keep: Span,
+        mut pick: impl FnMut(Secs) -> bool,
+    ) -> (Totals, i64) {
         let now = now_s.max(self.now);
         let top = keep as usize;
         let mut lo = [0; 4];
@@ -496,6 +515,7 @@ impl<const INLINE: usize> Window<INLINE> {
             *v = Span::from_level(l as u32).start(now);
         }
         let mut t = Totals::default();
+        let mut picked = 0i64;
         for e in &self.entries {
             let from = e.level() as usize;
             // In this window implies in every wider one.
@@ -504,20 +524,12 @@ impl<const INLINE: usize> Window<INLINE> {
                     t.count[l] = t.count[l].saturating_add(e.count());
                     t.sum[l] = t.sum[l].saturating_add(e.sum);
                 }
+                if pick(e.start) {
+                    picked = picked.saturating_add(e.sum);
+                }
             }
         }
-        t
-    }
-
-    /// Sum of the buckets in the 24 h window read at the watermark whose
-    /// start second passes `pick`: e.g. the night-time amount, classed by
-    /// bucket start (hourly buckets beyond the last hour).
-    pub fn sum_24h_where(&self, mut pick: impl FnMut(Secs) -> bool) -> i64 {
-        let lo = Span::H24.start(self.now);
-        self.entries
-            .iter()
-            .filter(|e| e.start >= lo && e.start <= self.now && pick(e.start))
-            .fold(0i64, |acc, e| acc.saturating_add(e.sum))
+        (t, picked)
     }
 
     /// Non-empty buckets held.
@@ -882,6 +894,18 @@ mod tests {
                     naive.add(t_ms, amount, lateness);
                     prop_assert_eq!(s.now_s, naive.now);
                     prop_assert_eq!(w.read(keep), naive.read(naive.now, keep));
+                    // The picked sum is of the widest kept window's buckets:
+                    // all of them, or by their start second.
+                    let (t, all) = w.read_picking(keep, |_| true);
+                    prop_assert_eq!(t, w.read(keep));
+                    prop_assert_eq!(all, t.sum(keep));
+                    let lo = keep.start(w.watermark());
+                    let even = w
+                        .entries
+                        .iter()
+                        .filter(|e| e.start >= lo && (e.start / 60) % 2 == 0)
+                        .fold(0i64, |a, e| a.saturating_add(e.sum));
+                    prop_assert_eq!(w.read_picking(keep, |s| (s / 60) % 2 == 0).1, even);
                 }
                 w.check(keep);
             }
