@@ -165,6 +165,18 @@ struct Inbound {
     payers: Distinct,
 }
 
+impl Inbound {
+    /// Starts loading its spilled buckets and payers.
+    fn prefetch(&self) {
+        for (at, len) in [self.inn.spilled(), self.payers.spilled()]
+            .into_iter()
+            .flatten()
+        {
+            prefetch::lines(at, len);
+        }
+    }
+}
+
 impl Account {
     fn new(born_s: Secs) -> Account {
         Account {
@@ -637,6 +649,42 @@ impl FeatureStore {
             }
         }
 
+        // The payee's inbound box came in with the payer's work; what it
+        // points to is asked for now, and arrives while the devices are
+        // scored. (The payer's lock is released: the payee may share its
+        // shard.)
+        if let Some(a) = payee.and_then(|k| self.accounts.get(&k)) {
+            if let Some(ib) = &a.inbound {
+                ib.prefetch();
+            }
+        }
+
+        // Device, phone, IP: one device driving many accounts.
+        let kits = [
+            (device, F::DeviceDistinctAccounts24h, F::DeviceCount1h),
+            (phone, F::PhoneDistinctAccounts24h, F::PhoneCount1h),
+            (ip, F::IpDistinctAccounts24h, F::IpCount1h),
+        ];
+        for (key, distinct, count) in kits {
+            let Some(key) = key else { continue };
+            if duplicate {
+                if let Some(k) = self.kit.get(&key) {
+                    read_kit(&k, &mut fv, distinct, count);
+                }
+                continue;
+            }
+            let mut k = self.kit_mut(key, epoch);
+            let st = k.payments.add(t, amount, &self.kit_params);
+            let s = k
+                .accounts
+                .insert(payer, st.at_s, st.now_s, st.now_s.saturating_sub(DAY_S));
+            m.key_evicted(KeySet::Accounts, s.evicted);
+            if s.to_sketch {
+                m.sketches.increment(1);
+            }
+            read_kit(&k, &mut fv, distinct, count);
+        }
+
         // Payee: the mule signal.
         let held = match payee {
             Some(k) if duplicate => self.accounts.get_mut(&k),
@@ -684,32 +732,6 @@ impl FeatureStore {
                     );
                 }
             }
-        }
-
-        // Device, phone, IP: one device driving many accounts.
-        let kits = [
-            (device, F::DeviceDistinctAccounts24h, F::DeviceCount1h),
-            (phone, F::PhoneDistinctAccounts24h, F::PhoneCount1h),
-            (ip, F::IpDistinctAccounts24h, F::IpCount1h),
-        ];
-        for (key, distinct, count) in kits {
-            let Some(key) = key else { continue };
-            if duplicate {
-                if let Some(k) = self.kit.get(&key) {
-                    read_kit(&k, &mut fv, distinct, count);
-                }
-                continue;
-            }
-            let mut k = self.kit_mut(key, epoch);
-            let st = k.payments.add(t, amount, &self.kit_params);
-            let s = k
-                .accounts
-                .insert(payer, st.at_s, st.now_s, st.now_s.saturating_sub(DAY_S));
-            m.key_evicted(KeySet::Accounts, s.evicted);
-            if s.to_sketch {
-                m.sketches.increment(1);
-            }
-            read_kit(&k, &mut fv, distinct, count);
         }
         fv
     }
