@@ -39,14 +39,21 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 start_server() { # $1 = constant_verdict (true/false)
   grpc_port="$(free_port)"; http_port="$(free_port)"; metrics_port="$(free_port)"
+  # constant_verdict goes in a config file, not an environment override: an
+  # override takes the type of the shipped default it replaces, and this
+  # test-only key has none (FRAUDLINE_INLINE__CONSTANT_VERDICT=true is read
+  # as a string and refused).
+  printf '[inline]\nconstant_verdict = %s\n' "$1" >"$work/inline.toml"
+  # No Kafka in this benchmark: no stream, no state layer, no audit trail.
+  FRAUDLINE_CONFIG="$work/inline.toml" \
   FRAUDLINE_KAFKA__PAYMENTS_TOPIC="" \
+  FRAUDLINE_KAFKA__STATE_TOPIC="" \
   FRAUDLINE_HTTP__LISTEN="127.0.0.1:$metrics_port" \
   FRAUDLINE_RULES__FILE="$repo/deploy/rules/default.toml" \
   FRAUDLINE_INLINE__ENABLED=true \
   FRAUDLINE_INLINE__GRPC_LISTEN="127.0.0.1:$grpc_port" \
   FRAUDLINE_INLINE__HTTP_LISTEN="127.0.0.1:$http_port" \
   FRAUDLINE_INLINE__AUDIT=false \
-  FRAUDLINE_INLINE__CONSTANT_VERDICT="$1" \
   FRAUDLINE_LOG__LEVEL=warn \
     "$bin" run >"$work/server.log" 2>&1 &
   server_pid=$!
