@@ -11,6 +11,8 @@ use std::time::Duration;
 use common::*;
 
 const EVENTS: usize = 6_000;
+/// Events produced before the kill; the rest come while the instance is down.
+const FIRST: usize = 4_000;
 
 fn payer_features(r: &Read) -> (String, Vec<(String, f64)>) {
     let v = verdict(r);
@@ -38,7 +40,10 @@ async fn after_a_kill_warm_up_restores_the_features_of_an_instance_that_never_st
         payments: a.payments.clone(),
         ..b_own
     };
-    let placement = produce_events(brokers, &a.payments, EVENTS, 21).await;
+    // The first part of the stream is scored by both; B is killed once it
+    // has scored all of it (its offsets may or may not be committed: what
+    // is not is read again and scored again after the restart).
+    let mut placement = produce_events_from(brokers, &a.payments, 0, FIRST, 21).await;
     let explain = "[engine]\nexplain_in_verdicts = true\n";
     let cfg = |t: &Topics| config_toml(brokers, t, "at-least-once", "", "") + explain;
 
@@ -46,12 +51,43 @@ async fn after_a_kill_warm_up_restores_the_features_of_an_instance_that_never_st
     let mut fb = Fraudline::start(&cfg(&b));
     let mut vb = Reader::new(brokers, &b.verdicts, false);
     assert!(
-        vb.poll_until(Duration::from_secs(120), |r| r.len() >= 2_000),
+        vb.poll_until(Duration::from_secs(120), |r| distinct_ids(r).len() >= FIRST),
         "no progress; log:\n{}",
         fb.log_tail()
     );
     fb.sigkill();
+    // The rest arrives while B is down: only the restarted process scores
+    // it, and its payers' earlier payments are in the first part.
+    let rest = produce_events_from(brokers, &a.payments, FIRST, EVENTS - FIRST, 21).await;
+    // The test means something only if the restarted process scores
+    // payments whose payers paid before the kill.
+    let before: std::collections::HashSet<String> = generated(21)
+        .take(FIRST)
+        .map(|(p, _)| p.payer.account)
+        .collect();
+    let returning = generated(21)
+        .skip(FIRST)
+        .take(EVENTS - FIRST)
+        .filter(|(p, _)| before.contains(&p.payer.account))
+        .count();
+    assert!(returning >= 100, "only {returning} returning payers");
+    placement.extend(rest.clone());
     let mut fb = fb.restart();
+    let warm = fb
+        .wait_log_line("state log replayed", Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("no replay line in:\n{}", fb.log_tail()));
+    // What it restored came from the snapshot topic, the state log, or
+    // both (a snapshot written after B's last payment leaves no log tail).
+    let log = std::fs::read_to_string(&fb.log).unwrap_or_default();
+    let loaded = log
+        .lines()
+        .find(|l| l.contains("snapshot loaded"))
+        .is_some_and(|l| !l.contains("entities=0 "));
+    assert!(
+        loaded || !warm.contains("records=0 "),
+        "the restart restored nothing:\n{}",
+        fb.log_tail()
+    );
 
     let mut va = Reader::new(brokers, &a.verdicts, false);
     assert!(
@@ -63,16 +99,6 @@ async fn after_a_kill_warm_up_restores_the_features_of_an_instance_that_never_st
             >= EVENTS),
         "log:\n{}",
         fb.log_tail()
-    );
-
-    let log = std::fs::read_to_string(&fb.log).unwrap();
-    let warm = log
-        .lines()
-        .find(|l| l.contains("state log replayed"))
-        .unwrap_or_else(|| panic!("no replay line in:\n{log}"));
-    assert!(
-        !warm.contains("records=0 "),
-        "the restart replayed the state log: {warm}"
     );
 
     // The last verdict B gave each event (after the restart for everything

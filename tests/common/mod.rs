@@ -223,20 +223,38 @@ pub fn events_start_ms() -> i64 {
 /// Produces `count` generated events (alternating protobuf and JSON, keyed by
 /// payer) and returns where each landed.
 pub async fn produce_events(brokers: &str, topic: &str, count: usize, seed: u64) -> Placement {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    let gen = Generator::new(GenConfig {
+    produce_events_from(brokers, topic, 0, count, seed).await
+}
+
+/// The stream of generated payments [`produce_events`] writes for `seed`.
+pub fn generated(seed: u64) -> Generator {
+    Generator::new(GenConfig {
         seed,
         start_ms: events_start_ms(),
         events_per_sec: 200.0,
         fraud_rate: 0.05,
         ..GenConfig::default()
-    });
+    })
+}
+
+/// [`produce_events`] for events `skip..skip + count` of the seed's stream:
+/// a test that produces a stream in parts (e.g. before and after a kill)
+/// gets the same events as one call for the whole.
+pub async fn produce_events_from(
+    brokers: &str,
+    topic: &str,
+    skip: usize,
+    count: usize,
+    seed: u64,
+) -> Placement {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let gen = generated(seed);
     let mut futures = Vec::with_capacity(count);
-    for (i, (p, _)) in gen.take(count).enumerate() {
+    for (i, (p, _)) in gen.enumerate().skip(skip).take(count) {
         let (payload, ct) = if i % 2 == 0 {
             (p.to_protobuf(), "application/x-protobuf")
         } else {
@@ -391,6 +409,23 @@ impl Fraudline {
         }
         if let Some(addr) = self.logged_addr("serving /metrics") {
             self.http = addr;
+        }
+    }
+
+    /// The first log line containing `marker`, waiting up to `limit` (or
+    /// until the process exits): the log is written as the process goes, so
+    /// a line is not there the moment a test looks.
+    pub fn wait_log_line(&mut self, marker: &str, limit: Duration) -> Option<String> {
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(l) = text.lines().find(|l| l.contains(marker)) {
+                return Some(l.to_string());
+            }
+            if start.elapsed() >= limit || !self.alive() {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
