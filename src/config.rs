@@ -306,6 +306,9 @@ const PASS_THROUGH: [&str; 3] = ["librdkafka", "consumer", "producer"];
 /// Applies `FRAUDLINE_<SECTION>__<KEY>[__<KEY>]` variables. A value takes the
 /// type of the default it replaces, so `FRAUDLINE_KAFKA__GROUP_ID=42` stays a
 /// string and `FRAUDLINE_ENGINE__HOLD_THRESHOLD=abc` is an error naming the key.
+/// A key with no default (the optional ones) takes the type its value reads
+/// as: `true` / `false`, an integer, a number, else a string; a key of a
+/// pass-through section (librdkafka properties) is always a string.
 fn apply_env(
     table: &mut Table,
     vars: impl IntoIterator<Item = (String, String)>,
@@ -346,6 +349,12 @@ fn apply_env(
                 .parse::<f64>()
                 .map(toml::Value::Float)
                 .map_err(|_| format!("{name} (key {key}): expected a number, got {value:?}")),
+            None if !path[..path.len() - 1]
+                .iter()
+                .any(|s| PASS_THROUGH.contains(&s.as_str())) =>
+            {
+                Ok(untyped(value))
+            }
             _ => Ok(toml::Value::String(value)),
         };
         match typed {
@@ -359,6 +368,21 @@ fn apply_env(
         Ok(())
     } else {
         Err(ConfigError::Invalid(errors))
+    }
+}
+
+/// The TOML value an override of a key with no default stands for.
+fn untyped(value: String) -> toml::Value {
+    let v = value.trim();
+    if let Ok(b) = v.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else if let Ok(i) = v.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else if let Some(f) = v.parse::<f64>().ok().filter(|f| f.is_finite()) {
+        // "inf" / "nan" stay strings: no key means them.
+        toml::Value::Float(f)
+    } else {
+        toml::Value::String(value)
     }
 }
 
@@ -927,6 +951,35 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn an_override_of_a_key_without_a_default_is_typed_by_its_value() {
+        let c = Config::from_parts(
+            None,
+            None,
+            env(&[
+                ("FRAUDLINE_INLINE__CONSTANT_VERDICT", "true"),
+                ("FRAUDLINE_INLINE__DEBUG_HOLD_MS", "250"),
+                // A librdkafka property with no default stays a string.
+                ("FRAUDLINE_KAFKA__CONSUMER__FETCH_MIN_BYTES", "1"),
+            ]),
+        )
+        .expect("typed overrides parse");
+        assert!(c.inline.constant_verdict);
+        assert_eq!(c.inline.debug_hold_ms, 250);
+        assert_eq!(
+            c.kafka.consumer.get("fetch.min.bytes").map(String::as_str),
+            Some("1")
+        );
+        // A value of the wrong type still names the key.
+        let e = Config::from_parts(
+            None,
+            None,
+            env(&[("FRAUDLINE_INLINE__DEBUG_HOLD_MS", "soon")]),
+        )
+        .expect_err("a string for an integer");
+        assert!(e.to_string().contains("debug_hold_ms"), "{e}");
     }
 
     #[test]
