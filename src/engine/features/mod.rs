@@ -168,12 +168,7 @@ struct Inbound {
 impl Inbound {
     /// Starts loading its spilled buckets and payers.
     fn prefetch(&self) {
-        for (at, len) in [self.inn.spilled(), self.payers.spilled()]
-            .into_iter()
-            .flatten()
-        {
-            prefetch::lines(at, len);
-        }
+        prefetch::spilled([self.inn.spilled(), self.payers.spilled()]);
     }
 }
 
@@ -199,15 +194,12 @@ impl Account {
 
     /// Starts loading what a payment reads of its payer beyond the struct.
     fn prefetch_payer(&self) {
-        let parts = [
+        prefetch::spilled([
             self.out.spilled(),
             self.payees.spilled(),
             self.events.spilled(),
             self.kit.spilled(),
-        ];
-        for (at, len) in parts.into_iter().flatten() {
-            prefetch::lines(at, len);
-        }
+        ]);
         // A payer that also receives: its pass-through share reads the
         // inbound window.
         self.prefetch_payee();
@@ -250,12 +242,7 @@ struct Kit {
 impl Kit {
     /// Starts loading what a payment reads of it beyond its slot.
     fn prefetch(&self) {
-        for (at, len) in [self.payments.spilled(), self.accounts.spilled()]
-            .into_iter()
-            .flatten()
-        {
-            prefetch::lines(at, len);
-        }
+        prefetch::spilled([self.payments.spilled(), self.accounts.spilled()]);
     }
 }
 

@@ -18,6 +18,15 @@ pub(super) fn lines(at: usize, len: usize) {
     }
 }
 
+/// Prefetches every part an entity holds on the heap (each `(address,
+/// length)` a `spilled()` gave; `None` for a part kept inline).
+#[inline(always)]
+pub(super) fn spilled<const N: usize>(parts: [Option<(usize, usize)>; N]) {
+    for (at, len) in parts.into_iter().flatten() {
+        lines(at, len);
+    }
+}
+
 #[inline(always)]
 #[allow(unsafe_code)]
 fn one(at: usize) {
