@@ -14,7 +14,7 @@
 //! true` when any got the overload policy's answer.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -25,7 +25,7 @@ use axum::Router;
 
 use super::{parse_pacs008, write_pacs002, Answering, IsoError, TxAnswer};
 use crate::serve::auth::Tokens;
-use crate::serve::http_api::TIMEOUT_HEADER;
+use crate::serve::http_api::{authorize, budget, problem_at, read_body};
 use crate::serve::scorer::{Outcome, ScoreError, Scorer};
 use crate::telemetry::InlineMetrics;
 
@@ -53,22 +53,7 @@ pub fn router(scorer: Arc<Scorer>, tokens: Option<Arc<Tokens>>, answering: Answe
 
 /// An RFC 9457 problem object; `path` is the XML path at fault.
 fn problem(status: StatusCode, code: &str, detail: &str, path: Option<&str>) -> Response {
-    let mut body = serde_json::json!({
-        "type": format!("urn:fraudline:problem:{code}"),
-        "title": status.canonical_reason().unwrap_or("error"),
-        "status": status.as_u16(),
-        "code": code,
-        "detail": detail,
-    });
-    if let Some(p) = path {
-        body["path"] = p.into();
-    }
-    let mut r = (status, body.to_string()).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    r
+    problem_at(status, code, detail, path.map(|p| ("path", p)))
 }
 
 fn iso_problem(e: &IsoError) -> Response {
@@ -98,22 +83,8 @@ fn is_xml(ct: &HeaderValue) -> bool {
 }
 
 async fn handle(api: &Api, headers: &HeaderMap, body: Body, started: Instant) -> Response {
-    if let Some(t) = &api.tokens {
-        if !t.allows(
-            headers
-                .get(header::AUTHORIZATION)
-                .map(HeaderValue::as_bytes),
-        ) {
-            let mut r = problem(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "a valid bearer token is required (authorization: Bearer <token>)",
-                None,
-            );
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
-        }
+    if let Err(r) = authorize(api.tokens.as_deref(), headers) {
+        return *r;
     }
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         if !is_xml(ct) {
@@ -125,49 +96,15 @@ async fn handle(api: &Api, headers: &HeaderMap, body: Body, started: Instant) ->
             );
         }
     }
-    let budget = match headers.get(TIMEOUT_HEADER) {
-        None => None,
-        Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
-            Some(ms) if ms <= 600_000 => Some(Duration::from_millis(ms)),
-            _ => return problem(
-                StatusCode::BAD_REQUEST,
-                "invalid_timeout",
-                "x-fraudline-timeout-ms must be an integer number of milliseconds, at most 600000",
-                None,
-            ),
-        },
+    let budget = match budget(headers) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let bytes = match read_body(&api.scorer, body, budget, started).await {
+        Ok(b) => b,
+        Err(r) => return *r,
     };
     let limits = *api.scorer.limits();
-    let budget_left = budget
-        .unwrap_or_else(|| api.scorer.default_budget())
-        .saturating_sub(started.elapsed());
-    let bytes = match tokio::time::timeout(
-        budget_left,
-        axum::body::to_bytes(body, limits.max_message_bytes),
-    )
-    .await
-    {
-        Err(_) => {
-            return problem(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                "the request body did not arrive within the call's deadline",
-                None,
-            )
-        }
-        Ok(Err(_)) => {
-            return problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                &format!(
-                    "the body is over the {}-byte limit",
-                    limits.max_message_bytes
-                ),
-                None,
-            )
-        }
-        Ok(Ok(b)) => b,
-    };
     let msg = match parse_pacs008(&bytes, &limits) {
         Ok(m) => m,
         Err(e) => return iso_problem(&e),

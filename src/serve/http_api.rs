@@ -77,8 +77,20 @@ pub fn router(scorer: Arc<Scorer>, tokens: Option<Arc<Tokens>>) -> Router {
         })
 }
 
-/// An RFC 9457 problem response.
+/// An RFC 9457 problem response; `field` names the input at fault.
 fn problem(status: StatusCode, code: &str, detail: &str, field: Option<&str>) -> Response {
+    problem_at(status, code, detail, field.map(|f| ("field", f)))
+}
+
+/// An RFC 9457 problem response (`application/problem+json`) with a stable
+/// `code`; `at` is an extension member naming what is at fault (`field`
+/// here, the XML `path` on the ISO 20022 endpoint).
+pub(crate) fn problem_at(
+    status: StatusCode,
+    code: &str,
+    detail: &str,
+    at: Option<(&str, &str)>,
+) -> Response {
     let mut body = serde_json::json!({
         "type": format!("urn:fraudline:problem:{code}"),
         "title": status.canonical_reason().unwrap_or("error"),
@@ -86,8 +98,8 @@ fn problem(status: StatusCode, code: &str, detail: &str, field: Option<&str>) ->
         "code": code,
         "detail": detail,
     });
-    if let Some(f) = field {
-        body["field"] = f.into();
+    if let Some((k, v)) = at {
+        body[k] = v.into();
     }
     let mut r = (status, body.to_string()).into_response();
     r.headers_mut().insert(
@@ -95,6 +107,76 @@ fn problem(status: StatusCode, code: &str, detail: &str, field: Option<&str>) ->
         HeaderValue::from_static("application/problem+json"),
     );
     r
+}
+
+/// The checks every in-line HTTP endpoint makes before reading a body:
+/// 401 without a valid bearer token (when tokens are configured).
+pub(crate) fn authorize(tokens: Option<&Tokens>, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let Some(t) = tokens else { return Ok(()) };
+    if t.allows(
+        headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+    ) {
+        return Ok(());
+    }
+    let mut r = problem(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "a valid bearer token is required (authorization: Bearer <token>)",
+        None,
+    );
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Err(Box::new(r))
+}
+
+/// The caller's budget from [`TIMEOUT_HEADER`] (`None` without one); 400
+/// when it is not a whole number of milliseconds up to 10 minutes.
+pub(crate) fn budget(headers: &HeaderMap) -> Result<Option<Duration>, Box<Response>> {
+    let Some(v) = headers.get(TIMEOUT_HEADER) else {
+        return Ok(None);
+    };
+    match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+        Some(ms) if ms <= 600_000 => Ok(Some(Duration::from_millis(ms))),
+        _ => Err(Box::new(problem(
+            StatusCode::BAD_REQUEST,
+            "invalid_timeout",
+            "x-fraudline-timeout-ms must be an integer number of milliseconds, at most 600000",
+            Some(TIMEOUT_HEADER),
+        ))),
+    }
+}
+
+/// The whole body, within `limits.max_message_bytes` (413 past it) and the
+/// call's deadline counted from the head's arrival (408 past it): a stalled
+/// body gets its answer while the caller still waits for one, instead of
+/// holding the connection.
+pub(crate) async fn read_body(
+    scorer: &Scorer,
+    body: Body,
+    budget: Option<Duration>,
+    started: Instant,
+) -> Result<axum::body::Bytes, Box<Response>> {
+    let max = scorer.limits().max_message_bytes;
+    let left = budget
+        .unwrap_or_else(|| scorer.default_budget())
+        .saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, axum::body::to_bytes(body, max)).await {
+        Err(_) => Err(Box::new(problem(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the request body did not arrive within the call's deadline",
+            None,
+        ))),
+        Ok(Err(_)) => Err(Box::new(problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            &format!("the body is over the {max}-byte limit"),
+            None,
+        ))),
+        Ok(Ok(b)) => Ok(b),
+    }
 }
 
 async fn score(State(api): State<Api>, headers: HeaderMap, body: Body) -> Response {
@@ -114,22 +196,8 @@ fn decode_problem(e: &DecodeError) -> Response {
 }
 
 async fn handle(api: &Api, headers: &HeaderMap, body: Body, started: Instant) -> Response {
-    if let Some(t) = &api.tokens {
-        if !t.allows(
-            headers
-                .get(header::AUTHORIZATION)
-                .map(HeaderValue::as_bytes),
-        ) {
-            let mut r = problem(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "a valid bearer token is required (authorization: Bearer <token>)",
-                None,
-            );
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
-        }
+    if let Err(r) = authorize(api.tokens.as_deref(), headers) {
+        return *r;
     }
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         if !is_json(ct.as_bytes()) {
@@ -160,52 +228,15 @@ async fn handle(api: &Api, headers: &HeaderMap, body: Body, started: Instant) ->
             return r;
         }
     };
-    let budget = match headers.get(TIMEOUT_HEADER) {
-        None => None,
-        Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
-            Some(ms) if ms <= 600_000 => Some(Duration::from_millis(ms)),
-            _ => return problem(
-                StatusCode::BAD_REQUEST,
-                "invalid_timeout",
-                "x-fraudline-timeout-ms must be an integer number of milliseconds, at most 600000",
-                Some(TIMEOUT_HEADER),
-            ),
-        },
+    let budget = match budget(headers) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let bytes = match read_body(&api.scorer, body, budget, started).await {
+        Ok(b) => b,
+        Err(r) => return *r,
     };
     let limits = *api.scorer.limits();
-    // The body must arrive within the call's deadline (from the head's
-    // arrival): a stalled body gets its answer when the caller still
-    // waits for one, instead of holding the connection.
-    let budget_left = budget
-        .unwrap_or_else(|| api.scorer.default_budget())
-        .saturating_sub(started.elapsed());
-    let read = tokio::time::timeout(
-        budget_left,
-        axum::body::to_bytes(body, limits.max_message_bytes),
-    )
-    .await;
-    let bytes = match read {
-        Err(_) => {
-            return problem(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                "the request body did not arrive within the call's deadline",
-                None,
-            )
-        }
-        Ok(Ok(b)) => b,
-        Ok(Err(_)) => {
-            return problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                &format!(
-                    "the body is over the {}-byte limit",
-                    limits.max_message_bytes
-                ),
-                None,
-            )
-        }
-    };
     let bytes = if gzip {
         match gunzip(&bytes, limits.max_message_bytes) {
             Ok(b) => axum::body::Bytes::from(b),
