@@ -453,6 +453,19 @@ async fn malformed_messages_get_a_problem_naming_the_xml_path() {
     }
     let r = post(&url(&s), "application/json", good.clone()).await;
     assert_eq!(r.status(), 415);
+    // The deadline header is checked as on /v1/score.
+    let r = reqwest::Client::new()
+        .post(url(&s))
+        .header("content-type", "application/xml")
+        .header("x-fraudline-timeout-ms", "soon")
+        .body(good.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let p = problem(r).await;
+    assert_eq!(p["code"], "invalid_timeout", "{p}");
+    assert_eq!(p["field"], "x-fraudline-timeout-ms", "{p}");
     // Nothing of a refused message was scored: the good one is scored now,
     // not answered from the cache.
     let r = post(&url(&s), "application/xml", good.clone()).await;
