@@ -71,6 +71,19 @@ pub fn mask(id: &str) -> String {
     format!("{}{}", "*".repeat(n - 4), tail)
 }
 
+/// The longest prefix of `s` of at most `max` bytes that ends on a char
+/// boundary: for bounding text that goes into a record or a message field.
+pub fn prefix_within(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Milliseconds since the Unix epoch, from the wall clock.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -86,5 +99,15 @@ mod tests {
         assert_eq!(super::mask("0912345678"), "******5678");
         assert_eq!(super::mask("123"), "***");
         assert_eq!(super::mask(""), "");
+    }
+
+    #[test]
+    fn prefix_within_never_splits_a_char() {
+        assert_eq!(super::prefix_within("abc", 5), "abc");
+        assert_eq!(super::prefix_within("abc", 2), "ab");
+        // "é" is two bytes: a cut inside it keeps the byte before.
+        assert_eq!(super::prefix_within("aé", 2), "a");
+        assert_eq!(super::prefix_within("aé", 3), "aé");
+        assert_eq!(super::prefix_within("€", 0), "");
     }
 }

@@ -33,18 +33,6 @@ fn message_id(now_ms: i64) -> String {
     format!("FRAUDLINE-{now_ms:x}-{n:x}")
 }
 
-/// The longest prefix of `s` of at most `max` bytes on a char boundary.
-fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 /// The pacs.002 answering `msg`; `answers[i]` is the verdict of
 /// `msg.transactions[i]`.
 pub fn write_pacs002(
@@ -101,7 +89,7 @@ pub fn write_pacs002(
                 let _ = write!(
                     x,
                     "<AddtlInf>{}</AddtlInf>",
-                    escape(cut(&line, ADDTL_INF_MAX))
+                    escape(crate::prefix_within(&line, ADDTL_INF_MAX))
                 );
             }
             x.push_str("</StsRsnInf>");

@@ -321,19 +321,6 @@ pub fn last_resort(source: &Source<'_>, key: &[u8], error: &str, max_key_bytes: 
     bounded_dead_letter(source, key, &[], &e, crate::now_ms(), 0, max_key_bytes)
 }
 
-/// The longest prefix of `s` of at most `max` bytes that ends on a char
-/// boundary.
-fn cut_str(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 /// A dead letter whose size is bounded whatever the input: the value is cut
 /// to `max_payload` bytes and the key to `max_key` bytes; the original
 /// value's length and SHA-256 travel in the record and its headers, so the
@@ -349,7 +336,7 @@ fn bounded_dead_letter(
 ) -> Outcome {
     use sha2::Digest as _;
     let full = e.to_string();
-    let error = cut_str(&full, MAX_ERROR_BYTES);
+    let error = crate::prefix_within(&full, MAX_ERROR_BYTES);
     let payload = &bytes[..bytes.len().min(max_payload)];
     let whole_key = key.len();
     let key = &key[..key.len().min(max_key)];
@@ -359,7 +346,7 @@ fn bounded_dead_letter(
     let dl = crate::proto::DeadLetter {
         error_kind: e.kind().to_string(),
         error: error.to_string(),
-        source_topic: cut_str(source.topic, 256).to_string(),
+        source_topic: crate::prefix_within(source.topic, 256).to_string(),
         source_partition: source.partition,
         source_offset: source.offset,
         key: key.to_vec(),
