@@ -4,7 +4,8 @@
 //! | --- | --- | --- |
 //! | `decode` | `event::decode` of protobuf and of JSON bytes (parse + validate) | `prost::Message::decode` of `PaymentEvent` only; `serde_json` parse of `JsonEvent` only |
 //! | `score` | `Engine::score_at` on a warmed engine | one ahash `HashMap` `get_mut`/insert per entity (payer + payee) |
-//! | `decode_and_score` | protobuf bytes -> decode -> score -> `Verdict::to_wire(..).encode_to_vec()` | — |
+//! | `decode_and_score` | protobuf bytes -> decode -> score -> `Verdict::encode_wire` | — |
+//! | `encode_verdict` | `Verdict::encode_wire` | prost: `Verdict::to_wire(..).encode_to_vec()` |
 //!
 //! Every input is built before the timer starts; the raw bytes go through
 //! `black_box`. One iteration is one event (`Throughput::Elements(1)`), so
@@ -235,7 +236,7 @@ fn decode_and_score(c: &mut Criterion) {
                     p.event_time_ms += round * span_ms;
                     let v = engine.score_at(&p, now);
                     scored += 1;
-                    v.to_wire(&p.event_id, p.event_time_ms).encode_to_vec()
+                    v.encode_wire(&p.event_id, p.event_time_ms)
                 }
                 Err(_) => {
                     refused += 1;
@@ -283,9 +284,44 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(4))
 }
 
+/// The verdict record's bytes: the direct encoder the stream uses beside
+/// its floor, prost's encoding of the same wire struct (built per verdict,
+/// one allocation per string and reason), on the verdicts of the set.
+fn encode(c: &mut Criterion) {
+    let (warm, set) = events();
+    let engine = warmed_engine(&warm);
+    let now = fraudline::now_ms();
+    let verdicts: Vec<_> = set
+        .iter()
+        .map(|p| (engine.score_at(p, now), p.event_id.clone(), p.event_time_ms))
+        .collect();
+    let with_reasons = verdicts.iter().filter(|v| !v.0.reasons.is_empty()).count();
+    assert!(
+        with_reasons > 0,
+        "no verdict with a reason: not representative"
+    );
+    let mut g = c.benchmark_group("encode_verdict");
+    g.throughput(Throughput::Elements(1));
+    let mut it = Cycle::new(&verdicts);
+    g.bench_function("fraudline_encode_wire", |b| {
+        b.iter(|| {
+            let (v, id, t) = it.next_item();
+            black_box(v.encode_wire(id, *t))
+        })
+    });
+    let mut it = Cycle::new(&verdicts);
+    g.bench_function("baseline_prost_to_wire_encode", |b| {
+        b.iter(|| {
+            let (v, id, t) = it.next_item();
+            black_box(v.to_wire(id, *t).encode_to_vec())
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = decode, score, decode_and_score
+    targets = decode, score, decode_and_score, encode
 }
 criterion_main!(benches);

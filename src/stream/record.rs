@@ -147,12 +147,12 @@ pub(crate) fn process(
                 .key
                 .map(<[u8]>::to_vec)
                 .unwrap_or_else(|| p.payer.account.clone().into_bytes());
-            let wire = if opts.explain {
+            let payload = if opts.explain {
                 v.to_wire_explained(&p.event_id, p.event_time_ms)
+                    .encode_to_vec()
             } else {
-                v.to_wire(&p.event_id, p.event_time_ms)
+                v.encode_wire(&p.event_id, p.event_time_ms)
             };
-            let payload = wire.encode_to_vec();
             tracing::debug!(
                 event_id = %p.event_id,
                 payer = %crate::mask(&p.payer.account),
