@@ -2,9 +2,9 @@
 //!
 //! | group | fraudline | baseline (the floor) |
 //! | --- | --- | --- |
-//! | `decode` | `event::decode` of protobuf and of JSON bytes (parse + validate) | `prost::Message::decode` of `PaymentEvent` only; `serde_json` parse of `JsonEvent` only |
+//! | `decode` | `event::decode` of protobuf and of JSON bytes (parse + validate); a lane's `Decoder` for protobuf | `prost::Message::decode` of `PaymentEvent` only; `serde_json` parse of `JsonEvent` only |
 //! | `score` | `Engine::score_at` on a warmed engine | one ahash `HashMap` `get_mut`/insert per entity (payer + payee) |
-//! | `decode_and_score` | protobuf bytes -> decode -> score -> `Verdict::encode_wire` | — |
+//! | `decode_and_score` | protobuf bytes -> `Decoder::decode` -> score -> `Verdict::encode_wire` (a lane's work) | — |
 //! | `encode_verdict` | `Verdict::encode_wire` | prost: `Verdict::to_wire(..).encode_to_vec()` |
 //!
 //! Every input is built before the timer starts; the raw bytes go through
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use fraudline::engine::{Blocklist, Engine, EngineConfig};
-use fraudline::event::{self, JsonEvent, Limits, Payment};
+use fraudline::event::{self, Decoder, JsonEvent, Limits, Payment};
 use fraudline::proto::PaymentEvent;
 use fraudline::tools::gen::{GenConfig, Generator};
 use prost::Message as _;
@@ -93,6 +93,15 @@ fn decode(c: &mut Criterion) {
     g.bench_function("protobuf/fraudline", |b| {
         let mut it = Cycle::new(&proto);
         b.iter(|| event::decode(black_box(it.next_item()), None, &limits, now))
+    });
+    // What a scoring lane does: decode into buffers kept across records.
+    g.bench_function("protobuf/fraudline_decoder", |b| {
+        let mut it = Cycle::new(&proto);
+        let mut d = Decoder::default();
+        b.iter(|| {
+            d.decode(black_box(it.next_item()), None, &limits, now)
+                .map(|p| p.amount_minor)
+        })
     });
     g.bench_function("protobuf/baseline_prost_only", |b| {
         let mut it = Cycle::new(&proto);
@@ -220,21 +229,23 @@ fn decode_and_score(c: &mut Criterion) {
     let mut it = Cycle::new(&proto);
     let mut round = 0i64;
     let mut scored = 0u64;
+    let mut decoder = Decoder::default();
     g.bench_function("protobuf_to_verdict_bytes", |b| {
         b.iter(|| {
             if it.i == it.items.len() {
                 round += 1;
             }
             let bytes = black_box(it.next_item());
-            // The per-record work of `stream::process`: clock, decode, score, encode.
+            // The per-record work of `stream::process`: clock, decode (into
+            // the lane's buffers), score, encode.
             let now = fraudline::now_ms();
-            match event::decode(bytes, None, &limits, now) {
-                Ok(mut p) => {
+            match decoder.decode(bytes, None, &limits, now) {
+                Ok(p) => {
                     let digits = round_digits(round);
                     let n = p.event_id.len();
                     p.event_id.replace_range(n - 6.., digits.as_str());
                     p.event_time_ms += round * span_ms;
-                    let v = engine.score_at(&p, now);
+                    let v = engine.score_owned_at(p, now);
                     scored += 1;
                     v.encode_wire(&p.event_id, p.event_time_ms)
                 }

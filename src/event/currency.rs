@@ -25,6 +25,10 @@ const CODES: &[[u8; 3]] = &[
 pub struct Currency([u8; 3]);
 
 impl Currency {
+    /// "No currency" (ISO 4217's XXX), which [`Currency::parse`] refuses:
+    /// the placeholder of a payment buffer that holds no payment yet.
+    pub(crate) const NONE: Currency = Currency(*b"XXX");
+
     /// Parses an alphabetic code; upper case only, as ISO 4217 writes them.
     pub fn parse(code: &str) -> Option<Currency> {
         let b: [u8; 3] = code.as_bytes().try_into().ok()?;

@@ -5,6 +5,7 @@
 //! is a stable code for metrics and dead-letter headers.
 
 mod currency;
+mod decoder;
 mod json;
 
 use std::collections::BTreeMap;
@@ -13,6 +14,7 @@ use prost::Message;
 
 pub use crate::proto::{AccountKind, Channel, PaymentType};
 pub use currency::Currency;
+pub use decoder::Decoder;
 pub use json::{JsonEvent, JsonGeo, JsonParty};
 
 /// One side of a payment.
@@ -281,24 +283,9 @@ pub fn decode_wire(
     format: Option<Format>,
     limits: &Limits,
 ) -> Result<crate::proto::PaymentEvent, DecodeError> {
-    if bytes.is_empty() {
-        return Err(DecodeError::Empty);
-    }
-    if bytes.len() > limits.max_message_bytes {
-        return Err(DecodeError::TooLarge {
-            size: bytes.len(),
-            limit: limits.max_message_bytes,
-        });
-    }
+    check_size(bytes, limits)?;
     let wire = match format.unwrap_or_else(|| Format::detect(bytes)) {
-        Format::Protobuf => crate::proto::PaymentEvent::decode(bytes).map_err(|e| {
-            let msg = e.to_string();
-            if msg.contains("UTF-8") {
-                DecodeError::BadUtf8(msg)
-            } else {
-                DecodeError::Protobuf(msg)
-            }
-        })?,
+        Format::Protobuf => crate::proto::PaymentEvent::decode(bytes).map_err(protobuf_error)?,
         Format::Json => {
             let text =
                 std::str::from_utf8(bytes).map_err(|e| DecodeError::BadUtf8(e.to_string()))?;
@@ -309,12 +296,50 @@ pub fn decode_wire(
     Ok(wire)
 }
 
+/// A record value's size, before any decoding.
+fn check_size(bytes: &[u8], limits: &Limits) -> Result<(), DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    if bytes.len() > limits.max_message_bytes {
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            limit: limits.max_message_bytes,
+        });
+    }
+    Ok(())
+}
+
+fn protobuf_error(e: prost::DecodeError) -> DecodeError {
+    let msg = e.to_string();
+    if msg.contains("UTF-8") {
+        DecodeError::BadUtf8(msg)
+    } else {
+        DecodeError::Protobuf(msg)
+    }
+}
+
 /// Checks a wire event and turns it into a [`Payment`].
 pub fn validate(
-    ev: crate::proto::PaymentEvent,
+    mut ev: crate::proto::PaymentEvent,
     limits: &Limits,
     now_ms: i64,
 ) -> Result<Payment, DecodeError> {
+    let mut p = Payment::placeholder();
+    validate_into(&mut ev, limits, now_ms, &mut p)?;
+    Ok(p)
+}
+
+/// [`validate`] into a payment buffer: on success `out` holds the payment,
+/// its strings swapped with the wire event's (no copy, no allocation: the
+/// wire event is left with `out`'s old buffers). On an error `out` is
+/// partly written and holds no payment.
+fn validate_into(
+    ev: &mut crate::proto::PaymentEvent,
+    limits: &Limits,
+    now_ms: i64,
+    out: &mut Payment,
+) -> Result<(), DecodeError> {
     let check_len = |field: &'static str, s: &str| {
         if s.len() > limits.max_field_bytes {
             Err(DecodeError::FieldTooLong {
@@ -344,8 +369,20 @@ pub fn validate(
             limit_ms: limits.max_future_skew_ms,
         });
     }
-    let payer = party(ev.payer, "payer", "payer.account", &check_len)?;
-    let payee = party(ev.payee, "payee", "payee.account", &check_len)?;
+    party(
+        &mut ev.payer,
+        "payer",
+        "payer.account",
+        &check_len,
+        &mut out.payer,
+    )?;
+    party(
+        &mut ev.payee,
+        "payee",
+        "payee.account",
+        &check_len,
+        &mut out.payee,
+    )?;
     if ev.amount_minor <= 0 || ev.amount_minor > limits.max_amount_minor {
         return Err(DecodeError::InvalidAmount {
             got: ev.amount_minor,
@@ -355,8 +392,8 @@ pub fn validate(
     if ev.currency.is_empty() {
         return Err(DecodeError::MissingField("currency"));
     }
-    let currency =
-        Currency::parse(&ev.currency).ok_or(DecodeError::UnknownCurrency(ev.currency))?;
+    let currency = Currency::parse(&ev.currency)
+        .ok_or_else(|| DecodeError::UnknownCurrency(std::mem::take(&mut ev.currency)))?;
     let channel = Channel::try_from(ev.channel).map_err(|_| DecodeError::InvalidField {
         field: "channel",
         why: format!("unknown enum value {}", ev.channel),
@@ -406,32 +443,31 @@ pub fn validate(
         check_len("attributes", k)?;
         check_len("attributes", v)?;
     }
-    Ok(Payment {
-        event_id: ev.event_id,
-        event_time_ms: ev.event_time_ms,
-        payer,
-        payee,
-        amount_minor: ev.amount_minor,
-        currency,
-        channel,
-        payment_type,
-        device_id: ev.device_id,
-        ip: ev.ip,
-        phone: ev.phone,
-        geo,
-        country: ev.country,
-        merchant_category: ev.merchant_category,
-        attributes: ev.attributes,
-    })
+    use std::mem::swap;
+    swap(&mut out.event_id, &mut ev.event_id);
+    out.event_time_ms = ev.event_time_ms;
+    out.amount_minor = ev.amount_minor;
+    out.currency = currency;
+    out.channel = channel;
+    out.payment_type = payment_type;
+    swap(&mut out.device_id, &mut ev.device_id);
+    swap(&mut out.ip, &mut ev.ip);
+    swap(&mut out.phone, &mut ev.phone);
+    out.geo = geo;
+    swap(&mut out.country, &mut ev.country);
+    swap(&mut out.merchant_category, &mut ev.merchant_category);
+    swap(&mut out.attributes, &mut ev.attributes);
+    Ok(())
 }
 
 fn party(
-    p: Option<crate::proto::Party>,
+    p: &mut Option<crate::proto::Party>,
     name: &'static str,
     account_field: &'static str,
     check_len: &dyn Fn(&'static str, &str) -> Result<(), DecodeError>,
-) -> Result<Party, DecodeError> {
-    let p = p.ok_or(DecodeError::MissingField(name))?;
+    out: &mut Party,
+) -> Result<(), DecodeError> {
+    let p = p.as_mut().ok_or(DecodeError::MissingField(name))?;
     if p.account.trim().is_empty() {
         return Err(DecodeError::MissingField(account_field));
     }
@@ -441,14 +477,40 @@ fn party(
         field: name,
         why: format!("unknown account kind {}", p.kind),
     })?;
-    Ok(Party {
-        account: p.account,
-        bank_code: p.bank_code,
-        kind,
-    })
+    std::mem::swap(&mut out.account, &mut p.account);
+    std::mem::swap(&mut out.bank_code, &mut p.bank_code);
+    out.kind = kind;
+    Ok(())
 }
 
 impl Payment {
+    /// A buffer to decode into, holding no payment (empty strings, no
+    /// allocation).
+    fn placeholder() -> Payment {
+        let party = || Party {
+            account: String::new(),
+            bank_code: String::new(),
+            kind: AccountKind::Unspecified,
+        };
+        Payment {
+            event_id: String::new(),
+            event_time_ms: 0,
+            payer: party(),
+            payee: party(),
+            amount_minor: 0,
+            currency: Currency::NONE,
+            channel: Channel::Unspecified,
+            payment_type: PaymentType::Unspecified,
+            device_id: String::new(),
+            ip: String::new(),
+            phone: String::new(),
+            geo: None,
+            country: String::new(),
+            merchant_category: String::new(),
+            attributes: BTreeMap::new(),
+        }
+    }
+
     /// The wire form, for producing events (generator, tests, benches).
     pub fn to_wire(&self) -> crate::proto::PaymentEvent {
         let party = |p: &Party| crate::proto::Party {

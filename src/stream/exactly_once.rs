@@ -471,6 +471,8 @@ impl Loop<'_> {
                 &self.opts,
                 &self.parts.metrics,
                 self.batches.is_some(),
+                // A rare path (one record after an abort): fresh buffers.
+                &mut crate::event::Decoder::default(),
             );
             if let Outcome::Verdict { state, .. } = &o {
                 log_state(

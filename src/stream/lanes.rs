@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use super::record::{process, Outcome, ProcessOptions, RecordIn};
 use crate::engine::Engine;
-use crate::event::Format;
+use crate::event::{Decoder, Format};
 use crate::telemetry::Metrics;
 
 /// A lane batch is sent once it holds this many records (a gather round
@@ -139,6 +139,7 @@ impl Batch {
         opts: &ProcessOptions,
         metrics: &Metrics,
         log_state: bool,
+        decoder: &mut Decoder,
     ) {
         let Batch { arena, items, .. } = self;
         for it in items.iter_mut() {
@@ -150,7 +151,7 @@ impl Batch {
                 payload: &arena[it.payload.0 as usize..it.payload.1 as usize],
                 format: it.format,
             };
-            it.outcome = Some(process(&rec, engine, opts, metrics, log_state));
+            it.outcome = Some(process(&rec, engine, opts, metrics, log_state, decoder));
         }
     }
 }
@@ -196,9 +197,18 @@ impl Lanes {
             std::thread::Builder::new()
                 .name(format!("fraudline-lane-{lane}"))
                 .spawn(move || {
+                    // The lane's decoding buffers, kept from batch to batch.
+                    let mut decoder = Decoder::default();
                     while let Ok(mut b) = rx.recv() {
                         let scored = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                            b.score(&p.topic, &p.engine, &p.opts, &p.metrics, p.log_state)
+                            b.score(
+                                &p.topic,
+                                &p.engine,
+                                &p.opts,
+                                &p.metrics,
+                                p.log_state,
+                                &mut decoder,
+                            )
                         }));
                         if scored.is_err() {
                             tracing::error!(lane, "a scoring lane panicked; stopping the stream");

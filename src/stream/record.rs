@@ -5,7 +5,7 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::Message;
 
 use crate::engine::{Decision, Engine};
-use crate::event::{self, DecodeError, Format, Limits};
+use crate::event::{DecodeError, Decoder, Format, Limits};
 use crate::telemetry::Metrics;
 
 pub const HDR_CONTENT_TYPE: &str = "content-type";
@@ -114,12 +114,15 @@ pub(crate) fn content_type(msg: &impl Message) -> Option<Format> {
 /// Decodes, scores and encodes one record. Never fails: what cannot be
 /// scored becomes a dead letter naming why. With `log_state` (the state log
 /// on), a scored payment's verdict says what its state-log entry is.
+/// `decoder` is the calling thread's: a protobuf record decodes into its
+/// buffers without allocating.
 pub(crate) fn process(
     rec: &RecordIn<'_>,
     engine: &Engine,
     opts: &ProcessOptions,
     metrics: &Metrics,
     log_state: bool,
+    decoder: &mut Decoder,
 ) -> Outcome {
     let now = crate::now_ms();
     let bytes = rec.payload;
@@ -132,13 +135,13 @@ pub(crate) fn process(
         return dead_letter(rec, &e, now, opts, metrics);
     }
     let format = rec.format.unwrap_or_else(|| Format::detect(bytes));
-    match event::decode(bytes, Some(format), &opts.limits, now) {
+    match decoder.decode(bytes, Some(format), &opts.limits, now) {
         Ok(p) => {
-            if let Err(e) = engine.admit(&p, now, crate::engine::Path::Stream) {
+            if let Err(e) = engine.admit(p, now, crate::engine::Path::Stream) {
                 return dead_letter(rec, &e, now, opts, metrics);
             }
             let started = std::time::Instant::now();
-            let v = engine.score_owned_at(&p, now);
+            let v = engine.score_owned_at(p, now);
             metrics
                 .engine_latency
                 .record(started.elapsed().as_secs_f64());
