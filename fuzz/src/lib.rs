@@ -30,6 +30,8 @@ fn roomy() -> Limits {
 /// The decode oracle for `data` read as `format`:
 /// - `decode` is `validate` after `decode_wire` (same result, same error);
 /// - format auto-detection gives what the detected format gives;
+/// - a scoring lane's reused [`event::Decoder`] (one per fuzzing thread,
+///   kept from input to input) gives what `decode` gives;
 /// - every error has a kind from the catalogue (metric label, DLQ header);
 /// - a valid payment survives protobuf exactly and JSON up to the last bit
 ///   of its coordinates (serde_json's default float parsing).
@@ -65,6 +67,14 @@ pub fn check_decode(data: &[u8], format: Format) {
             "auto-detection disagrees with the detected format"
         );
     }
+    thread_local! {
+        static DECODER: std::cell::RefCell<event::Decoder> = Default::default();
+    }
+    DECODER.with(|d| {
+        let mut d = d.borrow_mut();
+        let reused = d.decode(data, Some(format), &limits, NOW_MS).map(|p| p.clone());
+        assert_eq!(reused, full, "a reused Decoder disagrees with decode");
+    });
     match &full {
         Err(e) => check_error(e),
         Ok(p) => round_trip(p),
