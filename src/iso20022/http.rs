@@ -25,7 +25,7 @@ use axum::Router;
 
 use super::{parse_pacs008, write_pacs002, Answering, IsoError, TxAnswer};
 use crate::serve::auth::Tokens;
-use crate::serve::http_api::{authorize, budget, problem_at, read_body};
+use crate::serve::http_api::{authorize, budget_and_body, problem_at};
 use crate::serve::scorer::{Outcome, ScoreError, Scorer};
 use crate::telemetry::InlineMetrics;
 
@@ -96,12 +96,8 @@ async fn handle(api: &Api, headers: &HeaderMap, body: Body, started: Instant) ->
             );
         }
     }
-    let budget = match budget(headers) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    let bytes = match read_body(&api.scorer, body, budget, started).await {
-        Ok(b) => b,
+    let (budget, bytes) = match budget_and_body(&api.scorer, headers, body, started).await {
+        Ok(v) => v,
         Err(r) => return *r,
     };
     let limits = *api.scorer.limits();

@@ -131,9 +131,22 @@ pub(crate) fn authorize(tokens: Option<&Tokens>, headers: &HeaderMap) -> Result<
     Err(Box::new(r))
 }
 
+/// The caller's budget ([`budget`]), then the body within it
+/// ([`read_body`]).
+pub(crate) async fn budget_and_body(
+    scorer: &Scorer,
+    headers: &HeaderMap,
+    body: Body,
+    started: Instant,
+) -> Result<(Option<Duration>, axum::body::Bytes), Box<Response>> {
+    let budget = budget(headers)?;
+    let bytes = read_body(scorer, body, budget, started).await?;
+    Ok((budget, bytes))
+}
+
 /// The caller's budget from [`TIMEOUT_HEADER`] (`None` without one); 400
 /// when it is not a whole number of milliseconds up to 10 minutes.
-pub(crate) fn budget(headers: &HeaderMap) -> Result<Option<Duration>, Box<Response>> {
+fn budget(headers: &HeaderMap) -> Result<Option<Duration>, Box<Response>> {
     let Some(v) = headers.get(TIMEOUT_HEADER) else {
         return Ok(None);
     };
@@ -152,7 +165,7 @@ pub(crate) fn budget(headers: &HeaderMap) -> Result<Option<Duration>, Box<Respon
 /// call's deadline counted from the head's arrival (408 past it): a stalled
 /// body gets its answer while the caller still waits for one, instead of
 /// holding the connection.
-pub(crate) async fn read_body(
+async fn read_body(
     scorer: &Scorer,
     body: Body,
     budget: Option<Duration>,
@@ -228,12 +241,8 @@ async fn handle(api: &Api, headers: &HeaderMap, body: Body, started: Instant) ->
             return r;
         }
     };
-    let budget = match budget(headers) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    let bytes = match read_body(&api.scorer, body, budget, started).await {
-        Ok(b) => b,
+    let (budget, bytes) = match budget_and_body(&api.scorer, headers, body, started).await {
+        Ok(v) => v,
         Err(r) => return *r,
     };
     let limits = *api.scorer.limits();
