@@ -83,19 +83,35 @@ pub struct JsonEvent {
 }
 
 /// Parses an enum name: `NAME`, `PREFIX_NAME`, any case.
-fn enum_name<T>(
+pub(super) fn enum_name<T>(
     field: &'static str,
     prefix: &str,
     value: &str,
     from: fn(&str) -> Option<T>,
 ) -> Result<T, DecodeError> {
-    let up = value.trim().to_ascii_uppercase().replace(['-', ' '], "_");
-    from(&up)
-        .or_else(|| from(&format!("{prefix}{up}")))
-        .ok_or_else(|| DecodeError::InvalidField {
-            field,
-            why: format!("unknown value {value:?}"),
-        })
+    // `PREFIX` + the value upper-cased with `-` and ` ` as `_`, built on the
+    // stack (this runs for every JSON event's enums); a value too long for
+    // the buffer is no enum name.
+    let v = value.trim();
+    let n = prefix.len() + v.len();
+    let mut buf = [0u8; 64];
+    let found = buf.get_mut(..n).and_then(|name| {
+        let (head, tail) = name.split_at_mut(prefix.len());
+        head.copy_from_slice(prefix.as_bytes());
+        for (d, c) in tail.iter_mut().zip(v.bytes()) {
+            *d = match c {
+                b'-' | b' ' => b'_',
+                c => c.to_ascii_uppercase(),
+            };
+        }
+        // Only ASCII bytes were changed, to ASCII: still UTF-8.
+        let full = std::str::from_utf8(name).ok()?;
+        from(&full[prefix.len()..]).or_else(|| from(full))
+    });
+    found.ok_or_else(|| DecodeError::InvalidField {
+        field,
+        why: format!("unknown value {value:?}"),
+    })
 }
 
 fn short_name(full: &str, prefix: &str) -> String {

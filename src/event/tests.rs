@@ -685,3 +685,32 @@ mod reused_decoder {
         assert!(p.geo.is_some());
     }
 }
+
+#[test]
+fn json_enum_names_in_every_accepted_form() {
+    use super::json::enum_name;
+    use crate::proto::{Channel, PaymentType};
+    let channel = |v| enum_name("channel", "CHANNEL_", v, Channel::from_str_name);
+    for v in [
+        "CHANNEL_MOBILE",
+        "MOBILE",
+        "mobile",
+        " Mobile ",
+        "channel_mobile",
+    ] {
+        assert_eq!(channel(v), Ok(Channel::Mobile), "{v:?}");
+    }
+    for v in ["cash-out", "CASH OUT", "Cash_Out", "PAYMENT_TYPE_CASH_OUT"] {
+        let t = enum_name(
+            "payment_type",
+            "PAYMENT_TYPE_",
+            v,
+            PaymentType::from_str_name,
+        );
+        assert_eq!(t, Ok(PaymentType::CashOut), "{v:?}");
+    }
+    for v in ["", "MOBILEX", "CHANNEL_", "é", &"x".repeat(80)] {
+        let e = channel(v).expect_err(v).to_string();
+        assert!(e.contains("unknown value"), "{v:?}: {e}");
+    }
+}
